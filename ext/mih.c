@@ -1,0 +1,815 @@
+/* hashsieve native core: build, planner, result assembly and threads.
+ * The search kernels live in mih_kernels.h and are compiled here once per
+ * instruction set; hs_set_isa() picks one at run time. */
+#define _GNU_SOURCE
+#include "mih.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HS_PF 8          /* probes in flight */
+#define HS_RING 16       /* >= HS_PF, power of two */
+#define HS_UNLIMITED UINT64_MAX
+/* Planner constants (ns), measured on the development machine. */
+#define HS_PROBE_NS_DRAM 40.0
+#define HS_PROBE_NS_CACHE 8.0
+#define HS_CAND_NS 0.8
+#define HS_SCAN_NS 0.5
+#define HS_PAR_SCAN_MIN (1u << 20)   /* codes; below this a scan stays on one thread */
+
+typedef struct {
+    uint32_t group;
+    uint16_t seg;
+    uint8_t d;
+} hs_hit;
+
+typedef struct {
+    hs_hit *hits;
+    size_t nhits, cap_hits;
+    hs_hit *sorted;
+    size_t cap_sorted;
+    int64_t *ids;
+    int32_t *dist;
+    size_t nres, cap_res;
+    int64_t *tmp;
+    size_t cap_tmp;
+    int oom;
+} hs_scratch;
+
+typedef struct {
+    uint64_t hist[HS_CODE_BITS + 1];   /* live entries per distance */
+    uint64_t k;
+    int tau;                           /* k-th smallest distance so far, or 64 */
+} knn_state;
+
+static inline uint64_t sub_mask(int bits) { return bits >= 64 ? ~0ull : (1ull << bits) - 1; }
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 64;
+    while (c < need)
+        c *= 2;
+    void *q = realloc(*p, c * elem);
+    if (!q)
+        return -1;
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+static inline void push_hit(hs_scratch *w, int seg, uint64_t group, int d)
+{
+    if (w->nhits == w->cap_hits && grow((void **)&w->hits, &w->cap_hits, w->nhits + 1, sizeof(hs_hit))) {
+        w->oom = 1;
+        return;
+    }
+    hs_hit h = {(uint32_t)group, (uint16_t)seg, (uint8_t)d};
+    w->hits[w->nhits++] = h;
+}
+
+static inline int is_dead(const uint8_t *dead, uint64_t slot) { return (dead[slot >> 3] >> (slot & 7)) & 1; }
+
+static inline uint64_t live_count(const hs_segment *s, uint64_t g)
+{
+    uint64_t a = s->group_start[g], b = s->group_start[g + 1], n = b - a;
+    if (s->dead)
+        for (uint64_t i = a; i < b; i++)
+            n -= is_dead(s->dead, i);
+    return n;
+}
+
+static inline void knn_init(knn_state *ks, uint64_t k)
+{
+    memset(ks->hist, 0, sizeof ks->hist);
+    ks->k = k;
+    ks->tau = HS_CODE_BITS;
+}
+
+static inline void knn_add(knn_state *ks, hs_scratch *w, const hs_segment *s, int segno, uint64_t g, int d)
+{
+    if (d > ks->tau)
+        return;
+    uint64_t live = live_count(s, g);
+    if (!live)
+        return;
+    push_hit(w, segno, g, d);
+    ks->hist[d] += live;
+    uint64_t cum = 0;
+    for (int D = 0; D <= ks->tau; D++) {
+        cum += ks->hist[D];
+        if (cum >= ks->k) {
+            ks->tau = D;
+            break;
+        }
+    }
+}
+
+static inline double probe_cost_ns(const hs_segment *s, int k, uint64_t nprobes)
+{
+    double per_probe = s->bits[k] >= 18 ? HS_PROBE_NS_DRAM : HS_PROBE_NS_CACHE;
+    double bucket = (double)s->n_unique / (double)(1ull << s->bits[k]);
+    return (double)nprobes * (per_probe + bucket * HS_CAND_NS);
+}
+
+typedef struct {
+    void (*mih_range)(const hs_segment *, int, uint64_t, int, const int *, hs_scratch *, hs_stats *);
+    int (*mih_knn)(const hs_segment *, int, uint64_t, uint64_t, hs_scratch *, hs_stats *, double);
+    void (*brute_range)(const hs_segment *, int, uint64_t, int, uint64_t, uint64_t, hs_scratch *, hs_stats *);
+    void (*brute_knn)(const hs_segment *, int, uint64_t, uint64_t, uint64_t, uint64_t, hs_scratch *, hs_stats *);
+} hs_kernels;
+
+/* ---- one copy of the kernels per instruction set ---- */
+#define HS_FN(name) name##_generic
+#include "mih_kernels.h"
+#undef HS_FN
+
+#pragma GCC push_options
+#pragma GCC target("popcnt")
+#define HS_FN(name) name##_popcnt
+#include "mih_kernels.h"
+#undef HS_FN
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("popcnt,avx2")
+#define HS_USE_AVX2
+#define HS_FN(name) name##_avx2
+#include "mih_kernels.h"
+#undef HS_FN
+#undef HS_USE_AVX2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("popcnt,avx2,avx512f,avx512vpopcntdq")
+#define HS_USE_AVX512
+#define HS_FN(name) name##_avx512
+#include "mih_kernels.h"
+#undef HS_FN
+#undef HS_USE_AVX512
+#pragma GCC pop_options
+
+static const hs_kernels *const all_kernels[] = {&kernels_generic, &kernels_popcnt, &kernels_avx2, &kernels_avx512};
+static int active_isa = -1;
+
+int hs_isa_supported(int isa)
+{
+    __builtin_cpu_init();
+    switch (isa) {
+    case HS_ISA_GENERIC: return 1;
+    case HS_ISA_POPCNT: return __builtin_cpu_supports("popcnt");
+    case HS_ISA_AVX2: return __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("avx2");
+    case HS_ISA_AVX512:
+        return __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+    }
+    return 0;
+}
+
+int hs_get_isa(void)
+{
+    if (active_isa < 0) {
+        int best = HS_ISA_AVX512;
+        while (!hs_isa_supported(best))
+            best--;
+        __atomic_store_n(&active_isa, best, __ATOMIC_RELAXED);
+    }
+    return active_isa;
+}
+
+int hs_set_isa(int isa)
+{
+    if (isa < 0 || isa > HS_ISA_AVX512 || !hs_isa_supported(isa))
+        return -1;
+    __atomic_store_n(&active_isa, isa, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* ================================ build ================================ */
+
+int hs_choose_tables(uint64_t n_unique, int bits[HS_MAX_TABLES], int shift[HS_MAX_TABLES])
+{
+    /* Below a few thousand codes a scan beats any table. */
+    if (n_unique < 4096)
+        return 0;
+    /* Substrings of about log2(N) bits give about one code per bucket;
+     * 22 bits caps an offsets array at 16 MiB. */
+    double lg = log2((double)n_unique);
+    if (lg > 22)
+        lg = 22;
+    int m = (int)ceil(HS_CODE_BITS / lg);
+    if (m > HS_MAX_TABLES)
+        m = HS_MAX_TABLES;
+    int pos = HS_CODE_BITS;
+    for (int k = 0; k < m; k++) {
+        bits[k] = HS_CODE_BITS / m + (k < HS_CODE_BITS % m);   /* widest first */
+        pos -= bits[k];
+        shift[k] = pos;
+    }
+    return m;
+}
+
+typedef struct {
+    uint64_t code;
+    int64_t id;
+} pair_t;
+
+static int cmp_pair(const void *a, const void *b)
+{
+    const pair_t *x = a, *y = b;
+    if (x->code != y->code)
+        return x->code < y->code ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+typedef struct {
+    uint64_t *codes;
+    int64_t *ids;
+    const uint64_t *starts;
+    uint64_t b0, b1;
+    int oom;
+} sort_job;
+
+static void *sort_buckets(void *arg)
+{
+    sort_job *j = arg;
+    pair_t *tmp = NULL;
+    size_t cap = 0;
+    for (uint64_t b = j->b0; b < j->b1; b++) {
+        uint64_t a = j->starts[b], e = j->starts[b + 1], n = e - a;
+        uint64_t *c = j->codes + a;
+        int64_t *d = j->ids + a;
+        if (n <= 32) {
+            for (uint64_t i = 1; i < n; i++) {
+                uint64_t kc = c[i];
+                int64_t kd = d[i];
+                uint64_t p = i;
+                while (p > 0 && (c[p - 1] > kc || (c[p - 1] == kc && d[p - 1] > kd))) {
+                    c[p] = c[p - 1];
+                    d[p] = d[p - 1];
+                    p--;
+                }
+                c[p] = kc;
+                d[p] = kd;
+            }
+            continue;
+        }
+        if (grow((void **)&tmp, &cap, n, sizeof(pair_t))) {
+            j->oom = 1;
+            break;
+        }
+        for (uint64_t i = 0; i < n; i++) {
+            tmp[i].code = c[i];
+            tmp[i].id = d[i];
+        }
+        qsort(tmp, n, sizeof(pair_t), cmp_pair);
+        for (uint64_t i = 0; i < n; i++) {
+            c[i] = tmp[i].code;
+            d[i] = tmp[i].id;
+        }
+    }
+    free(tmp);
+    return NULL;
+}
+
+/* Sorts (code, id) pairs by code then id: one counting-sort pass on the top
+ * bits, then a small sort inside each bucket (on two threads). */
+int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n, uint64_t *out_codes, int64_t *out_ids)
+{
+    int B = 1;
+    while (B < 20 && (1ull << (B + 4)) < n)
+        B++;
+    uint64_t nb = 1ull << B;
+    uint64_t *starts = calloc(nb + 1, sizeof(uint64_t));
+    uint64_t *cursor = malloc(nb * sizeof(uint64_t));
+    if (!starts || !cursor) {
+        free(starts);
+        free(cursor);
+        return -1;
+    }
+    for (uint64_t i = 0; i < n; i++)
+        starts[(codes[i] >> (64 - B)) + 1]++;
+    for (uint64_t b = 0; b < nb; b++)
+        starts[b + 1] += starts[b];
+    memcpy(cursor, starts, nb * sizeof(uint64_t));
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t p = cursor[codes[i] >> (64 - B)]++;
+        out_codes[p] = codes[i];
+        out_ids[p] = ids[i];
+    }
+    free(cursor);
+    /* Split the buckets in two halves by entries for two threads. */
+    uint64_t mid = 0;
+    while (mid < nb && starts[mid] < n / 2)
+        mid++;
+    sort_job jobs[2] = {{out_codes, out_ids, starts, 0, mid, 0}, {out_codes, out_ids, starts, mid, nb, 0}};
+    pthread_t th;
+    int threaded = n > 100000 && pthread_create(&th, NULL, sort_buckets, &jobs[1]) == 0;
+    sort_buckets(&jobs[0]);
+    if (threaded)
+        pthread_join(th, NULL);
+    else
+        sort_buckets(&jobs[1]);
+    free(starts);
+    return jobs[0].oom || jobs[1].oom ? -1 : 0;
+}
+
+uint64_t hs_count_unique(const uint64_t *sorted, uint64_t n)
+{
+    uint64_t u = n > 0;
+    for (uint64_t i = 1; i < n; i++)
+        u += sorted[i] != sorted[i - 1];
+    return u;
+}
+
+void hs_group(const uint64_t *sorted, uint64_t n, uint64_t *codes, uint32_t *group_start)
+{
+    uint64_t g = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (i == 0 || sorted[i] != sorted[i - 1]) {
+            codes[g] = sorted[i];
+            group_start[g++] = (uint32_t)i;
+        }
+    }
+    group_start[g] = (uint32_t)n;
+}
+
+typedef struct {
+    const uint64_t *codes;
+    uint64_t u;
+    int bits, shift;
+    uint32_t *offsets;
+    uint64_t *table_codes;
+    uint32_t *table_groups;
+    int oom;
+} table_job;
+
+static void *build_table(void *arg)
+{
+    table_job *j = arg;
+    uint64_t nb = 1ull << j->bits, mask = sub_mask(j->bits);
+    uint32_t *off = j->offsets;
+    memset(off, 0, (nb + 1) * sizeof(uint32_t));
+    for (uint64_t i = 0; i < j->u; i++)
+        off[((j->codes[i] >> j->shift) & mask) + 1]++;
+    for (uint64_t b = 0; b < nb; b++)
+        off[b + 1] += off[b];
+    if (!j->table_codes)   /* table 0: codes are already in bucket order */
+        return NULL;
+    uint32_t *cursor = malloc(nb * sizeof(uint32_t));
+    if (!cursor) {
+        j->oom = 1;
+        return NULL;
+    }
+    memcpy(cursor, off, nb * sizeof(uint32_t));
+    for (uint64_t i = 0; i < j->u; i++) {
+        uint64_t c = j->codes[i];
+        uint32_t p = cursor[(c >> j->shift) & mask]++;
+        j->table_codes[p] = c;
+        j->table_groups[p] = (uint32_t)i;
+    }
+    free(cursor);
+    return NULL;
+}
+
+int hs_build_tables(const uint64_t *codes, uint64_t u, int m, const int *bits, const int *shift,
+                    uint32_t **offsets, uint64_t **table_codes, uint32_t **table_groups, int nthreads)
+{
+    table_job jobs[HS_MAX_TABLES];
+    pthread_t th[HS_MAX_TABLES];
+    int started[HS_MAX_TABLES] = {0};
+    for (int k = 0; k < m; k++) {
+        table_job j = {codes, u, bits[k], shift[k], offsets[k], k ? table_codes[k] : NULL,
+                       k ? table_groups[k] : NULL, 0};
+        jobs[k] = j;
+    }
+    /* Tables are independent: run up to nthreads of them at once. */
+    for (int k0 = 0; k0 < m; k0 += nthreads > 0 ? nthreads : 1) {
+        int k1 = k0 + (nthreads > 0 ? nthreads : 1);
+        if (k1 > m)
+            k1 = m;
+        for (int k = k0 + 1; k < k1; k++)
+            started[k] = pthread_create(&th[k], NULL, build_table, &jobs[k]) == 0;
+        build_table(&jobs[k0]);
+        for (int k = k0 + 1; k < k1; k++) {
+            if (started[k])
+                pthread_join(th[k], NULL);
+            else
+                build_table(&jobs[k]);
+        }
+    }
+    for (int k = 0; k < m; k++)
+        if (jobs[k].oom)
+            return -1;
+    return 0;
+}
+
+static uint64_t binomial(int n, int k)
+{
+    if (k < 0 || k > n)
+        return 0;
+    uint64_t r = 1;
+    for (int i = 1; i <= k; i++)
+        r = r * (uint64_t)(n - k + i) / (uint64_t)i;
+    return r;
+}
+
+uint32_t hs_mask_count(int bits, int max_ring)
+{
+    uint64_t n = 0;
+    for (int t = 0; t <= max_ring && t <= bits; t++)
+        n += binomial(bits, t);
+    return (uint32_t)n;
+}
+
+void hs_make_masks(int bits, int max_ring, uint32_t *masks, uint32_t *ring_start)
+{
+    uint32_t pos = 0;
+    for (int t = 0; t <= HS_MAX_RING + 1; t++) {
+        ring_start[t] = pos;
+        if (t > max_ring || t > bits)
+            continue;
+        if (t == 0) {
+            masks[pos++] = 0;
+            continue;
+        }
+        /* Gosper's hack: every bits-wide word with exactly t bits set. */
+        uint64_t v = (1ull << t) - 1, end = 1ull << bits;
+        while (v < end) {
+            masks[pos++] = (uint32_t)v;
+            uint64_t c = v & -v, r = v + c;
+            v = (((r ^ v) >> 2) / c) | r;
+        }
+    }
+}
+
+/* ============================ result assembly ============================ */
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int append_results(hs_scratch *w, const int64_t *ids, size_t n, int d)
+{
+    if (grow((void **)&w->ids, &w->cap_res, w->nres + n, sizeof(int64_t)))
+        return -1;
+    size_t cap = w->cap_res, had = w->nres;
+    /* dist grows in step with ids: reallocate it to the same capacity. */
+    int32_t *nd = realloc(w->dist, cap * sizeof(int32_t));
+    if (!nd)
+        return -1;
+    w->dist = nd;
+    memcpy(w->ids + had, ids, n * sizeof(int64_t));
+    for (size_t i = 0; i < n; i++)
+        w->dist[had + i] = d;
+    w->nres += n;
+    return 0;
+}
+
+/* Copies up to `need` live ids of hit h (ascending) to w->tmp at *len. */
+static int gather_ids(hs_scratch *w, const hs_segment *s, const hs_hit *h, uint64_t need, size_t *len)
+{
+    uint64_t a = s->group_start[h->group], b = s->group_start[h->group + 1];
+    uint64_t take = b - a < need ? b - a : need;
+    if (grow((void **)&w->tmp, &w->cap_tmp, *len + take, sizeof(int64_t)))
+        return -1;
+    for (uint64_t i = a; i < b && need > 0; i++) {
+        if (s->dead && is_dead(s->dead, i))
+            continue;
+        w->tmp[(*len)++] = s->ids[i];
+        need--;
+    }
+    return 0;
+}
+
+/* Turns hits[begin:] into results sorted by (distance, id), at most `limit`. */
+static int emit(hs_scratch *w, const hs_segment *const *segs, size_t begin, uint64_t limit)
+{
+    size_t nh = w->nhits - begin;
+    hs_hit *h = w->hits + begin;
+    size_t start[HS_CODE_BITS + 2] = {0};
+    for (size_t i = 0; i < nh; i++)
+        start[h[i].d + 1]++;
+    for (int d = 0; d <= HS_CODE_BITS; d++)
+        start[d + 1] += start[d];
+    if (grow((void **)&w->sorted, &w->cap_sorted, nh, sizeof(hs_hit)))
+        return -1;
+    size_t cursor[HS_CODE_BITS + 1];
+    memcpy(cursor, start, sizeof cursor);
+    for (size_t i = 0; i < nh; i++)
+        w->sorted[cursor[h[i].d]++] = h[i];
+    uint64_t need = limit;
+    for (int d = 0; d <= HS_CODE_BITS && need > 0; d++) {
+        size_t len = 0;
+        for (size_t i = start[d]; i < start[d + 1]; i++)
+            if (gather_ids(w, segs[w->sorted[i].seg], &w->sorted[i], need, &len))
+                return -1;
+        if (start[d + 1] - start[d] > 1)
+            qsort(w->tmp, len, sizeof(int64_t), cmp_i64);
+        if (len > need)
+            len = need;
+        if (len && append_results(w, w->tmp, len, d))
+            return -1;
+        need -= len;
+    }
+    w->nhits = begin;
+    return 0;
+}
+
+/* ================================ planner ================================ */
+
+/* Per-table substring radii for the tight pigeonhole rule: r+1 units spread
+ * over m tables, wider tables first; t = -1 means the table is skipped. */
+static void split_radius(const hs_segment *s, int r, int *t)
+{
+    for (int k = 0; k < s->m; k++)
+        t[k] = (r + 1) / s->m + (k < (r + 1) % s->m) - 1;
+}
+
+static double scan_cost_ns(const hs_segment *s) { return (double)s->n_unique * HS_SCAN_NS; }
+
+static int use_mih_range(const hs_segment *s, int r, int *t)
+{
+    if (s->m == 0)
+        return 0;
+    split_radius(s, r, t);
+    double cost = 0;
+    for (int k = 0; k < s->m; k++) {
+        if (t[k] > HS_MAX_RING || t[k] > s->bits[k])
+            return 0;
+        if (t[k] >= 0)
+            cost += probe_cost_ns(s, k, s->ring_start[k][t[k] + 1]);
+    }
+    return cost < scan_cost_ns(s);
+}
+
+typedef struct {
+    const hs_kernels *K;
+    const hs_segment *s;
+    int segno, r;
+    uint64_t q, k, lo, hi;
+    hs_scratch w;
+    hs_stats st;
+} scan_part;
+
+static void *run_scan_part(void *arg)
+{
+    scan_part *p = arg;
+    if (p->k)
+        p->K->brute_knn(p->s, p->segno, p->q, p->k, p->lo, p->hi, &p->w, &p->st);
+    else
+        p->K->brute_range(p->s, p->segno, p->q, p->r, p->lo, p->hi, &p->w, &p->st);
+    return NULL;
+}
+
+/* Scans a whole segment (k > 0: k-NN, else radius r), split over nthreads. */
+static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, uint64_t q, int r, uint64_t k,
+                         hs_scratch *w, hs_stats *st, int nthreads)
+{
+    uint64_t u = s->n_unique;
+    if (nthreads > HS_MAX_TABLES)
+        nthreads = HS_MAX_TABLES;
+    if (nthreads <= 1 || u < HS_PAR_SCAN_MIN) {
+        if (k)
+            K->brute_knn(s, segno, q, k, 0, u, w, st);
+        else
+            K->brute_range(s, segno, q, r, 0, u, w, st);
+        return;
+    }
+    scan_part parts[HS_MAX_TABLES];
+    pthread_t th[HS_MAX_TABLES];
+    int started[HS_MAX_TABLES] = {0};
+    uint64_t step = (u / (uint64_t)nthreads + 7) & ~7ull;
+    for (int i = 0; i < nthreads; i++) {
+        uint64_t lo = step * (uint64_t)i, hi = i == nthreads - 1 ? u : step * (uint64_t)(i + 1);
+        if (lo > u) lo = u;
+        if (hi > u) hi = u;
+        scan_part p = {K, s, segno, r, q, k, lo, hi, {0}, {0}};
+        parts[i] = p;
+    }
+    for (int i = 1; i < nthreads; i++)
+        started[i] = pthread_create(&th[i], NULL, run_scan_part, &parts[i]) == 0;
+    run_scan_part(&parts[0]);
+    for (int i = 1; i < nthreads; i++) {
+        if (started[i])
+            pthread_join(th[i], NULL);
+        else
+            run_scan_part(&parts[i]);
+    }
+    for (int i = 0; i < nthreads; i++) {
+        scan_part *p = &parts[i];
+        if (p->w.oom || grow((void **)&w->hits, &w->cap_hits, w->nhits + p->w.nhits, sizeof(hs_hit)))
+            w->oom = 1;
+        else {
+            memcpy(w->hits + w->nhits, p->w.hits, p->w.nhits * sizeof(hs_hit));
+            w->nhits += p->w.nhits;
+        }
+        st->scanned += p->st.scanned;
+        free(p->w.hits);
+    }
+}
+
+static int query_range_one(const hs_kernels *K, const hs_segment *const *segs, int nseg, uint64_t q, int r,
+                           hs_scratch *w, hs_stats *st, int inner)
+{
+    size_t begin = w->nhits;
+    for (int si = 0; si < nseg; si++) {
+        const hs_segment *s = segs[si];
+        int t[HS_MAX_TABLES];
+        if (s->n_unique == 0)
+            continue;
+        if (use_mih_range(s, r, t))
+            K->mih_range(s, si, q, r, t, w, st);
+        else
+            scan_segment(K, s, si, q, r, 0, w, st, inner);
+    }
+    st->hits += w->nhits - begin;
+    if (w->oom)
+        return -1;
+    return emit(w, segs, begin, HS_UNLIMITED);
+}
+
+static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int nseg, uint64_t q, uint64_t k,
+                         hs_scratch *w, hs_stats *st, int inner)
+{
+    size_t begin = w->nhits;
+    for (int si = 0; si < nseg; si++) {
+        const hs_segment *s = segs[si];
+        if (s->n_unique == 0)
+            continue;
+        size_t seg_begin = w->nhits;
+        if (s->m > 0 && K->mih_knn(s, si, q, k, w, st, scan_cost_ns(s)))
+            continue;
+        w->nhits = seg_begin;   /* the planner gave up on the tables: scan instead */
+        scan_segment(K, s, si, q, 0, k, w, st, inner);
+    }
+    st->hits += w->nhits - begin;
+    if (w->oom)
+        return -1;
+    return emit(w, segs, begin, k);
+}
+
+/* ================================ batches ================================ */
+
+typedef struct {
+    const hs_kernels *K;
+    const hs_segment *const *segs;
+    int nseg, radius, inner;
+    const uint64_t *queries;
+    uint64_t nq, k, chunk;
+    hs_scratch *scratch;
+    uint32_t *qthread;
+    uint64_t *qstart;
+    int64_t *lims;
+    int64_t *knn_ids;
+    int32_t *knn_dist;
+    hs_stats *stats;
+    uint64_t next;
+    int failed, nworkers;
+} batch_job;
+
+typedef struct {
+    batch_job *job;
+    int tid;
+} worker_arg;
+
+static void *batch_worker(void *arg)
+{
+    batch_job *J = ((worker_arg *)arg)->job;
+    int tid = ((worker_arg *)arg)->tid;
+    hs_scratch *w = &J->scratch[tid];
+    for (;;) {
+        uint64_t i0 = __atomic_fetch_add(&J->next, J->chunk, __ATOMIC_RELAXED);
+        if (i0 >= J->nq || __atomic_load_n(&J->failed, __ATOMIC_RELAXED))
+            return NULL;
+        uint64_t i1 = i0 + J->chunk < J->nq ? i0 + J->chunk : J->nq;
+        for (uint64_t i = i0; i < i1; i++) {
+            hs_stats st = {0};
+            int rc;
+            if (J->k) {
+                w->nres = 0;
+                rc = query_knn_one(J->K, J->segs, J->nseg, J->queries[i], J->k, w, &st, J->inner);
+                for (uint64_t c = 0; c < J->k; c++) {
+                    J->knn_ids[i * J->k + c] = c < w->nres ? w->ids[c] : -1;
+                    J->knn_dist[i * J->k + c] = c < w->nres ? w->dist[c] : -1;
+                }
+            } else {
+                uint64_t before = w->nres;
+                rc = query_range_one(J->K, J->segs, J->nseg, J->queries[i], J->radius, w, &st, J->inner);
+                J->qthread[i] = (uint32_t)tid;
+                J->qstart[i] = before;
+                J->lims[i + 1] = (int64_t)(w->nres - before);
+            }
+            if (J->stats)
+                J->stats[i] = st;
+            if (rc) {
+                __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
+                return NULL;
+            }
+        }
+    }
+}
+
+static void free_scratch(hs_scratch *w, int n)
+{
+    for (int i = 0; w && i < n; i++) {
+        free(w[i].hits); free(w[i].sorted); free(w[i].ids); free(w[i].dist); free(w[i].tmp);
+    }
+    free(w);
+}
+
+/* Runs the batch on min(nthreads, nq) workers; with fewer queries than
+ * threads, each query's scans get the spare threads. J->scratch is left for
+ * the caller to read and free (J->nworkers entries). */
+static int run_batch(batch_job *J, int nthreads)
+{
+    if (nthreads < 1)
+        nthreads = 1;
+    int nw = J->nq < (uint64_t)nthreads ? (int)(J->nq ? J->nq : 1) : nthreads;
+    J->nworkers = nw;
+    J->inner = nthreads / nw;
+    J->chunk = J->nq / ((uint64_t)nw * 32);
+    if (J->chunk < 1) J->chunk = 1;
+    if (J->chunk > 64) J->chunk = 64;
+    J->K = all_kernels[hs_get_isa()];
+    J->scratch = calloc((size_t)nw, sizeof(hs_scratch));
+    pthread_t *th = calloc((size_t)nw, sizeof(pthread_t));
+    worker_arg *args = calloc((size_t)nw, sizeof(worker_arg));
+    int *started = calloc((size_t)nw, sizeof(int));
+    int rc = -1;
+    if (J->scratch && th && args && started) {
+        for (int i = 0; i < nw; i++) {
+            args[i].job = J;
+            args[i].tid = i;
+        }
+        for (int i = 1; i < nw; i++)
+            started[i] = pthread_create(&th[i], NULL, batch_worker, &args[i]) == 0;
+        batch_worker(&args[0]);
+        for (int i = 1; i < nw; i++)
+            if (started[i])
+                pthread_join(th[i], NULL);
+        /* Chunks left by a thread that failed to start. */
+        batch_worker(&args[0]);
+        rc = J->failed ? -1 : 0;
+    }
+    free(th); free(args); free(started);
+    return rc;
+}
+
+int hs_range_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq, int radius,
+                    int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist, hs_stats *stats)
+{
+    batch_job J;
+    memset(&J, 0, sizeof J);
+    J.segs = segs; J.nseg = nseg; J.queries = queries; J.nq = nq; J.radius = radius;
+    J.lims = lims; J.stats = stats;
+    J.qthread = malloc((nq + 1) * sizeof(uint32_t));
+    J.qstart = malloc((nq + 1) * sizeof(uint64_t));
+    *out_ids = NULL;
+    *out_dist = NULL;
+    int rc = J.qthread && J.qstart ? run_batch(&J, nthreads) : -1;
+    if (rc == 0) {
+        lims[0] = 0;
+        for (uint64_t i = 0; i < nq; i++)
+            lims[i + 1] += lims[i];
+        uint64_t total = (uint64_t)lims[nq];
+        *out_ids = malloc((total ? total : 1) * sizeof(int64_t));
+        *out_dist = malloc((total ? total : 1) * sizeof(int32_t));
+        if (!*out_ids || !*out_dist) {
+            rc = -1;
+        } else {
+            for (uint64_t i = 0; i < nq; i++) {
+                hs_scratch *w = &J.scratch[J.qthread[i]];
+                uint64_t n = (uint64_t)(lims[i + 1] - lims[i]);
+                memcpy(*out_ids + lims[i], w->ids + J.qstart[i], n * sizeof(int64_t));
+                memcpy(*out_dist + lims[i], w->dist + J.qstart[i], n * sizeof(int32_t));
+            }
+        }
+    }
+    if (rc) {
+        free(*out_ids); free(*out_dist);
+        *out_ids = NULL; *out_dist = NULL;
+    }
+    free_scratch(J.scratch, J.nworkers);
+    free(J.qthread);
+    free(J.qstart);
+    return rc;
+}
+
+int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq, int k,
+                  int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats)
+{
+    batch_job J;
+    memset(&J, 0, sizeof J);
+    J.segs = segs; J.nseg = nseg; J.queries = queries; J.nq = nq; J.k = (uint64_t)k;
+    J.knn_ids = out_ids; J.knn_dist = out_dist; J.stats = stats;
+    int rc = run_batch(&J, nthreads);
+    free_scratch(J.scratch, J.nworkers);
+    return rc;
+}

@@ -1,0 +1,89 @@
+/* hashsieve native core: exact Hamming search over 64-bit codes with
+ * multi-index hashing (Norouzi, Punjani, Fleet 2012) and a SIMD brute-force scan.
+ *
+ * A segment is immutable once built. Its arrays are owned by the caller
+ * (numpy arrays or a read-only memory map); this code only reads them.
+ *
+ * Layout of one segment of n entries with u distinct codes:
+ *   codes[u]            distinct codes, ascending. Also table 0's bucket array,
+ *                       because table 0's key is the top bits of the code.
+ *   group_start[u+1]    entries of distinct code g are ids[group_start[g] ..
+ *                       group_start[g+1]); identical codes are stored once, so a
+ *                       hash shared by a million entries is one candidate.
+ *   ids[n]              ascending inside each group.
+ *   dead[(n+7)/8]       tombstone bitmap over entry slots, or NULL.
+ *   for each table k (bits [shift_k, shift_k + bits_k) of the code):
+ *     offsets[2^bits+1] CSR bucket boundaries,
+ *     table_codes[u]    codes stored inline, bucket by bucket (table 0: == codes),
+ *     table_groups[u]   group number of each code (table 0: NULL, identity).
+ */
+#ifndef HASHSIEVE_MIH_H
+#define HASHSIEVE_MIH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HS_CODE_BITS 64
+#define HS_MAX_TABLES 8
+/* Probe rings are enumerated up to this substring radius; beyond it the
+ * planner scans instead. */
+#define HS_MAX_RING 6
+
+typedef struct {
+    int m;                                  /* tables; 0 = brute force only */
+    int bits[HS_MAX_TABLES];
+    int shift[HS_MAX_TABLES];
+    uint64_t n_unique;
+    uint64_t n_entries;
+    const uint64_t *codes;
+    const uint32_t *group_start;
+    const int64_t *ids;
+    const uint8_t *dead;
+    const uint32_t *offsets[HS_MAX_TABLES];
+    const uint64_t *table_codes[HS_MAX_TABLES];
+    const uint32_t *table_groups[HS_MAX_TABLES];
+    /* Probe masks of table k ordered by popcount; ring t is
+     * masks[k][ring_start[k][t] .. ring_start[k][t+1]). */
+    const uint32_t *masks[HS_MAX_TABLES];
+    uint32_t ring_start[HS_MAX_TABLES][HS_MAX_RING + 2];
+} hs_segment;
+
+/* Per-query cost counters, for checking the cost model. */
+typedef struct {
+    uint64_t probes;
+    uint64_t candidates;
+    uint64_t hits;        /* distinct codes within the radius */
+    uint64_t scanned;     /* codes read by brute-force scans */
+} hs_stats;
+
+/* ---- build ---- */
+int hs_choose_tables(uint64_t n_unique, int bits_out[HS_MAX_TABLES], int shift_out[HS_MAX_TABLES]);
+int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n,
+                  uint64_t *out_codes, int64_t *out_ids);
+uint64_t hs_count_unique(const uint64_t *sorted_codes, uint64_t n);
+void hs_group(const uint64_t *sorted_codes, uint64_t n, uint64_t *codes, uint32_t *group_start);
+/* Builds tables 1..m-1 (two threads when nthreads > 1) and the offsets of table 0. */
+int hs_build_tables(const uint64_t *codes, uint64_t u, int m, const int *bits, const int *shift,
+                    uint32_t **offsets, uint64_t **table_codes, uint32_t **table_groups, int nthreads);
+uint32_t hs_mask_count(int bits, int max_ring);
+void hs_make_masks(int bits, int max_ring, uint32_t *masks, uint32_t *ring_start);
+
+/* ---- search ----
+ * Range: all live entries with distance <= radius, per query sorted by (distance, id).
+ * Results are returned as one CSR block (lims has nq+1 entries); *out_ids and
+ * *out_dist are malloc'ed and owned by the caller (free them).
+ * kNN: writes nq*k ids and distances, -1 padded, sorted by (distance, id).
+ * Both return 0, or -1 when out of memory. stats may be NULL. */
+int hs_range_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
+                    int radius, int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist,
+                    hs_stats *stats);
+int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
+                  int k, int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats);
+
+/* ---- SIMD dispatch ---- */
+enum { HS_ISA_GENERIC = 0, HS_ISA_POPCNT = 1, HS_ISA_AVX2 = 2, HS_ISA_AVX512 = 3 };
+int hs_isa_supported(int isa);
+int hs_get_isa(void);
+int hs_set_isa(int isa);   /* -1 if the CPU lacks it */
+
+#endif

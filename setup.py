@@ -1,0 +1,37 @@
+"""Build the native core (hashsieve._core) from ext/.
+
+Set HASHSIEVE_DEBUG=1 to build with bounds checks, assertions and
+AddressSanitizer for debugging.
+"""
+import os
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+debug = os.environ.get("HASHSIEVE_DEBUG") == "1"
+
+compile_args = ["-O3", "-std=c11", "-Wall", "-Wno-unused-function", "-pthread"]
+link_args = ["-pthread"]
+if debug:
+    compile_args = ["-O1", "-g", "-std=c11", "-fsanitize=address", "-fno-omit-frame-pointer", "-pthread"]
+    link_args = ["-fsanitize=address", "-pthread"]
+
+directives = {
+    "language_level": "3",
+    "boundscheck": debug,
+    "wraparound": debug,
+    "cdivision": not debug,
+    "initializedcheck": debug,
+}
+
+core = Extension(
+    "hashsieve._core",
+    sources=["ext/_core.pyx", "ext/mih.c"],
+    include_dirs=["ext", np.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")] + ([] if debug else [("NDEBUG", "1")]),
+    extra_compile_args=compile_args,
+    extra_link_args=link_args,
+)
+
+setup(ext_modules=cythonize([core], compiler_directives=directives))

@@ -1,0 +1,205 @@
+"""HashIndex: exact Hamming search over 64-bit perceptual hashes.
+
+The index is a tuple of immutable native segments: a large main segment and a
+small delta that absorbs additions until it is worth merging. Removals set bits
+in a tombstone bitmap. Every change builds a new tuple and swaps it in, so a
+query running in another thread always sees one consistent version.
+"""
+import threading
+
+import numpy as np
+
+from . import _core
+from ._validate import hashes_array, ids_array, k_value, radius_value, threads_value
+
+# The delta is merged into the main segment when it grows past this share of it.
+DELTA_MERGE_FRACTION = 0.25
+
+
+class _Part:
+    """A segment and a lazily built id -> slot lookup for remove()."""
+
+    __slots__ = ("segment", "_order")
+
+    def __init__(self, segment):
+        self.segment = segment
+        self._order = None
+
+    def slots_of(self, ids):
+        """Slots (positions in segment.ids) of the given ids that are present and live."""
+        seg_ids = self.segment.ids
+        if self._order is None:
+            self._order = np.argsort(seg_ids, kind="stable")
+        sorted_ids = seg_ids[self._order]
+        pos = np.searchsorted(sorted_ids, ids)
+        pos = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+        found = len(sorted_ids) > 0
+        hit = (sorted_ids[pos] == ids) if found else np.zeros(len(ids), dtype=bool)
+        slots = self._order[pos[hit]]
+        dead = self.segment.dead
+        if dead is not None and slots.size:
+            slots = slots[~np.unpackbits(dead, bitorder="little")[slots].astype(bool)]
+        return slots
+
+    def with_removed(self, slots):
+        n = len(self.segment)
+        dead = self.segment.dead
+        dead = np.zeros((n + 7) // 8, dtype=np.uint8) if dead is None else dead.copy()
+        np.bitwise_or.at(dead, slots >> 3, (1 << (slots & 7)).astype(np.uint8))
+        part = _Part(self.segment.with_dead(dead))
+        part._order = self._order
+        return part
+
+    def live_entries(self):
+        """(codes, ids) of every live entry."""
+        seg = self.segment
+        codes = np.repeat(seg.codes, np.diff(seg.group_start.astype(np.int64)))
+        ids = seg.ids
+        if seg.dead is not None:
+            live = ~np.unpackbits(seg.dead, count=len(ids), bitorder="little").astype(bool)
+            codes, ids = codes[live], ids[live]
+        return codes, np.asarray(ids)
+
+    def live_count(self):
+        dead = self.segment.dead
+        if dead is None:
+            return len(self.segment)
+        return len(self.segment) - int(np.unpackbits(dead, count=len(self.segment), bitorder="little").sum())
+
+
+class HashIndex:
+    """Exact Hamming-distance index of 64-bit hashes, each with an int64 id.
+
+    Results follow FAISS's conventions, except that the radius is inclusive
+    and results are sorted by (distance, id), so they are deterministic.
+    Queries may run from many threads at once; changes are serialised.
+    """
+
+    bits = 64
+
+    def __init__(self):
+        self._parts = ()            # (main, delta) or fewer; swapped whole, never mutated
+        self._next_id = 0
+        self._write_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- changes
+    def add(self, hashes, ids=None, threads=None):
+        """Add uint64 hashes (n,) with int64 ids (n,); ids=None numbers them on from the largest id.
+
+        Returns the ids. Raises ValueError if an id is repeated or already in the index.
+        """
+        codes = hashes_array(hashes)
+        nthreads = threads_value(threads)
+        with self._write_lock:
+            if ids is None:
+                ids = np.arange(self._next_id, self._next_id + len(codes), dtype=np.int64)
+            else:
+                ids = ids_array(ids, len(codes))
+                self._check_new_ids(ids)
+            if len(codes) == 0:
+                return ids
+            parts = list(self._parts)
+            if not parts:
+                parts = [_Part(_core.build_segment(codes, ids, nthreads))]
+            else:
+                main = parts[0]
+                old_codes, old_ids = parts[1].live_entries() if len(parts) > 1 else (codes[:0], ids[:0])
+                delta_codes = np.concatenate([old_codes, codes])
+                delta_ids = np.concatenate([old_ids, ids])
+                if len(delta_codes) > DELTA_MERGE_FRACTION * main.live_count():
+                    main_codes, main_ids = main.live_entries()
+                    parts = [_Part(_core.build_segment(np.concatenate([main_codes, delta_codes]),
+                                                       np.concatenate([main_ids, delta_ids]), nthreads))]
+                else:
+                    parts = [main, _Part(_core.build_segment(delta_codes, delta_ids, nthreads))]
+            self._parts = tuple(parts)
+            self._next_id = max(self._next_id, int(ids.max()) + 1)
+            return ids
+
+    def _check_new_ids(self, ids):
+        if len(np.unique(ids)) != len(ids):
+            values, counts = np.unique(ids, return_counts=True)
+            raise ValueError(f"ids must be unique; id {values[counts > 1][0]} appears more than once")
+        for part in self._parts:
+            present = part.slots_of(ids)
+            if present.size:
+                raise ValueError(f"id {part.segment.ids[present[0]]} is already in the index; "
+                                 "remove() it first or pass other ids")
+
+    def remove(self, ids):
+        """Remove the entries with these ids; returns how many were removed (absent ids are skipped)."""
+        if isinstance(ids, np.ndarray) and ids.ndim == 1:
+            n = len(ids)
+        else:
+            ids = np.atleast_1d(np.asarray(ids)) if not isinstance(ids, np.ndarray) else ids
+            n = ids.size
+        ids = ids_array(np.ravel(ids) if isinstance(ids, np.ndarray) else ids, n)
+        ids = np.unique(ids)
+        removed = 0
+        with self._write_lock:
+            parts = []
+            for part in self._parts:
+                slots = part.slots_of(ids)
+                removed += len(slots)
+                parts.append(part.with_removed(slots) if len(slots) else part)
+            self._parts = tuple(parts)
+        return removed
+
+    def compact(self, threads=None):
+        """Fold the delta and the tombstones into one freshly built segment."""
+        nthreads = threads_value(threads)
+        with self._write_lock:
+            entries = [part.live_entries() for part in self._parts]
+            if not entries:
+                return
+            codes = np.concatenate([c for c, _ in entries])
+            ids = np.concatenate([i for _, i in entries])
+            self._parts = (_Part(_core.build_segment(codes, ids, nthreads)),) if len(codes) else ()
+
+    def __len__(self):
+        return sum(part.live_count() for part in self._parts)
+
+    # ---------------------------------------------------------------- queries
+    def _segments(self):
+        return [part.segment for part in self._parts]
+
+    def range_search(self, queries, radius, threads=None):
+        """Every entry within Hamming distance <= radius of each query.
+
+        queries: uint64 array (nq,) or one int. Returns (lims int64 (nq+1,),
+        distances int32, ids int64): query i's results are
+        distances[lims[i]:lims[i+1]], ids[lims[i]:lims[i+1]], sorted by (distance, id).
+        """
+        q = hashes_array(queries, "queries")
+        return _core.range_search(self._segments(), q, radius_value(radius), threads_value(threads))
+
+    def search(self, queries, k, threads=None):
+        """The k nearest entries of each query, ties broken by smaller id.
+
+        Returns (distances int32 (nq, k), ids int64 (nq, k)); -1 where fewer than k entries exist.
+        """
+        q = hashes_array(queries, "queries")
+        return _core.knn_search(self._segments(), q, k_value(k), threads_value(threads))
+
+    def explain(self, queries, radius=None, k=None, threads=None):
+        """Per-query cost counters of a range_search (radius=) or search (k=).
+
+        Returns a dict of uint64 arrays (nq,): probes (table buckets visited),
+        candidates (codes read from those buckets), hits (distinct codes
+        reported) and scanned (codes read by brute-force scans).
+        """
+        if (radius is None) == (k is None):
+            raise ValueError("explain() needs exactly one of radius= or k=")
+        q = hashes_array(queries, "queries")
+        if radius is not None:
+            stats = _core.range_search(self._segments(), q, radius_value(radius), threads_value(threads), True)[3]
+        else:
+            stats = _core.knn_search(self._segments(), q, k_value(k), threads_value(threads), True)[2]
+        return dict(zip(("probes", "candidates", "hits", "scanned"), stats.T.copy()))
+
+    def nbytes(self):
+        """Bytes held by the index's arrays."""
+        return sum(part.segment.nbytes() for part in self._parts)
+
+    def __repr__(self):
+        return f"<hashsieve.HashIndex {len(self)} hashes, {len(self._parts)} segment(s)>"
