@@ -1,0 +1,657 @@
+"""Perceptual image hashes (pHash, dHash, aHash, wHash), bit-exact with imagehash 4.3.
+
+The default path repeats imagehash's steps exactly: ``Image.open`` ->
+``convert("L")`` -> LANCZOS resize -> transform -> threshold.  The transforms are
+re-implemented in numpy with the *same floating-point operations* as the code
+imagehash calls (scipy's pocketfft DCT-II, PyWavelets' Haar filters), because
+synthetic and symmetric images produce exact ties at the median that are broken
+by rounding noise: a mathematically equal DCT would still flip bits there.
+
+``fast=True`` trades a few bits for speed: JPEGs are decoded at 1/2-1/8 scale
+in greyscale (libjpeg DCT scaling via ``Image.draft``) and large images are
+box-reduced before the LANCZOS resize.  Its cost in bits is measured in
+docs/hashing.md.
+
+Hash layout: the 8x8 bit matrix row-major, first bit most significant, so
+``int(str(imagehash.phash(im)), 16) == hash_image(im)``.
+"""
+import io
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ._validate import available_cores
+
+__all__ = ["HASH_KINDS", "DEFAULT_MAX_PIXELS", "ImageHashError", "HashResults",
+           "hash_image", "hash_images", "iter_hash_images", "image_detail"]
+
+HASH_KINDS = ("phash", "dhash", "ahash", "whash")
+
+# Pillow's own warning threshold (~89.5 MP, e.g. 9459x9459).  Above it an image is
+# refused before any pixel is decoded, so a 100-byte file cannot claim gigabytes.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+_LANCZOS = Image.Resampling.LANCZOS
+_HASH_SIZE = 8
+_PHASH_SIZE = 32          # hash_size * highfreq_factor in imagehash.phash
+_DETAIL_SIZE = 32         # thumbnail used for the detail score
+# fast=True keeps at least this many pixels on the short side before the final
+# LANCZOS resize.  Measured on 1-4 MP JPEGs (bench_hashing.py fastcost): 128
+# costs phash/ahash < 0.5 bit on average; dhash compares neighbouring pixels
+# and needs 256 to stay under 1 bit.
+_FAST_MIN_SIDE = {"phash": 128, "ahash": 128, "dhash": 256, "whash": 128}
+# fast whash works on at most this scale instead of the short side's power of
+# two (up to 2048 for big photos, the bulk of exact whash's time).
+_FAST_WHASH_SCALE = 256
+
+
+class ImageHashError(ValueError):
+    """An image could not be hashed.  ``image`` names it, ``reason`` says why."""
+
+    def __init__(self, image, reason):
+        self.image = image
+        self.reason = reason
+        super().__init__(f"cannot hash {image}: {reason}")
+
+
+# ---------------------------------------------------------------------------
+# DCT-II identical to scipy.fftpack.dct (pocketfft T_dcst23, type 2, no norm)
+# ---------------------------------------------------------------------------
+
+def _unity_roots_real(n, indices):
+    """Real parts of exp(2*pi*i*k/n) computed as pocketfft's UnityRoots does.
+
+    pocketfft builds twiddles from two small tables (v1[k & mask] * v2[k >> shift]);
+    a directly computed cos() differs in the last bit for some k, which is enough
+    to change hashes of images whose coefficients tie at the median.
+    """
+    ang = 0.25 * math.pi / n
+
+    def calc(x):
+        x <<= 3
+        if x < 4 * n:
+            if x < 2 * n:
+                if x < n:
+                    return math.cos(x * ang), math.sin(x * ang)
+                return math.sin((2 * n - x) * ang), math.cos((2 * n - x) * ang)
+            x -= 2 * n
+            if x < n:
+                return -math.sin(x * ang), math.cos(x * ang)
+            return -math.cos((2 * n - x) * ang), math.sin((2 * n - x) * ang)
+        x = 8 * n - x
+        if x < 2 * n:
+            if x < n:
+                return math.cos(x * ang), -math.sin(x * ang)
+            return math.sin((2 * n - x) * ang), -math.cos((2 * n - x) * ang)
+        x -= 2 * n
+        if x < n:
+            return -math.sin(x * ang), -math.cos(x * ang)
+        return -math.cos((2 * n - x) * ang), -math.sin((2 * n - x) * ang)
+
+    nval = (n + 2) // 2
+    shift = 1
+    while (1 << shift) * (1 << shift) < nval:
+        shift += 1
+    mask = (1 << shift) - 1
+    v1 = [(1.0, 0.0)] + [calc(i) for i in range(1, mask + 1)]
+    v2 = [(1.0, 0.0)] + [calc(i * (mask + 1)) for i in range(1, (nval + mask) // (mask + 1))]
+    out = []
+    for k in indices:
+        if 2 * k > n:
+            k = n - k       # the real part is symmetric
+        x1, x2 = v1[k & mask], v2[k >> shift]
+        out.append(x1[0] * x2[0] - x1[1] * x2[1])
+    return np.array(out, dtype=np.float64)
+
+
+_N = _PHASH_SIZE
+_DCT_TW = _unity_roots_real(4 * _N, range(1, _N + 1))
+_DCT_K = np.arange(1, _N // 2)
+_DCT_KC = _N - _DCT_K
+_DCT_TWK = _DCT_TW[_DCT_K - 1]
+_DCT_TWKC = _DCT_TW[_DCT_KC - 1]
+
+
+def _dct2_lastaxis(x):
+    """Unnormalised DCT-II along the last axis of a (m, 32) float64 array.
+
+    Same operations, in the same order, as pocketfft's T_dcst23::exec(type=2):
+    fold into half-complex order, one backward real FFT (numpy ships the same
+    pocketfft, and norm="forward" means no scaling), then the twiddle butterfly.
+    """
+    n = _N
+    c = x.copy()
+    c[:, 0] *= 2
+    c[:, n - 1] *= 2
+    a = c[:, 2:n - 1:2]
+    b = c[:, 1:n - 2:2]
+    spec = np.empty((c.shape[0], n // 2 + 1), dtype=np.complex128)
+    spec.real[:, 0] = c[:, 0]
+    spec.imag[:, 0] = 0.0
+    spec.real[:, n // 2] = c[:, n - 1]
+    spec.imag[:, n // 2] = 0.0
+    spec.real[:, 1:n // 2] = a + b      # MPINPLACE(c[k+1], c[k]): c[k] = c[k+1] + c[k]
+    spec.imag[:, 1:n // 2] = a - b      #                          c[k+1] = c[k+1] - c[k]
+    r = np.fft.irfft(spec, n=n, axis=-1, norm="forward")
+    out = np.empty_like(r)
+    out[:, 0] = r[:, 0]
+    rk, rkc = r[:, _DCT_K], r[:, _DCT_KC]
+    t1 = _DCT_TWK * rkc + _DCT_TWKC * rk
+    t2 = _DCT_TWK * rk - _DCT_TWKC * rkc
+    out[:, _DCT_K] = 0.5 * (t1 + t2)
+    out[:, _DCT_KC] = 0.5 * (t1 - t2)
+    out[:, n // 2] = r[:, n // 2] * _DCT_TW[n // 2 - 1]
+    return out
+
+
+def _dct2d(pixels):
+    """scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1) for 32x32."""
+    x = np.asarray(pixels, dtype=np.float64)
+    cols = _dct2_lastaxis(np.ascontiguousarray(x.T)).T
+    return _dct2_lastaxis(np.ascontiguousarray(cols))
+
+
+# ---------------------------------------------------------------------------
+# Haar wavelet identical to PyWavelets (wavedec2/waverec2, 'haar', symmetric)
+# ---------------------------------------------------------------------------
+# For even lengths the Haar filters never reach the signal edge, so the extension
+# mode does not matter.  pywt's C loops compute, per output:
+#   approx = c*x[2k+1] + c*x[2k],  detail = c*x[2k] - c*x[2k+1]        (dwt)
+#   x[2k]  = c*a + c*d,            x[2k+1] = c*a - c*d                 (idwt)
+# with c = 0.7071067811865476, each product rounded before the sum.
+_HAAR_C = 0.7071067811865476
+
+
+def _dwt_axis0(x):
+    ce = _HAAR_C * x[0::2]
+    co = _HAAR_C * x[1::2]
+    return co + ce, ce - co
+
+
+def _idwt_axis0(a, d):
+    ca = _HAAR_C * a
+    cd = _HAAR_C * d
+    out = np.empty((2 * a.shape[0],) + a.shape[1:])
+    out[0::2] = ca + cd
+    out[1::2] = ca - cd
+    return out
+
+
+def _dwt2(x):
+    # pywt.dwtn transforms axis 0 first, then axis 1.
+    a, d = _dwt_axis0(x)
+    aa, ad = _dwt_axis0(a.T)
+    da, dd = _dwt_axis0(d.T)
+    return aa.T, (da.T, ad.T, dd.T)
+
+
+def _idwt2(aa, details):
+    # pywt.idwtn undoes axis 1 first, then axis 0.
+    da, ad, dd = details
+    a = _idwt_axis0(aa.T, ad.T).T
+    d = _idwt_axis0(da.T, dd.T).T
+    return _idwt_axis0(a, d)
+
+
+def _whash_bits(pixels01, image_scale):
+    """imagehash.whash(mode='haar', remove_max_haar_ll=True) on a scale x scale array."""
+    ll_max_level = int(np.log2(image_scale))
+    dwt_level = ll_max_level - int(np.log2(_HASH_SIZE))
+    # Remove the lowest-frequency LL (the 1x1 mean) and rebuild the image.
+    a, details = pixels01, []
+    for _ in range(ll_max_level):
+        a, ds = _dwt2(a)
+        details.append(ds)
+    a = a * 0
+    for ds in reversed(details):
+        a = _idwt2(a, ds)
+    for _ in range(dwt_level):
+        a, _ds = _dwt2(a)
+    return a > np.median(a)
+
+
+def _whash_scale(size):
+    # Same expression as imagehash: largest power of two <= the short side, >= 8.
+    natural = 2 ** int(np.log2(min(size)))
+    return max(natural, _HASH_SIZE)
+
+
+# ---------------------------------------------------------------------------
+# Opening images and turning decoder failures into ImageHashError
+# ---------------------------------------------------------------------------
+
+def _describe(image):
+    if isinstance(image, (str, os.PathLike)):
+        return repr(os.fsdecode(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return f"<{memoryview(image).nbytes} bytes>"
+    if isinstance(image, Image.Image):
+        return f"<PIL image {image.mode} {image.size[0]}x{image.size[1]}>"
+    name = getattr(image, "name", None)
+    if isinstance(name, (str, bytes)):
+        return repr(os.fsdecode(name))
+    return f"<{type(image).__name__}>"
+
+
+def _check_input_type(image):
+    """TypeError for things that are not an image source at all (a caller's bug)."""
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
+        return
+    if isinstance(image, io.TextIOBase):
+        raise TypeError(f"image {_describe(image)} is a text-mode file; open it with mode 'rb'")
+    if callable(getattr(image, "read", None)):
+        return
+    raise TypeError(f"image must be a path, bytes, a binary file object or a PIL.Image, "
+                    f"got {type(image).__name__}")
+
+
+def _open(image, name):
+    """A PIL image (lazy: header read, pixels not decoded) and whether we own it."""
+    if isinstance(image, Image.Image):
+        return image, False
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise ImageHashError(name, "no such file; check the path") from None
+        except OSError as e:
+            raise ImageHashError(name, f"cannot read the file ({e.strerror or e})") from None
+        if os.path.isdir(path):
+            raise ImageHashError(name, "is a directory, not an image file")
+        if st.st_size == 0:
+            raise ImageHashError(name, "empty file (0 bytes); the upload or copy was probably cut short")
+        fp = path
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        if memoryview(image).nbytes == 0:
+            raise ImageHashError(name, "empty input (0 bytes)")
+        fp = io.BytesIO(image)
+    else:
+        fp = image
+    try:
+        return Image.open(fp), True
+    except Exception as e:
+        raise ImageHashError(name, _explain(e)) from e
+
+
+def _explain(exc):
+    """A reason a person can act on, from whatever the decoder raised."""
+    msg = str(exc)
+    if isinstance(exc, Image.DecompressionBombError) or isinstance(exc, Image.DecompressionBombWarning):
+        return (f"refused as a possible decompression bomb ({msg}); raise PIL.Image.MAX_IMAGE_PIXELS "
+                "and max_pixels= only for files you trust")
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image Pillow can read (unknown or unsupported format, or not an image file)"
+    if isinstance(exc, MemoryError):
+        return "ran out of memory while decoding; lower max_pixels or hash it with fast=True"
+    if "truncated" in msg or isinstance(exc, EOFError):
+        return (f"truncated image data ({msg or type(exc).__name__}); the file is incomplete, "
+                "re-fetch or re-export it")
+    return f"corrupt or unsupported image data ({type(exc).__name__}: {msg})"
+
+
+def _check_pixels(img, name, max_pixels):
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageHashError(name, f"image has no pixels (size {w}x{h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageHashError(name, f"image is {w}x{h} = {w * h:,} pixels, above max_pixels={max_pixels:,} "
+                                   "(decompression-bomb guard); pass a larger max_pixels= if you trust it")
+
+
+# ---------------------------------------------------------------------------
+# The hashes
+# ---------------------------------------------------------------------------
+
+def _bits_to_int(bits):
+    return int.from_bytes(np.packbits(bits.ravel()).tobytes(), "big")
+
+
+def _draft(img, need):
+    # libjpeg decodes straight to grey at 1/2, 1/4 or 1/8 scale, keeping the short
+    # side >= need.  Only when it can scale: grey decoding alone saves little and
+    # (Y instead of RGB->L, +-1 per pixel) flips bits of flat, tie-prone images.
+    # A no-op once the image is loaded.
+    if img.format in ("JPEG", "MPO") and hasattr(img, "draft"):
+        if min(img.size[0] // need, img.size[1] // need) >= 2:
+            img.draft("L", (need, need))
+
+
+def _greyscale(img):
+    """The image as mode "L", converted exactly as imagehash does."""
+    if img.mode == "L":
+        img.load()
+        return img          # convert("L") would only copy it
+    return img.convert("L")
+
+
+def _resize(grey, size, fast, need):
+    if fast and min(grey.size) >= 2 * need:
+        # Box-reduce by an integer factor first, keeping >= need pixels a side,
+        # so LANCZOS runs over far fewer pixels.  Small images stay exact.
+        return grey.resize(size, _LANCZOS, reducing_gap=max(1.0, need / min(size)))
+    return grey.resize(size, _LANCZOS)
+
+
+def _is_fully_transparent(img):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return img.getchannel("A").getextrema()[1] == 0
+    if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1"):
+        return img.convert("RGBA").getchannel("A").getextrema()[1] == 0
+    return False
+
+
+def _hash_pil(img, kind, fast, exif_transpose, with_detail, owned=True):
+    size0 = img.size                      # whash's scale comes from the original size
+    if kind == "whash":
+        scale = _whash_scale(size0)
+        if fast:
+            scale = min(scale, _FAST_WHASH_SCALE)
+        need = max(scale, _FAST_MIN_SIDE[kind]) if fast else scale
+    else:
+        scale = None
+        need = _FAST_MIN_SIDE[kind]
+    if fast and owned:              # never change the mode/size of a caller's image
+        _draft(img, need)
+    if exif_transpose:
+        img = ImageOps.exif_transpose(img)
+    grey = _greyscale(img)
+
+    thumb32 = None
+    if kind == "phash":
+        thumb32 = _resize(grey, (_PHASH_SIZE, _PHASH_SIZE), fast, need)
+        coeffs = _dct2d(np.asarray(thumb32))[:_HASH_SIZE, :_HASH_SIZE]
+        bits = coeffs > np.median(coeffs)
+    elif kind == "dhash":
+        px = np.asarray(_resize(grey, (_HASH_SIZE + 1, _HASH_SIZE), fast, need))
+        bits = px[:, 1:] > px[:, :-1]
+    elif kind == "ahash":
+        px = np.asarray(_resize(grey, (_HASH_SIZE, _HASH_SIZE), fast, need))
+        bits = px > np.mean(px)
+    elif kind == "whash":
+        px = np.asarray(_resize(grey, (scale, scale), fast, need)) / 255.
+        bits = _whash_bits(px, scale)
+    else:
+        raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
+    code = _bits_to_int(bits)
+    if not with_detail:
+        return code, None
+    if thumb32 is None:
+        thumb32 = _resize(grey, (_DETAIL_SIZE, _DETAIL_SIZE), fast, need)
+    return code, _detail_of(img, thumb32)
+
+
+def _detail_of(img, thumb32):
+    if _is_fully_transparent(img):
+        return 0.0
+    return float(np.asarray(thumb32, dtype=np.float64).std())
+
+
+def _check_kind(kind):
+    if kind not in HASH_KINDS:
+        raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
+
+
+def _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels):
+    """(hash, detail-or-None); ImageHashError for any image that cannot be hashed."""
+    name = _describe(image)
+    img, owned = _open(image, name)
+    try:
+        _check_pixels(img, name, max_pixels)
+        return _hash_pil(img, kind, fast, exif_transpose, with_detail, owned)
+    except ImageHashError:
+        raise
+    except Exception as e:          # any decoder failure is a property of this image
+        raise ImageHashError(name, _explain(e)) from e
+    finally:
+        if owned:
+            img.close()
+
+
+def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_detail=False,
+               max_pixels=DEFAULT_MAX_PIXELS):
+    """The 64-bit perceptual hash of one image, as an int (a uint64 value).
+
+    image: a path (str or os.PathLike), bytes/bytearray/memoryview holding an encoded
+        file, a binary file object, or a PIL.Image (hashed as it is, current frame).
+    kind: "phash", "dhash", "ahash" or "whash" (imagehash's functions with
+        hash_size=8; whash is haar with remove_max_haar_ll=True).
+    fast: False (default) is bit-exact with imagehash 4.3.  True decodes JPEGs at
+        reduced scale in greyscale and box-reduces large images first: several
+        times faster on big JPEGs, at a cost of about 1 bit (see docs/hashing.md).
+    exif_transpose: apply the EXIF orientation tag first.  Off by default because
+        imagehash does not, so lists built with imagehash hash the stored pixels.
+    with_detail: return (hash, detail) where detail is the standard deviation of a
+        32x32 greyscale thumbnail (0-127.5): 0.0 for solid, blank and fully
+        transparent images, whose hashes are degenerate (0000000000000000 or
+        8000000000000000) and match each other.
+    max_pixels: images with more pixels are refused before decoding (None: only
+        Pillow's own PIL.Image.MAX_IMAGE_PIXELS applies).
+
+    Raises ImageHashError (a ValueError) naming the image and the reason when it
+    cannot be read or decoded; TypeError if `image` is no kind of image source.
+    """
+    _check_kind(kind)
+    _check_input_type(image)
+    code, detail = _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels)
+    return (code, detail) if with_detail else code
+
+
+def image_detail(image, fast=False, *, exif_transpose=False, max_pixels=DEFAULT_MAX_PIXELS):
+    """How much visual detail an image has: the standard deviation (0-127.5) of its
+    32x32 greyscale LANCZOS thumbnail; 0.0 for solid, blank or fully transparent
+    images.  Hashes of images below ~2 carry little information (see docs/hashing.md)."""
+    return hash_image(image, "phash", fast, exif_transpose=exif_transpose, with_detail=True,
+                      max_pixels=max_pixels)[1]
+
+
+# ---------------------------------------------------------------------------
+# Many images, in worker processes
+# ---------------------------------------------------------------------------
+
+class HashResults:
+    """Hashes of a batch, aligned with the input order.
+
+    hashes: uint64 array; 0 where the image failed (check ``ok``, not the value:
+        0 is also the hash of a black image).
+    errors: list of None or the error message for that image.
+    detail: float64 array of detail scores when requested (NaN on failure), else None.
+    """
+
+    __slots__ = ("hashes", "errors", "detail")
+
+    def __init__(self, hashes, errors, detail=None):
+        self.hashes = hashes
+        self.errors = errors
+        self.detail = detail
+
+    @property
+    def ok(self):
+        """Boolean array: True where the image was hashed."""
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+    @property
+    def failed(self):
+        """[(index, message), ...] for the images that could not be hashed."""
+        return [(i, e) for i, e in enumerate(self.errors) if e is not None]
+
+    def __len__(self):
+        return len(self.errors)
+
+    def __repr__(self):
+        return f"HashResults({len(self)} images, {len(self.failed)} failed)"
+
+
+def _job(image):
+    """What crosses to a worker process: paths and bytes, never open files."""
+    if isinstance(image, (str, bytes, Image.Image)):
+        return image
+    if isinstance(image, os.PathLike):
+        return os.fspath(image)
+    if isinstance(image, (bytearray, memoryview)):
+        return bytes(image)
+    _check_input_type(image)
+    data = image.read()             # a file object: read it here, hash it there
+    if not data:
+        return _Failed(f"cannot hash {_describe(image)}: empty input (0 bytes)")
+    return data
+
+
+def _hash_chunk(jobs, kind, fast, exif_transpose, with_detail, max_pixels):
+    out = []
+    for image in jobs:
+        try:
+            _check_input_type(image)
+            code, detail = _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels)
+            out.append((code, detail, None))
+        except (ImageHashError, TypeError) as e:
+            out.append((0, None, str(e)))
+        except Exception as e:      # never let one image stop the batch
+            out.append((0, None, f"cannot hash {_describe(image)}: unexpected {type(e).__name__}: {e}"))
+    return out
+
+
+def _mp_context(name):
+    import multiprocessing as mp
+    if name is None:
+        # forkserver: workers fork from a clean single-threaded server, so threads
+        # in the caller (tqdm, native index pools, OpenMP) cannot deadlock them.
+        name = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(name)
+    if name == "forkserver":
+        # Import numpy/Pillow once in the server instead of once per worker.
+        ctx.set_forkserver_preload(["__main__", __name__])
+    return ctx
+
+
+def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpose=False,
+                     with_detail=False, max_pixels=DEFAULT_MAX_PIXELS, chunksize=None,
+                     mp_context=None):
+    """Yield (hash, detail, error) per image, in input order, as results arrive.
+
+    Streaming form of hash_images (for progress bars and very long inputs): the
+    input may be any iterable; at most a few chunks per worker are in flight.
+    """
+    _check_kind(kind)
+    if workers is None:
+        workers = available_cores()
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive int or None (all cores), got {workers!r}")
+    args = (kind, fast, exif_transpose, with_detail, max_pixels)
+    n = len(images) if hasattr(images, "__len__") else None
+    if workers == 1 or (n is not None and n <= 1):
+        for image in images:
+            yield _hash_chunk([image], *args)[0]
+        return
+    if chunksize is None:
+        # Small chunks keep both workers busy to the end; 16 amortises the IPC cost.
+        chunksize = 16 if n is None else max(1, min(16, n // (workers * 4)))
+    yield from _pool_results(images, args, workers, chunksize, _mp_context(mp_context))
+
+
+def _chunks(images, size):
+    chunk = []
+    for image in images:
+        try:
+            chunk.append(_job(image))
+        except Exception as e:      # unreadable file object, wrong type: this image only
+            chunk.append(_Failed(f"cannot hash {_describe(image)}: {e}"))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _Failed:
+    """An input that failed before it could be sent to a worker."""
+
+    def __init__(self, message):
+        self.message = message
+
+
+def _submit(pool, chunk, args):
+    jobs = [j for j in chunk if not isinstance(j, _Failed)]
+    return pool.submit(_hash_chunk, jobs, *args)
+
+
+def _merge(chunk, results):
+    it = iter(results)
+    for j in chunk:
+        yield (0, None, j.message) if isinstance(j, _Failed) else next(it)
+
+
+def _pool_results(images, args, workers, chunksize, ctx):
+    from collections import deque
+    chunks = _chunks(images, chunksize)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pending = deque()               # (chunk, future), in input order
+    try:
+        while True:
+            while len(pending) < 3 * workers:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                pending.append((chunk, _submit(pool, chunk, args)))
+            if not pending:
+                return
+            chunk, fut = pending.popleft()
+            try:
+                results = fut.result()
+            except BrokenProcessPool:
+                # A worker died (decoder crash, OOM kill).  Redo the unfinished
+                # chunks one image per task so only the culprit is reported.
+                pool.shutdown(wait=False, cancel_futures=True)
+                redo = [chunk] + [c for c, _ in pending]
+                pending.clear()
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+                for c in redo:
+                    for item in _retry_one_by_one(c, args, ctx):
+                        yield item
+                continue
+            yield from _merge(chunk, results)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _retry_one_by_one(chunk, args, ctx):
+    for job in chunk:
+        if isinstance(job, _Failed):
+            yield 0, None, job.message
+            continue
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as solo:
+            try:
+                yield solo.submit(_hash_chunk, [job], *args).result()[0]
+            except BrokenProcessPool:
+                yield 0, None, (f"cannot hash {_describe(job)}: the worker process died while decoding it "
+                                "(decoder crash or out-of-memory kill); try a smaller max_pixels")
+
+
+def hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpose=False,
+                with_detail=False, max_pixels=DEFAULT_MAX_PIXELS, chunksize=None, mp_context=None):
+    """Hash many images in parallel worker processes; one bad image never stops the batch.
+
+    images: any iterable of what hash_image accepts (paths are best: workers read
+        the files themselves; file objects are read here and sent as bytes).
+    workers: processes to use; None = all available cores, 1 = in this process.
+        Worker processes start with "forkserver" (or mp_context=), so scripts
+        calling this need the usual ``if __name__ == "__main__":`` guard.
+    Other arguments as hash_image.
+
+    Returns HashResults: ``.hashes`` (uint64 array in input order, 0 on failure),
+    ``.errors`` (None or a message naming the image), ``.ok``, ``.failed`` and,
+    with with_detail=True, ``.detail``.
+    """
+    hashes, errors, details = [], [], []
+    for code, detail, error in iter_hash_images(
+            images, kind, workers, fast, exif_transpose=exif_transpose, with_detail=with_detail,
+            max_pixels=max_pixels, chunksize=chunksize, mp_context=mp_context):
+        hashes.append(code)
+        errors.append(error)
+        details.append(np.nan if detail is None else detail)
+    return HashResults(np.array(hashes, dtype=np.uint64), errors,
+                       np.array(details, dtype=np.float64) if with_detail else None)
