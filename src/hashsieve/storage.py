@@ -1,0 +1,759 @@
+"""The index file: one versioned, checksummed, memory-mappable file per index version.
+
+Layout (every integer little-endian; format version 1)::
+
+    [0, 128)            fixed header: magic, format version, header length, header CRC,
+                        code width, file length, created (ns), next id, live count,
+                        segment / section / metadata counts, flags; the rest zero
+    128 + 64 * s        one 64-byte record per segment: entries, distinct codes, live
+                        entries, tables m, flags (has tombstones, has id order), bits[8]
+    ... + 48 * i        one 48-byte record per section: segment, kind, table, dtype,
+                        offset, element count, byte length, CRC-32 of the payload
+    ... + metadata      free-form JSON object (UTF-8), e.g. the provenance of the lists
+    [64-aligned)        the sections, each at a 64-byte aligned offset, zero padding
+                        between them; the file ends where the last section ends
+
+The header CRC covers the whole header region (fixed header, both tables and the
+metadata) so a damaged header is always caught, even without ``verify``. Every
+section has its own CRC-32, checked by ``verify()`` / ``load(verify=True)``.
+
+Loading checks every header field, every section's kind, dtype, size and position
+against the counts, and the structural invariants that native code relies on
+and that are cheap to check (all bucket boundaries of every table, group bounds,
+tombstone bitmap). The O(n) invariants (codes ascending, groups ascending and in
+range, tables consistent with the codes, ids sorted by the id order) are checked
+for segments below ``DEEP_CHECK_ENTRIES`` entries on every load and for all
+segments by ``verify``: a file from an untrusted place should be opened with
+``verify=True``.
+
+Saving writes a temporary file in the target's folder, fsyncs it, renames it over
+the target and fsyncs the folder, so a crash leaves either the old or the new
+file, never a mix. Sections that come unchanged from a memory-mapped file are
+copied in the kernel (``copy_file_range``) with their stored checksums, so the
+daily update of a large index neither reads it into memory nor recomputes them.
+"""
+import datetime
+import json
+import mmap as _mmap
+import os
+import secrets
+import struct
+import sys
+import threading
+import time
+import weakref
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["IndexFormatError", "IndexHandle", "read_metadata", "save_index", "load_index", "verify_index",
+           "FORMAT_VERSION"]
+
+MAGIC = b"\x89HSIEVE\n"        # \x89 catches 7-bit transfers, \n catches newline translation
+FORMAT_VERSION = 1
+CODE_BITS = 64
+ALIGN = 64
+MAX_TABLES = 8
+MAX_TABLE_BITS = 24            # the builder never makes wider tables than 22 bits
+MAX_HEADER = 64 << 20          # header + metadata; refuse anything bigger before reading it
+MAX_SEGMENTS = 1 << 16
+CHUNK = 16 << 20               # checksum / write granularity
+# Segments this small get every O(n) structural check on each load (about a millisecond).
+DEEP_CHECK_ENTRIES = 1 << 20
+
+FIXED = struct.Struct("<8sIIIIQqqQIIII56x")          # 128 bytes
+SEGMENT = struct.Struct("<QQQII8B24x")               # 64 bytes
+SECTION = struct.Struct("<IHHIIQQQII")               # 48 bytes
+CRC_AT = 16                                          # byte position of the header CRC
+SEG_HAS_DEAD, SEG_HAS_ORDER = 1, 2
+
+DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u4"), 3: np.dtype("<u8"), 4: np.dtype("<i8")}
+DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
+# kind -> (name, dtype code); tables have one section per table k (table_* from k=1).
+KINDS = {1: ("codes", 3), 2: ("group_start", 2), 3: ("ids", 4), 4: ("dead", 1), 5: ("id_order", 4),
+         6: ("offsets", 2), 7: ("table_codes", 3), 8: ("table_groups", 2)}
+KIND_CODES = {name: code for code, (name, _) in KINDS.items()}
+
+assert FIXED.size == 128 and SEGMENT.size == 64 and SECTION.size == 48
+
+
+class IndexFormatError(ValueError):
+    """The file is not a hashsieve index this version can read: damaged, truncated, foreign or too new."""
+
+
+def _align(x):
+    return (x + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _fail(path, message):
+    raise IndexFormatError(f"{path}: {message}")
+
+
+# ====================================================================== layout
+def _expected_sections(seg):
+    """(kind, table, dtype code, element count) of every section of a segment record, in file order."""
+    n, u, m, flags, bits = seg["entries"], seg["unique"], seg["m"], seg["flags"], seg["bits"]
+    out = [(1, 0, 3, u), (2, 0, 2, u + 1), (3, 0, 4, n)]
+    if flags & SEG_HAS_DEAD:
+        out.append((4, 0, 1, (n + 7) // 8))
+    if flags & SEG_HAS_ORDER:
+        out.append((5, 0, 4, n))
+    out += [(6, k, 2, (1 << bits[k]) + 1) for k in range(m)]
+    out += [(7, k, 3, u) for k in range(1, m)]
+    out += [(8, k, 2, u) for k in range(1, m)]
+    return out
+
+
+def _section_name(sec):
+    name = KINDS[sec["kind"]][0]
+    if sec["kind"] >= 6:
+        name += f"[{sec['table']}]"
+    return f"segment{sec['segment']}.{name}"
+
+
+class _Layout:
+    """A parsed and checked header: everything but the section payloads."""
+
+    def __init__(self, path, fixed, segments, sections, metadata, header_length):
+        self.path = path
+        self.version, self.code_bits, self.file_length = fixed["version"], fixed["code_bits"], fixed["file_length"]
+        self.created_ns, self.next_id, self.live = fixed["created_ns"], fixed["next_id"], fixed["live"]
+        self.segments, self.sections, self.metadata = segments, sections, metadata
+        self.header_length = header_length
+
+    def info(self):
+        created = self.created_ns / 1e9
+        return {
+            "format_version": self.version,
+            "code_bits": self.code_bits,
+            "count": self.live,
+            "entries": sum(s["entries"] for s in self.segments),
+            "next_id": self.next_id,
+            "created": created,
+            "created_iso": datetime.datetime.fromtimestamp(created, datetime.timezone.utc).isoformat(),
+            "file_size": self.file_length,
+            "header_length": self.header_length,
+            "segments": [{"entries": s["entries"], "unique": s["unique"], "live": s["live"],
+                          "bits": list(s["bits"][:s["m"]]), "tombstones": bool(s["flags"] & SEG_HAS_DEAD)}
+                         for s in self.segments],
+            "sections": [{"name": _section_name(s), "offset": s["offset"], "nbytes": s["nbytes"],
+                          "dtype": DTYPES[s["dtype"]].str, "crc32": s["crc"]} for s in self.sections],
+            "checksums": {_section_name(s): f"crc32:{s['crc']:08x}" for s in self.sections},
+            "metadata": self.metadata,
+        }
+
+
+def _parse_layout(path, read_at, file_size):
+    """Parse and check the header; read_at(offset, n) returns exactly n bytes of the file."""
+    if sys.byteorder != "little":
+        raise IndexFormatError("hashsieve index files are little-endian; this host is big-endian")
+    if file_size < FIXED.size:
+        _fail(path, f"truncated or not an index file: {file_size} bytes, a header alone is {FIXED.size}")
+    head = read_at(0, FIXED.size)
+    (magic, version, header_length, header_crc, code_bits, file_length, created_ns, next_id, live,
+     n_segments, n_sections, metadata_length, flags) = FIXED.unpack(head)
+    if magic != MAGIC:
+        _fail(path, f"not a hashsieve index file (magic {magic!r}, expected {MAGIC!r})")
+    if version > FORMAT_VERSION:
+        _fail(path, f"index file format version {version} is newer than this hashsieve reads "
+                    f"({FORMAT_VERSION}); upgrade hashsieve")
+    if version < 1:
+        _fail(path, f"invalid format version {version}")
+    if not FIXED.size <= header_length <= min(file_size, MAX_HEADER):
+        _fail(path, f"header length {header_length} is impossible for a file of {file_size} bytes "
+                    "(truncated or damaged)")
+    raw = bytearray(read_at(0, header_length))
+    raw[CRC_AT:CRC_AT + 4] = b"\0\0\0\0"
+    if zlib.crc32(raw) != header_crc:
+        _fail(path, "header checksum mismatch: the header is damaged")
+    # The header is what the writer wrote; from here on, errors mean a writer bug or a forged file.
+    if any(raw[FIXED.size - 56:FIXED.size]):
+        _fail(path, "reserved header bytes are not zero")
+    if code_bits != CODE_BITS:
+        _fail(path, f"code width {code_bits} bits is not supported by this hashsieve (only {CODE_BITS})")
+    if flags:
+        _fail(path, f"unknown header flags {flags:#x}")
+    if file_length != file_size:
+        _fail(path, f"file is {file_size} bytes but its header says {file_length} (truncated or appended to)")
+    if n_segments > MAX_SEGMENTS:
+        _fail(path, f"{n_segments} segments is implausible")
+    if header_length != FIXED.size + SEGMENT.size * n_segments + SECTION.size * n_sections + metadata_length:
+        _fail(path, "header length does not match its segment, section and metadata counts")
+    if next_id < 0:
+        _fail(path, f"negative next id {next_id}")
+
+    pos = FIXED.size
+    segments = []
+    for s in range(n_segments):
+        n, u, seg_live, m, seg_flags, *bits = SEGMENT.unpack_from(raw, pos)
+        if any(raw[pos + 40:pos + SEGMENT.size]):
+            _fail(path, f"segment {s}: reserved bytes are not zero")
+        pos += SEGMENT.size
+        if seg_flags & ~(SEG_HAS_DEAD | SEG_HAS_ORDER):
+            _fail(path, f"segment {s}: unknown flags {seg_flags:#x}")
+        if not (u <= n < 2**32 and (u == 0) == (n == 0) and seg_live <= n):
+            _fail(path, f"segment {s}: impossible counts ({n} entries, {u} distinct codes, {seg_live} live)")
+        if not seg_flags & SEG_HAS_DEAD and seg_live != n:
+            _fail(path, f"segment {s}: {seg_live} live of {n} entries but no tombstones")
+        if m > MAX_TABLES or any(bits[m:]) or (m and (sum(bits[:m]) != CODE_BITS or
+                                                      not all(1 <= b <= MAX_TABLE_BITS for b in bits[:m]))):
+            _fail(path, f"segment {s}: invalid table split m={m}, bits={bits}")
+        segments.append({"entries": n, "unique": u, "live": seg_live, "m": m, "flags": seg_flags,
+                         "bits": tuple(bits)})
+    if sum(s["live"] for s in segments) != live:
+        _fail(path, f"live count {live} does not match the segments' {sum(s['live'] for s in segments)}")
+
+    expected = [(s,) + e for s, seg in enumerate(segments) for e in _expected_sections(seg)]
+    if n_sections != len(expected):
+        _fail(path, f"{n_sections} sections, the segments need {len(expected)}")
+    sections = []
+    end, min_offset = header_length, _align(header_length)
+    for i, (s, kind, table, dtype, count) in enumerate(expected):
+        (seg_no, kind_, table_, dtype_, res0, offset, count_, nbytes, crc, res1) = SECTION.unpack_from(raw, pos)
+        pos += SECTION.size
+        if (seg_no, kind_, table_, dtype_, count_) != (s, kind, table, dtype, count) or res0 or res1:
+            _fail(path, f"section {i} is (segment {seg_no}, kind {kind_}, table {table_}, dtype {dtype_}, "
+                        f"{count_} items), expected (segment {s}, {KINDS[kind][0]}, table {table}, dtype {dtype}, "
+                        f"{count} items)")
+        if nbytes != count * DTYPES[dtype].itemsize:
+            _fail(path, f"section {i}: {nbytes} bytes for {count} items of {DTYPES[dtype]}")
+        if offset % ALIGN or offset < min_offset or offset + nbytes > file_size:
+            _fail(path, f"section {i} at offset {offset} (+{nbytes} bytes) is misaligned, overlaps or lies "
+                        f"outside the file of {file_size} bytes")
+        end = min_offset = offset + nbytes
+        sections.append({"segment": s, "kind": kind, "table": table, "dtype": dtype, "offset": offset,
+                         "count": count, "nbytes": nbytes, "crc": crc})
+    if end != file_length:
+        _fail(path, f"the last section ends at {end}, the file at {file_length}")
+    try:
+        metadata = json.loads(bytes(raw[pos:pos + metadata_length]).decode("utf-8")) if metadata_length else {}
+    except (UnicodeDecodeError, ValueError) as e:
+        _fail(path, f"metadata is not valid JSON: {e}")
+    if not isinstance(metadata, dict):
+        _fail(path, "metadata is not a JSON object")
+    fixed = {"version": version, "code_bits": code_bits, "file_length": file_length, "created_ns": created_ns,
+             "next_id": next_id, "live": live}
+    return _Layout(path, fixed, segments, sections, metadata, header_length)
+
+
+def _pread_all(fd, offset, n):
+    parts, got = [], 0
+    while got < n:
+        b = os.pread(fd, min(n - got, 1 << 30), offset + got)
+        if not b:
+            raise IndexFormatError(f"file shrank while reading at offset {offset + got}")
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
+
+
+def read_metadata(path):
+    """Header of an index file without loading it.
+
+    Returns a dict: format_version, code_bits, count (live hashes), entries
+    (including removed ones not yet compacted), next_id, created (Unix time) and
+    created_iso, file_size, segments, sections (name, offset, nbytes, dtype,
+    crc32), checksums {section: "crc32:xxxxxxxx"} and metadata (the JSON object
+    given to save). Raises IndexFormatError if the header is damaged.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        return _parse_layout(path, lambda off, n: _pread_all(f.fileno(), off, n), size).info()
+
+
+# ====================================================================== checks
+def _check(ok, path, message):
+    if not ok:
+        _fail(path, message)
+
+
+def _nondecreasing(a):
+    return a.size < 2 or bool((a[1:] >= a[:-1]).all())
+
+
+def _increasing(a):
+    return a.size < 2 or bool((a[1:] > a[:-1]).all())
+
+
+def _check_segment(seg, path, label, deep, order=None):
+    """Structural invariants the native search relies on. Cheap ones always, O(n) ones when deep."""
+    n, u = len(seg), seg.n_unique
+    gs = seg.group_start
+    _check(gs[0] == 0 and gs[u] == n, path, f"{label}: group bounds do not span the {n} entries")
+    if seg.dead is not None:
+        _check(len(seg.dead) == (n + 7) // 8, path, f"{label}: tombstone bitmap has the wrong length")
+        _check(n % 8 == 0 or not seg.dead[-1] >> (n % 8), path, f"{label}: tombstones beyond the last entry")
+    for k, offsets in enumerate(seg.offsets):
+        _check(offsets[0] == 0 and offsets[-1] == u and _nondecreasing(offsets), path,
+               f"{label}: table {k} bucket boundaries are not ascending from 0 to {u}")
+    if not deep:
+        return
+    _check(_increasing(seg.codes), path, f"{label}: codes are not strictly ascending")
+    _check(_increasing(gs), path, f"{label}: groups are not ascending or some are empty")
+    ids = seg.ids
+    _check(n == 0 or ids.min() >= 0, path, f"{label}: negative ids")
+    shift = CODE_BITS
+    for k, bits in enumerate(seg.bits):
+        shift -= bits
+        offsets = seg.offsets[k]
+        if k:
+            groups = seg.table_groups[k]
+            _check(u == 0 or int(groups.max()) < u, path, f"{label}: table {k} points past the last code")
+            _check(np.array_equal(seg.table_codes[k], seg.codes[groups]), path,
+                   f"{label}: table {k} does not hold the segment's codes")
+            _check(bool((np.bincount(groups, minlength=u) == 1).all()), path,
+                   f"{label}: table {k} does not hold every code exactly once")
+            tcodes = seg.table_codes[k]
+        else:
+            tcodes = seg.codes
+        keys = (tcodes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)
+        counts = np.bincount(keys.astype(np.intp), minlength=1 << bits)
+        _check(_nondecreasing(keys) and np.array_equal(np.cumsum(counts), offsets[1:]), path,
+               f"{label}: table {k} codes are not in their buckets")
+    if order is not None:
+        _check(len(order) == n and (n == 0 or (order.min() >= 0 and order.max() < n)), path,
+               f"{label}: id order out of range")
+        _check(_increasing(ids[order]), path, f"{label}: id order does not sort the ids, or ids repeat")
+
+
+# ====================================================================== load
+class _Source:
+    """The file an index was loaded from: its bytes (a read-only map or a buffer) and layout."""
+
+    def __init__(self, path, layout, buffer, fd, ident):
+        self.path, self.layout, self.buffer, self.ident = path, layout, buffer, ident
+        self.mmap = isinstance(buffer, _mmap.mmap)
+        self.bytes = np.frombuffer(buffer, dtype=np.uint8) if layout.file_length else np.empty(0, np.uint8)
+        base = self.bytes.__array_interface__["data"][0]
+        # (address, nbytes) of each section's view -> its section record, to reuse CRCs on save.
+        self.by_address = {(base + s["offset"], s["nbytes"]): s for s in layout.sections if s["nbytes"]}
+        self.fd = fd
+        self._closer = weakref.finalize(self, os.close, fd) if fd is not None else None
+
+    @property
+    def metadata(self):
+        return self.layout.metadata
+
+    def view(self, sec):
+        a = self.bytes[sec["offset"]:sec["offset"] + sec["nbytes"]].view(DTYPES[sec["dtype"]])
+        return a
+
+
+def _file_ident(st):
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _read_into(fd, out):
+    mv = memoryview(out)
+    got = 0
+    while got < len(mv):
+        n = os.preadv(fd, [mv[got:got + (1 << 30)]], got)
+        if n == 0:
+            raise IndexFormatError("file shrank while it was being read")
+        got += n
+
+
+def load_index(path, mmap=True, verify=False):
+    """HashIndex from an index file; see HashIndex.load."""
+    from .index import HashIndex
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    keep_fd = False
+    try:
+        st = os.fstat(fd)
+        layout = _parse_layout(path, lambda off, n: _pread_all(fd, off, n), st.st_size)
+        if mmap and st.st_size:
+            buffer = _mmap.mmap(fd, st.st_size, access=_mmap.ACCESS_READ)
+            if len(buffer) != layout.file_length:
+                _fail(path, "file changed size while it was being opened")
+            keep_fd = True
+        else:
+            buffer = np.empty(st.st_size, dtype=np.uint8)
+            _read_into(fd, buffer)
+            buffer.flags.writeable = False
+        source = _Source(path, layout, buffer, fd if keep_fd else None, _file_ident(st))
+    finally:
+        if not keep_fd:
+            os.close(fd)
+    if verify:
+        _verify_payload(source)     # first: "damaged" is a better diagnosis than a broken invariant
+    segments, orders = _segments_from(source, deep=verify)
+    index = HashIndex._from_segments(segments, layout.next_id, source)
+    for part, order in zip(index._parts, orders):
+        if order is not None and hasattr(part, "_order"):
+            part._order = order
+    return index
+
+
+def _segments_from(source, deep):
+    layout, path = source.layout, source.path
+    by_segment = {}
+    for sec in layout.sections:
+        by_segment.setdefault(sec["segment"], []).append(sec)
+    segments, orders = [], []
+    for s, rec in enumerate(layout.segments):
+        arrays = {}
+        for sec in by_segment.get(s, []):
+            arrays[(sec["kind"], sec["table"])] = source.view(sec)
+        m = rec["m"]
+        seg = _core.Segment(
+            arrays[(1, 0)], arrays[(2, 0)], arrays[(3, 0)], rec["bits"][:m],
+            [arrays[(6, k)] for k in range(m)],
+            [None] + [arrays[(7, k)] for k in range(1, m)] if m else [],
+            [None] + [arrays[(8, k)] for k in range(1, m)] if m else [],
+            arrays.get((4, 0)))
+        order = arrays.get((5, 0))
+        label = f"segment {s}"
+        _check_segment(seg, path, label, deep or rec["entries"] <= DEEP_CHECK_ENTRIES, order)
+        if seg.dead is not None:
+            dead = int(np.bitwise_count(seg.dead).sum())
+            _check(rec["entries"] - dead == rec["live"], path,
+                   f"{label}: {rec['entries'] - dead} live entries, the header says {rec['live']}")
+        segments.append(seg)
+        orders.append(order)
+    return segments, orders
+
+
+# ====================================================================== verify
+def _crc_of(view):
+    crc = 0
+    mv = memoryview(view).cast("B")
+    for i in range(0, len(mv), CHUNK):
+        crc = zlib.crc32(mv[i:i + CHUNK], crc)
+    return crc
+
+
+def _verify_payload(source, threads=2):
+    """Every section's CRC and the zero padding between sections."""
+    layout, path, data = source.layout, source.path, source.bytes
+    secs = sorted(layout.sections, key=lambda s: -s["nbytes"])
+
+    def crc(sec):
+        return _crc_of(data[sec["offset"]:sec["offset"] + sec["nbytes"]])
+
+    if threads > 1 and layout.file_length > 4 * CHUNK:
+        with ThreadPoolExecutor(min(threads, len(secs))) as pool:    # zlib releases the GIL
+            crcs = list(pool.map(crc, secs))
+    else:
+        crcs = [crc(sec) for sec in secs]
+    for sec, crc in zip(secs, crcs):
+        _check(crc == sec["crc"], path, f"{_section_name(sec)}: checksum mismatch (stored {sec['crc']:08x}, "
+                                        f"computed {crc:08x}): the file is damaged")
+    pos = layout.header_length
+    for sec in layout.sections:
+        _check(not data[pos:sec["offset"]].any(), path, f"padding before {_section_name(sec)} is not zero")
+        pos = sec["offset"] + sec["nbytes"]
+
+
+def verify_index(index):
+    """Checksums of the file the index was loaded from, then every structural invariant of its segments."""
+    source = getattr(index, "_source", None)
+    path = source.path if source is not None else "<in-memory index>"
+    if source is not None:
+        _verify_payload(source)
+    for s, part in enumerate(index._parts):
+        _check_segment(part.segment, path, f"segment {s}", True, getattr(part, "_order", None))
+
+
+# ====================================================================== save
+def _id_order(ids):
+    """Permutation sorting the (unique) ids; O(n) when they are dense, as numbered ids are."""
+    n = len(ids)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    lo, hi = int(ids.min()), int(ids.max())
+    if hi - lo < 4 * n + 4096:
+        slot = np.full(hi - lo + 1, -1, dtype=np.int64)
+        slot[ids - lo] = np.arange(n, dtype=np.int64)
+        order = slot[slot >= 0]
+        if len(order) == n:
+            return order
+    return np.argsort(ids, kind="stable")
+
+
+def _plan(segments, orders):
+    """Segment records and (kind, table, array) of every section, in file order."""
+    records, sections = [], []
+    for seg, order in zip(segments, orders):
+        m = len(seg.bits)
+        n = len(seg)
+        dead = seg.dead
+        live = n - int(np.bitwise_count(dead).sum()) if dead is not None else n
+        flags = (SEG_HAS_DEAD if dead is not None else 0) | (SEG_HAS_ORDER if order is not None else 0)
+        records.append((n, seg.n_unique, live, m, flags, tuple(seg.bits) + (0,) * (MAX_TABLES - m)))
+        arrays = [(1, 0, seg.codes), (2, 0, seg.group_start), (3, 0, seg.ids)]
+        if dead is not None:
+            arrays.append((4, 0, dead))
+        if order is not None:
+            arrays.append((5, 0, order))
+        arrays += [(6, k, seg.offsets[k]) for k in range(m)]
+        arrays += [(7, k, seg.table_codes[k]) for k in range(1, m)]
+        arrays += [(8, k, seg.table_groups[k]) for k in range(1, m)]
+        sections.append(arrays)
+    return records, sections
+
+
+def _write_all(fd, data, pos):
+    mv = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
+    done = 0
+    while done < len(mv):
+        done += os.pwrite(fd, mv[done:done + CHUNK], pos + done)
+
+
+def _copy_range(src_fd, src_off, dst_fd, dst_off, nbytes):
+    """In-kernel copy; False if this kernel or filesystem pair cannot do it."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    done = 0
+    try:
+        while done < nbytes:
+            n = os.copy_file_range(src_fd, dst_fd, nbytes - done, src_off + done, dst_off + done)
+            if n == 0:
+                return False
+            done += n
+    except OSError:
+        return False
+    return True
+
+
+def _write_section(fd, pos, arr, sources):
+    """Writes arr at pos; returns its CRC (the stored one when it is a view of a loaded file)."""
+    arr = np.ascontiguousarray(arr)
+    if arr.nbytes:
+        key = (arr.__array_interface__["data"][0], arr.nbytes)
+        for src in sources:
+            sec = src.by_address.get(key)
+            if sec is None:
+                continue
+            if src.fd is not None and _copy_range(src.fd, sec["offset"], fd, pos, arr.nbytes):
+                return sec["crc"]
+            _write_all(fd, arr, pos)
+            return sec["crc"]
+    crc = 0
+    mv = memoryview(arr).cast("B")
+    for i in range(0, len(mv), CHUNK):
+        chunk = mv[i:i + CHUNK]
+        crc = zlib.crc32(chunk, crc)
+        _write_all(fd, chunk, pos + i)
+    return crc
+
+
+def _fsync_dir(folder):
+    try:
+        dfd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return      # platforms without directory handles
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def save_index(index, path, metadata=None, created=None):
+    """Write the index to path atomically; see HashIndex.save.
+
+    metadata: a JSON-serialisable dict stored in the header (read back by
+    read_metadata); None keeps the metadata of the file the index was loaded
+    from, if any. created: Unix time to record (default: now).
+    """
+    path = os.fspath(path)
+    source = getattr(index, "_source", None)
+    if metadata is None:
+        metadata = dict(source.metadata) if source is not None else {}
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict (a JSON object), got {type(metadata).__name__}")
+    meta_bytes = json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+    parts = index._parts                  # one consistent version: the tuple is swapped whole
+    segments = [p.segment for p in parts]
+    next_id = index._next_id
+    orders = []
+    for p in parts:
+        order = getattr(p, "_order", None)
+        if order is None:
+            order = _id_order(np.asarray(p.segment.ids))
+            if hasattr(p, "_order"):
+                p._order = order          # the index may use it for remove() too
+        orders.append(order)
+    records, arrays = _plan(segments, orders)
+    n_sections = sum(len(a) for a in arrays)
+    header_length = FIXED.size + SEGMENT.size * len(records) + SECTION.size * n_sections + len(meta_bytes)
+    if header_length > MAX_HEADER:
+        raise ValueError(f"metadata too large: the header would be {header_length} bytes (limit {MAX_HEADER})")
+    placed, pos = [], _align(header_length)
+    for s, seg_arrays in enumerate(arrays):
+        for kind, table, arr in seg_arrays:
+            placed.append((s, kind, table, arr, pos))
+            pos = _align(pos + arr.nbytes)
+    file_length = placed[-1][4] + placed[-1][3].nbytes if placed else header_length
+    created_ns = time.time_ns() if created is None else int(round(created * 1e9))
+
+    target = os.path.realpath(path)
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        try:
+            os.fchmod(fd, os.stat(target).st_mode & 0o7777)       # keep the old file's permissions
+        except (OSError, AttributeError):
+            pass
+        sources = [source] if source is not None else []
+        table = []
+        prev_end = header_length
+        for s, kind, tbl, arr, off in placed:
+            if off > prev_end:
+                _write_all(fd, bytes(off - prev_end), prev_end)   # explicit zero padding, no holes
+            crc = _write_section(fd, off, arr, sources)
+            count = arr.shape[0]
+            table.append(SECTION.pack(s, kind, tbl, DTYPE_CODES[arr.dtype.newbyteorder("<")], 0, off, count,
+                                      arr.nbytes, crc, 0))
+            prev_end = off + arr.nbytes
+        live = sum(r[2] for r in records)
+        header = bytearray(FIXED.pack(MAGIC, FORMAT_VERSION, header_length, 0, CODE_BITS, file_length, created_ns,
+                                      next_id, live, len(records), n_sections, len(meta_bytes), 0))
+        for n, u, seg_live, m, flags, bits in records:
+            header += SEGMENT.pack(n, u, seg_live, m, flags, *bits)
+        header += b"".join(table) + meta_bytes
+        struct.pack_into("<I", header, CRC_AT, zlib.crc32(header))
+        _write_all(fd, header, 0)
+        if os.fstat(fd).st_size != file_length:
+            os.ftruncate(fd, file_length)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+# ====================================================================== hot swap
+class IndexHandle:
+    """A service's view of an index file that follows new versions saved over it.
+
+    ``handle.index`` is the current HashIndex; ``reload()`` opens the file again
+    if it was replaced (new inode, size or mtime) and swaps the reference. The
+    swap is one attribute assignment: a query holds the index it started with
+    to the end, so none sees a half-loaded index, and the old version's memory
+    map is released when the last query using it returns. With ``watch=seconds``
+    a daemon thread checks the file that often and reloads; a file that fails to
+    load is reported in ``last_error`` (and to ``on_error``) and the old version
+    keeps serving.
+
+    The query methods (range_search, search, explain, len) delegate to the
+    current index.
+    """
+
+    def __init__(self, path, mmap=True, verify=False, watch=None, on_reload=None, on_error=None):
+        self.path = os.fspath(path)
+        self._mmap, self._verify = mmap, verify
+        self._on_reload, self._on_error = on_reload, on_error
+        self._lock = threading.Lock()
+        self.last_error = None
+        self.reloads = 0
+        self._index = load_index(self.path, mmap=mmap, verify=verify)
+        self._stop = threading.Event()
+        self._thread = None
+        if watch is not None:
+            if not watch > 0:
+                raise ValueError(f"watch must be a positive number of seconds or None, got {watch!r}")
+            self._thread = threading.Thread(target=IndexHandle._watch, args=(weakref.ref(self), float(watch),
+                                                                             self._stop),
+                                            name=f"hashsieve-watch:{self.path}", daemon=True)
+            self._thread.start()
+
+    @property
+    def index(self):
+        return self._index
+
+    @property
+    def metadata(self):
+        """read_metadata()-style dict of the version being served."""
+        return self._index._source.layout.info()
+
+    def changed(self):
+        """True if the file at path is no longer the one being served."""
+        try:
+            return _file_ident(os.stat(self.path)) != self._index._source.ident
+        except FileNotFoundError:
+            return False          # mid-replace on some platforms, or removed: keep serving
+
+    def reload(self, force=False):
+        """Load the file again if it changed (or always, with force); True if a new version was swapped in.
+
+        Raises what load raises (IndexFormatError, OSError); the current version stays in service then.
+        """
+        with self._lock:
+            if not force and not self.changed():
+                return False
+            new = load_index(self.path, mmap=self._mmap, verify=self._verify)
+            self._index = new       # the atomic swap
+            self.reloads += 1
+        if self._on_reload is not None:
+            self._on_reload(new)
+        return True
+
+    @staticmethod
+    def _watch(ref, interval, stop):
+        while not stop.wait(interval):
+            self = ref()
+            if self is None:
+                return
+            try:
+                self.reload()
+                self.last_error = None
+            except Exception as e:              # keep serving the old version
+                self.last_error = e
+                if self._on_error is not None:
+                    try:
+                        self._on_error(e)
+                    except Exception:
+                        pass
+            del self
+
+    def close(self):
+        """Stop the watcher (the index stays usable until dropped)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+    def range_search(self, queries, radius, threads=None):
+        return self._index.range_search(queries, radius, threads=threads)
+
+    def search(self, queries, k, threads=None):
+        return self._index.search(queries, k, threads=threads)
+
+    def explain(self, queries, radius=None, k=None, threads=None):
+        return self._index.explain(queries, radius=radius, k=k, threads=threads)
+
+    def __len__(self):
+        return len(self._index)
+
+    def __repr__(self):
+        return f"<hashsieve.IndexHandle {self.path!r}: {len(self)} hashes, {self.reloads} reload(s)>"

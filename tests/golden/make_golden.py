@@ -1,0 +1,68 @@
+"""Writes the golden index files of the current format version, with their expected answers.
+
+Run once per format version and commit the output; never regenerate old versions' files,
+the tests check that they still load:  .venv/bin/python tests/golden/make_golden.py
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+import hashsieve as hs
+from hashsieve import storage
+
+HERE = Path(__file__).resolve().parent
+CREATED = 1717750000.0          # fixed, so the files are reproducible
+
+
+def tiny():
+    """Scan-only segments: a main with tombstones and a delta, duplicate codes, edge values."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 2**64, 200, dtype=np.uint64)
+    codes[:4] = (0, 2**64 - 1, 0, 0x8000000000000001)
+    codes[10:20] = codes[20:30]
+    index = hs.HashIndex()
+    index.add(codes, ids=np.arange(200) * 2 + 1)
+    index.add(rng.integers(0, 2**64, 20, dtype=np.uint64))
+    index.remove([1, 3, 41, 401, 402])
+    return index, {"sources": ["golden-tiny.csv"], "purpose": "format v1 golden file"}
+
+
+def tables():
+    """The smallest segment the builder gives MIH tables (4096 distinct codes), plus a delta."""
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 2**64, 4200, dtype=np.uint64)
+    codes[4096:] = codes[:104]
+    index = hs.HashIndex()
+    index.add(codes)
+    index.add(rng.integers(0, 2**64, 30, dtype=np.uint64))
+    index.remove(np.arange(0, 4200, 50))
+    assert index._parts[0].segment.bits, "expected a segment with tables"
+    return index, {"sources": ["golden-tables-a.csv", "golden-tables-b.csv"]}
+
+
+def main():
+    version = storage.FORMAT_VERSION
+    for name, make in (("tiny", tiny), ("tables", tables)):
+        index, meta = make()
+        rng = np.random.default_rng(3)
+        stored = np.concatenate([p.segment.codes for p in index._parts])
+        queries = stored[rng.integers(0, len(stored), 12)] ^ (np.uint64(1) << rng.integers(0, 64, 12).astype(np.uint64))
+        queries[:2] = (0, 2**64 - 1)
+        path = HERE / f"v{version}_{name}.hsi"
+        storage.save_index(index, path, metadata=meta, created=CREATED)
+        info = storage.read_metadata(path)
+        expected = {
+            "header": {k: info[k] for k in ("format_version", "code_bits", "count", "entries", "next_id",
+                                            "created", "metadata")},
+            "queries": [f"{int(x):016x}" for x in queries],
+            "range": {str(r): [a.tolist() for a in index.range_search(queries, r)] for r in (0, 4, 10, 16)},
+            "k": 6,
+            "knn": [a.tolist() for a in index.search(queries, 6)],
+        }
+        path.with_suffix(".json").write_text(json.dumps(expected) + "\n")
+        print(path.name, path.stat().st_size, "bytes")
+
+
+if __name__ == "__main__":
+    main()
