@@ -148,7 +148,8 @@ cdef cnp.ndarray _adopt(void *ptr, cnp.npy_intp n, int typenum):
     return arr
 
 
-cdef class _SegmentList:
+cdef class SegmentList:
+    """The C view of a tuple of segments, made once per index version."""
     cdef const hs_segment **ptrs
     cdef int n
     cdef list keep
@@ -166,14 +167,17 @@ cdef class _SegmentList:
     def __dealloc__(self):
         free(self.ptrs)
 
+    @property
+    def segments(self):
+        return tuple(self.keep)
+
 
 def _stats_array(n):
     return np.zeros((n, 4), dtype=np.uint64)
 
 
-def range_search(segments, cnp.ndarray queries, int radius, int nthreads=1, bint with_stats=False):
+def range_search(SegmentList segs, cnp.ndarray queries, int radius, int nthreads=1, bint with_stats=False):
     """(lims int64 (nq+1,), distances int32, ids int64[, stats uint64 (nq, 4)])."""
-    cdef _SegmentList segs = _SegmentList(segments)
     cdef uint64_t nq = queries.shape[0]
     cdef cnp.ndarray lims = np.zeros(nq + 1, dtype=np.int64)
     cdef cnp.ndarray stats = _stats_array(nq) if with_stats else None
@@ -192,9 +196,8 @@ def range_search(segments, cnp.ndarray queries, int radius, int nthreads=1, bint
     return out + (stats,) if with_stats else out
 
 
-def knn_search(segments, cnp.ndarray queries, int k, int nthreads=1, bint with_stats=False):
+def knn_search(SegmentList segs, cnp.ndarray queries, int k, int nthreads=1, bint with_stats=False):
     """(distances int32 (nq, k), ids int64 (nq, k)[, stats]), -1 padded."""
-    cdef _SegmentList segs = _SegmentList(segments)
     cdef uint64_t nq = queries.shape[0]
     cdef cnp.ndarray dist = np.empty((nq, k), dtype=np.int32)
     cdef cnp.ndarray ids = np.empty((nq, k), dtype=np.int64)
@@ -225,3 +228,16 @@ def set_isa(name):
         raise ValueError(f"isa must be one of {ISA_NAMES}, got {name!r}")
     if hs_set_isa(ISA_NAMES.index(name)):
         raise ValueError(f"this CPU cannot run the {name} kernel; supported: {supported_isas()}")
+
+
+STRATEGIES = ("auto", "scan", "tables")
+
+
+def set_strategy(name):
+    """Override the planner for every segment: "auto", "scan" (brute force) or "tables" (MIH).
+
+    For tests and benchmarks, which check that both paths give identical results.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+    hs_set_strategy(STRATEGIES.index(name))

@@ -10,8 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HS_PF 8          /* probes in flight */
-#define HS_RING 16       /* >= HS_PF, power of two */
+#define HS_PF 16          /* probes in flight */
+#define HS_RING 32       /* >= HS_PF, power of two */
+#define HS_PF_LINES 8    /* bucket cache lines prefetched per probe */
 #define HS_UNLIMITED UINT64_MAX
 /* Planner constants (ns), measured on the development machine. */
 #define HS_PROBE_NS_DRAM 40.0
@@ -532,7 +533,25 @@ static void split_radius(const hs_segment *s, int r, int *t)
         t[k] = (r + 1) / s->m + (k < (r + 1) % s->m) - 1;
 }
 
-static double scan_cost_ns(const hs_segment *s) { return (double)s->n_unique * HS_SCAN_NS; }
+static int forced_strategy = HS_STRATEGY_AUTO;
+
+int hs_set_strategy(int strategy)
+{
+    if (strategy < HS_STRATEGY_AUTO || strategy > HS_STRATEGY_TABLES)
+        return -1;
+    __atomic_store_n(&forced_strategy, strategy, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* Cost of scanning the segment, as the budget the tables must beat. */
+static double scan_cost_ns(const hs_segment *s)
+{
+    switch (__atomic_load_n(&forced_strategy, __ATOMIC_RELAXED)) {
+    case HS_STRATEGY_SCAN: return -1;
+    case HS_STRATEGY_TABLES: return 1e300;
+    }
+    return (double)s->n_unique * HS_SCAN_NS;
+}
 
 static int use_mih_range(const hs_segment *s, int r, int *t)
 {

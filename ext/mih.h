@@ -80,6 +80,10 @@ int hs_range_search(const hs_segment *const *segs, int nseg, const uint64_t *que
 int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
                   int k, int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats);
 
+/* ---- planner override, for tests and benchmarks ---- */
+enum { HS_STRATEGY_AUTO = 0, HS_STRATEGY_SCAN = 1, HS_STRATEGY_TABLES = 2 };
+int hs_set_strategy(int strategy);
+
 /* ---- SIMD dispatch ---- */
 enum { HS_ISA_GENERIC = 0, HS_ISA_POPCNT = 1, HS_ISA_AVX2 = 2, HS_ISA_AVX512 = 3 };
 int hs_isa_supported(int isa);

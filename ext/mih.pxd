@@ -49,6 +49,12 @@ cdef extern from "mih.h" nogil:
     int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
                       int k, int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats)
 
+    enum:
+        HS_STRATEGY_AUTO
+        HS_STRATEGY_SCAN
+        HS_STRATEGY_TABLES
+    int hs_set_strategy(int strategy)
+
     int hs_isa_supported(int isa)
     int hs_get_isa()
     int hs_set_isa(int isa)

@@ -83,8 +83,9 @@ static inline uint32_t HS_FN(match8)(const uint64_t *p, uint64_t q, int r)
                 uint32_t a_ = off_[key_], b_ = off_[key_ + 1];                              \
                 lo_[p_ % HS_RING] = a_;                                                     \
                 hi_[p_ % HS_RING] = b_;                                                     \
-                __builtin_prefetch(tc_ + a_);                                               \
-                if (b_ - a_ > 8) __builtin_prefetch(tc_ + a_ + 8);                          \
+                /* Whole bucket, up to HS_PF_LINES cache lines. */                          \
+                for (uint32_t x_ = a_; x_ < b_ && x_ < a_ + 8 * HS_PF_LINES; x_ += 8)       \
+                    __builtin_prefetch(tc_ + x_);                                           \
             }                                                                               \
         }                                                                                   \
         (st)->probes += n_;                                                                 \

@@ -11,14 +11,17 @@ import numpy as np
 MAX_DISTANCE = 64
 
 
+_PLAIN_INTS = (int, np.uint64, np.int64)
+
+
 def _is_int(x):
+    if type(x) in _PLAIN_INTS:   # the common case, without the slower ABC check
+        return True
     return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
 
 
 def hashes_array(value, name="hashes"):
     """A C-contiguous uint64 array of shape (n,) from an array, a sequence of ints or one int."""
-    if _is_int(value):
-        value = [int(value)]
     if isinstance(value, np.ndarray):
         if value.dtype != np.uint64:
             raise TypeError(
@@ -28,6 +31,10 @@ def hashes_array(value, name="hashes"):
         if value.ndim != 1:
             raise ValueError(f"{name} must have shape (n,), got shape {value.shape}; use {name}.ravel()")
         return np.ascontiguousarray(value)
+    if _is_int(value):
+        if not 0 <= value < 2**64:
+            raise ValueError(f"{name} = {value!r} is not a 64-bit unsigned integer (0 .. 2**64-1)")
+        return np.array([value], dtype=np.uint64)
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be integers, got a string; parse hex with hashsieve.from_hex({name})")
     try:
@@ -83,10 +90,15 @@ def available_cores():
         return os.cpu_count() or 1
 
 
+_CORES = available_cores()   # read once: a syscall per query would show in latency
+
+
 def threads_value(value, name="threads"):
     """None means every core this process may use."""
     if value is None:
-        return available_cores()
+        return _CORES
+    if type(value) is int and value >= 1:
+        return value
     if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int or None (all cores), got {value!r}")
     return int(value)

@@ -19,11 +19,13 @@ DELTA_MERGE_FRACTION = 0.25
 class _Part:
     """A segment and a lazily built id -> slot lookup for remove()."""
 
-    __slots__ = ("segment", "_order")
+    __slots__ = ("segment", "_order", "live")
 
     def __init__(self, segment):
         self.segment = segment
         self._order = None
+        dead = segment.dead
+        self.live = len(segment) - (int(np.bitwise_count(dead).sum()) if dead is not None else 0)
 
     def slots_of(self, ids):
         """Slots (positions in segment.ids) of the given ids that are present and live."""
@@ -38,7 +40,7 @@ class _Part:
         slots = self._order[pos[hit]]
         dead = self.segment.dead
         if dead is not None and slots.size:
-            slots = slots[~np.unpackbits(dead, bitorder="little")[slots].astype(bool)]
+            slots = slots[(dead[slots >> 3] >> (slots & 7).astype(np.uint8)) & 1 == 0]
         return slots
 
     def with_removed(self, slots):
@@ -60,11 +62,6 @@ class _Part:
             codes, ids = codes[live], ids[live]
         return codes, np.asarray(ids)
 
-    def live_count(self):
-        dead = self.segment.dead
-        if dead is None:
-            return len(self.segment)
-        return len(self.segment) - int(np.unpackbits(dead, count=len(self.segment), bitorder="little").sum())
 
 
 class HashIndex:
@@ -78,9 +75,23 @@ class HashIndex:
     bits = 64
 
     def __init__(self):
-        self._parts = ()            # (main, delta) or fewer; swapped whole, never mutated
+        self._set_parts(())
         self._next_id = 0
         self._write_lock = threading.Lock()
+        self._source = None         # set by load(): what verify() checks
+
+    def _set_parts(self, parts):
+        """Swap in a new version: (main, delta) or fewer, never mutated afterwards.
+
+        One attribute holds both the parts and their C view, so a query in
+        another thread reads one consistent version with a single lookup.
+        """
+        parts = tuple(parts)
+        self._state = (parts, _core.SegmentList([part.segment for part in parts]))
+
+    @property
+    def _parts(self):
+        return self._state[0]
 
     # ---------------------------------------------------------------- changes
     def add(self, hashes, ids=None, threads=None):
@@ -106,13 +117,13 @@ class HashIndex:
                 old_codes, old_ids = parts[1].live_entries() if len(parts) > 1 else (codes[:0], ids[:0])
                 delta_codes = np.concatenate([old_codes, codes])
                 delta_ids = np.concatenate([old_ids, ids])
-                if len(delta_codes) > DELTA_MERGE_FRACTION * main.live_count():
+                if len(delta_codes) > DELTA_MERGE_FRACTION * main.live:
                     main_codes, main_ids = main.live_entries()
                     parts = [_Part(_core.build_segment(np.concatenate([main_codes, delta_codes]),
                                                        np.concatenate([main_ids, delta_ids]), nthreads))]
                 else:
                     parts = [main, _Part(_core.build_segment(delta_codes, delta_ids, nthreads))]
-            self._parts = tuple(parts)
+            self._set_parts(parts)
             self._next_id = max(self._next_id, int(ids.max()) + 1)
             return ids
 
@@ -142,7 +153,7 @@ class HashIndex:
                 slots = part.slots_of(ids)
                 removed += len(slots)
                 parts.append(part.with_removed(slots) if len(slots) else part)
-            self._parts = tuple(parts)
+            self._set_parts(parts)
         return removed
 
     def compact(self, threads=None):
@@ -154,15 +165,12 @@ class HashIndex:
                 return
             codes = np.concatenate([c for c, _ in entries])
             ids = np.concatenate([i for _, i in entries])
-            self._parts = (_Part(_core.build_segment(codes, ids, nthreads)),) if len(codes) else ()
+            self._set_parts([_Part(_core.build_segment(codes, ids, nthreads))] if len(codes) else [])
 
     def __len__(self):
-        return sum(part.live_count() for part in self._parts)
+        return sum(part.live for part in self._parts)
 
     # ---------------------------------------------------------------- queries
-    def _segments(self):
-        return [part.segment for part in self._parts]
-
     def range_search(self, queries, radius, threads=None):
         """Every entry within Hamming distance <= radius of each query.
 
@@ -171,7 +179,7 @@ class HashIndex:
         distances[lims[i]:lims[i+1]], ids[lims[i]:lims[i+1]], sorted by (distance, id).
         """
         q = hashes_array(queries, "queries")
-        return _core.range_search(self._segments(), q, radius_value(radius), threads_value(threads))
+        return _core.range_search(self._state[1], q, radius_value(radius), threads_value(threads))
 
     def search(self, queries, k, threads=None):
         """The k nearest entries of each query, ties broken by smaller id.
@@ -179,7 +187,7 @@ class HashIndex:
         Returns (distances int32 (nq, k), ids int64 (nq, k)); -1 where fewer than k entries exist.
         """
         q = hashes_array(queries, "queries")
-        return _core.knn_search(self._segments(), q, k_value(k), threads_value(threads))
+        return _core.knn_search(self._state[1], q, k_value(k), threads_value(threads))
 
     def explain(self, queries, radius=None, k=None, threads=None):
         """Per-query cost counters of a range_search (radius=) or search (k=).
@@ -192,10 +200,39 @@ class HashIndex:
             raise ValueError("explain() needs exactly one of radius= or k=")
         q = hashes_array(queries, "queries")
         if radius is not None:
-            stats = _core.range_search(self._segments(), q, radius_value(radius), threads_value(threads), True)[3]
+            stats = _core.range_search(self._state[1], q, radius_value(radius), threads_value(threads), True)[3]
         else:
-            stats = _core.knn_search(self._segments(), q, k_value(k), threads_value(threads), True)[2]
+            stats = _core.knn_search(self._state[1], q, k_value(k), threads_value(threads), True)[2]
         return dict(zip(("probes", "candidates", "hits", "scanned"), stats.T.copy()))
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path):
+        """Write the index to one file atomically (temp file, fsync, rename); see hashsieve.storage."""
+        from .storage import save_index
+        save_index(self, path)
+
+    @classmethod
+    def load(cls, path, mmap=True, verify=False):
+        """Open an index file; mmap=True maps it read-only and shares its pages between processes."""
+        from .storage import load_index
+        return load_index(path, mmap=mmap, verify=verify)
+
+    def verify(self):
+        """Check every section checksum of the file this index was loaded from; raises IndexFormatError."""
+        from .storage import verify_index
+        verify_index(self)
+
+    def _snapshot(self):
+        """(segments, next_id) of one consistent version, for saving."""
+        return [part.segment for part in self._parts], self._next_id
+
+    @classmethod
+    def _from_segments(cls, segments, next_id, source=None):
+        index = cls()
+        index._set_parts(_Part(seg) for seg in segments)
+        index._next_id = int(next_id)
+        index._source = source
+        return index
 
     def nbytes(self):
         """Bytes held by the index's arrays."""
