@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+
+import hashsieve as hs
+
+
+def test_imagehash_form():
+    assert hs.to_hex(0x8F0F3F7F0F0F0F00) == "8f0f3f7f0f0f0f00"
+    assert hs.from_hex("8F0F3F7F0F0F0F00") == 0x8F0F3F7F0F0F0F00
+    assert hs.from_hex(" 0000000000000001\n") == 1
+    assert hs.to_hex(np.array([1, 2**64 - 1], dtype=np.uint64)) == ["0000000000000001", "ffffffffffffffff"]
+    arr = hs.from_hex(["ffffffffffffffff", "0000000000000000"])
+    assert arr.dtype == np.uint64 and arr.tolist() == [2**64 - 1, 0]
+    assert hs.from_hex([]).shape == (0,)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("abc", r"\[0\] 'abc' must be exactly 16 hex digits"),
+    ("0x0000000000000000", "must be exactly 16"),
+    ("000000000000000g", "not a hex digit"),
+    ("00000000 0000000", "not a hex digit"),
+])
+def test_malformed_hex_names_the_item(bad, match):
+    with pytest.raises(ValueError, match=match):
+        hs.from_hex(bad)
+    with pytest.raises(ValueError, match=r"\[1\]"):
+        hs.from_hex(["0000000000000000", bad])
+
+
+def test_non_string_hex_is_a_type_error():
+    with pytest.raises(TypeError, match="must be a str"):
+        hs.from_hex([123])

@@ -1,0 +1,273 @@
+"""HashIndex results are exact: identical to a NumPy brute force and to FAISS,
+on uniform and skewed data, for every planner path and SIMD kernel."""
+import threading
+
+import numpy as np
+import pytest
+
+import hashsieve as hs
+from hashsieve import _core
+from oracle import knn_oracle, queries_for, range_oracle, skewed_codes
+
+
+def build(codes, ids=None):
+    index = hs.HashIndex()
+    index.add(codes, ids)
+    return index
+
+
+def assert_range_equal(got, expected):
+    for g, e, name in zip(got, expected, ("lims", "distances", "ids")):
+        assert g.dtype == e.dtype, name
+        np.testing.assert_array_equal(g, e, err_msg=name)
+
+
+@pytest.fixture(params=["auto", "scan", "tables"])
+def strategy(request):
+    _core.set_strategy(request.param)
+    yield request.param
+    _core.set_strategy("auto")
+
+
+@pytest.fixture(params=_core.supported_isas())
+def isa(request):
+    before = _core.get_isa()
+    _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(before)
+
+
+def datasets(rng):
+    return {
+        "uniform": rng.integers(0, 2**64, 30_000, dtype=np.uint64, endpoint=False),
+        "skewed": skewed_codes(rng, 30_000),
+        # Low-entropy codes: the low 40 bits are zero, so whole tables fall in one bucket.
+        "structured": np.arange(20_000, dtype=np.uint64) << np.uint64(40),
+        "tiny": np.array([0, 1, 3, 2**64 - 1, 1], dtype=np.uint64),
+    }
+
+
+@pytest.mark.parametrize("name", ["uniform", "skewed", "structured", "tiny"])
+def test_range_search_matches_oracle(rng, name, strategy, isa):
+    codes = datasets(rng)[name]
+    ids = rng.permutation(len(codes)).astype(np.int64) * 3   # ids unrelated to insertion order
+    index = build(codes, ids)
+    queries = queries_for(rng, codes, 60)
+    for radius in (0, 1, 3, 5, 8, 10, 13, 20, 64):
+        assert_range_equal(index.range_search(queries, radius), range_oracle(codes, ids, queries, radius))
+
+
+@pytest.mark.parametrize("name", ["uniform", "skewed", "structured", "tiny"])
+def test_knn_matches_oracle(rng, name, strategy, isa):
+    codes = datasets(rng)[name]
+    ids = rng.permutation(len(codes)).astype(np.int64)
+    index = build(codes, ids)
+    queries = queries_for(rng, codes, 40)
+    for k in (1, 5, 100, len(codes) + 3):
+        if k > 2000 and len(codes) > 2000:
+            continue
+        got = index.search(queries, k)
+        expected = knn_oracle(codes, ids, queries, k)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_large_index_with_heavy_hash_and_tables(rng):
+    """200k entries: MIH tables in use, one hash shared by 40k entries, tombstones."""
+    codes = skewed_codes(rng, 200_000)
+    codes[:40_000] = 0x0F0F0F0F0F0F0F0F
+    index = build(codes)
+    ids = np.arange(len(codes))
+    removed = rng.choice(len(codes), 5_000, replace=False)
+    assert index.remove(removed) == 5_000
+    live = np.setdiff1d(ids, removed)
+    queries = queries_for(rng, codes, 30)
+    queries[0] = 0x0F0F0F0F0F0F0F0E
+    for radius in (0, 4, 8, 12):
+        assert_range_equal(index.range_search(queries, radius), range_oracle(codes[live], live, queries, radius))
+    got = index.search(queries, 10)
+    expected = knn_oracle(codes[live], live, queries, 10)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    stats = index.explain(queries[1:], radius=4)
+    assert (stats["probes"] > 0).all() and (stats["scanned"] == 0).all(), "r=4 on 200k codes should use the tables"
+
+
+def test_faiss_agrees(rng):
+    faiss = pytest.importorskip("faiss")
+    codes = skewed_codes(rng, 50_000)
+    index = build(codes)
+    flat = faiss.IndexBinaryFlat(64)
+    flat.add(codes.view(np.uint8).reshape(-1, 8))
+    queries = queries_for(rng, codes, 50)
+    qb = queries.view(np.uint8).reshape(-1, 8)
+    for radius in (0, 3, 8, 12):
+        lims, dist, ids = index.range_search(queries, radius)
+        f_lims, f_dist, f_ids = flat.range_search(qb, radius + 1)   # FAISS keeps d < radius
+        np.testing.assert_array_equal(lims, f_lims)
+        for i in range(len(queries)):
+            a, b = slice(lims[i], lims[i + 1]), slice(f_lims[i], f_lims[i + 1])
+            assert sorted(zip(dist[a], ids[a])) == sorted(zip(f_dist[b], f_ids[b]))
+    for k in (1, 10, 50):
+        dist, ids = index.search(queries, k)
+        f_dist, f_ids = flat.search(qb, k)
+        np.testing.assert_array_equal(dist, f_dist)
+        # FAISS breaks ties in its own order: compare ids strictly inside the k-th distance.
+        for i in range(len(queries)):
+            inside = dist[i] < dist[i, -1]
+            assert set(ids[i][inside]) == set(f_ids[i][f_dist[i] < f_dist[i, -1]])
+            assert (np.bitwise_count(codes[ids[i]] ^ queries[i]) == dist[i]).all()
+
+
+def test_duplicates_all_returned_and_sorted_by_id(rng):
+    codes = np.array([7, 7, 7, 6, 7], dtype=np.uint64)
+    index = build(codes, np.array([40, 10, 30, 5, 20]))
+    lims, dist, ids = index.range_search(7, 1)
+    assert ids.tolist() == [10, 20, 30, 40, 5] and dist.tolist() == [0, 0, 0, 0, 1]
+    dist, ids = index.search(7, 2)
+    assert ids.tolist() == [[10, 20]]
+
+
+def test_empty_index_and_empty_queries():
+    index = hs.HashIndex()
+    lims, dist, ids = index.range_search(np.zeros(3, np.uint64), 5)
+    assert lims.tolist() == [0, 0, 0, 0] and dist.size == 0 and ids.size == 0
+    dist, ids = index.search(0, 3)
+    assert dist.tolist() == [[-1, -1, -1]] and ids.tolist() == [[-1, -1, -1]]
+    lims, dist, ids = build([1, 2]).range_search(np.zeros(0, np.uint64), 5)
+    assert lims.tolist() == [0]
+    assert len(index) == 0
+
+
+def test_add_assigns_ids_consecutively_and_rejects_repeats():
+    index = hs.HashIndex()
+    assert index.add([1, 2]).tolist() == [0, 1]
+    assert index.add([3], ids=[10]).tolist() == [10]
+    assert index.add([4]).tolist() == [11]
+    with pytest.raises(ValueError, match="id 10 is already in the index"):
+        index.add([5], ids=[10])
+    with pytest.raises(ValueError, match="appears more than once"):
+        index.add([5, 6], ids=[20, 20])
+    assert index.remove([10]) == 1
+    index.add([5], ids=[10])   # a removed id may be reused
+    assert len(index) == 4
+
+
+def test_remove_counts_and_hides_entries(rng):
+    codes = rng.integers(0, 2**64, 10_000, dtype=np.uint64)
+    index = build(codes)
+    assert index.remove([3, 3, 5, 99_999]) == 2
+    assert index.remove([3]) == 0
+    assert len(index) == 9_998
+    lims, dist, ids = index.range_search(codes[[3, 5, 6]], 0)
+    assert ids.tolist() == [6]
+
+
+def test_delta_and_compact_keep_results(rng):
+    codes = rng.integers(0, 2**64, 40_000, dtype=np.uint64)
+    index = build(codes[:30_000])
+    index.add(codes[30_000:32_000])             # goes to the delta segment
+    index.add(codes[32_000:])                   # delta grows
+    index.remove(np.arange(0, 40_000, 7))
+    live = np.setdiff1d(np.arange(40_000), np.arange(0, 40_000, 7))
+    queries = queries_for(rng, codes, 40)
+    expected = range_oracle(codes[live], live, queries, 6)
+    assert_range_equal(index.range_search(queries, 6), expected)
+    index.compact()
+    assert len(index._parts) == 1 and len(index) == len(live)
+    assert_range_equal(index.range_search(queries, 6), expected)
+
+
+@pytest.mark.parametrize("bad, err, match", [
+    (np.array([1, 2], dtype=np.int64), TypeError, "uint64"),
+    (np.array([1.0]), TypeError, "uint64"),
+    (np.zeros((2, 2), dtype=np.uint64), ValueError, "shape"),
+    ("00ff", TypeError, "from_hex"),
+    ([1, -1], ValueError, "64-bit unsigned"),
+    (2**64, ValueError, "64-bit unsigned"),
+])
+def test_bad_hashes_are_refused_with_a_fix(bad, err, match):
+    index = build([1, 2, 3])
+    with pytest.raises(err, match=match):
+        index.range_search(bad, 3)
+    with pytest.raises(err, match=match):
+        hs.HashIndex().add(bad)
+
+
+def test_bad_radius_k_ids_threads():
+    index = build([1, 2, 3])
+    for radius in (-1, 65):
+        with pytest.raises(ValueError, match="radius must be from 0 to 64"):
+            index.range_search(1, radius)
+    with pytest.raises(TypeError, match="radius"):
+        index.range_search(1, 2.5)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        index.search(1, 0)
+    with pytest.raises(TypeError, match="ids"):
+        index.add([4], ids=np.array([1.5]))
+    with pytest.raises(ValueError, match="shape"):
+        index.add([4, 5], ids=[7])
+    with pytest.raises(ValueError, match=">= 0"):
+        index.add([4], ids=[-3])
+    with pytest.raises(ValueError, match="threads"):
+        index.search(1, 1, threads=0)
+
+
+def test_threads_give_identical_results(rng):
+    codes = skewed_codes(rng, 50_000)
+    index = build(codes)
+    queries = queries_for(rng, codes, 300)
+    one = index.range_search(queries, 7, threads=1)
+    for threads in (2, 3, 8):
+        assert_range_equal(index.range_search(queries, 7, threads=threads), one)
+        np.testing.assert_array_equal(index.search(queries, 5, threads=threads)[1], index.search(queries, 5, threads=1)[1])
+
+
+def test_parallel_scan_of_one_query_matches(rng, strategy):
+    """A single query on a big segment splits its scan across threads."""
+    codes = rng.integers(0, 2**64, 1_200_000, dtype=np.uint64)
+    index = build(codes)
+    queries = queries_for(rng, codes[:1000], 4)
+    for q in queries:
+        got = index.range_search(q, 14, threads=2)
+        assert_range_equal(got, index.range_search(q, 14, threads=1))
+        np.testing.assert_array_equal(index.search(q, 20, threads=2)[1], index.search(q, 20, threads=1)[1])
+    lims, dist, ids = index.range_search(queries[0], 14, threads=2)
+    np.testing.assert_array_equal(np.bitwise_count(codes[ids] ^ queries[0]), dist)
+
+
+def test_concurrent_queries_while_changing(rng):
+    """Python threads query while another adds and removes: every answer is one whole version."""
+    codes = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
+    index = build(codes)
+    queries = codes[:50]
+    before = index.range_search(queries, 3)
+    extra = queries ^ np.uint64(1)           # each query gains one result at distance 1
+    errors, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            lims, dist, ids = index.range_search(queries, 3)
+            if not (lims[-1] == before[0][-1] or lims[-1] == before[0][-1] + len(queries)):
+                errors.append(lims[-1])
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for _ in range(15):
+        new_ids = index.add(extra)
+        index.remove(new_ids)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_readme_quickstart_runs():
+    """The README's example code runs as written."""
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks, "README has no python example"
+    exec(compile(blocks[0], "README.md", "exec"), {})
