@@ -1,7 +1,20 @@
-"""hashsieve: match images against lists of 64-bit perceptual hashes, exactly and fast."""
+"""hashsieve: match images against lists of 64-bit perceptual hashes, exactly and fast.
+
+    index = hashsieve.HashIndex()           exact Hamming index (hashsieve.index)
+    hashsieve.hash_image(path, "phash")     imagehash-compatible hashes (hashsieve.hashing)
+    index.save(path) / HashIndex.load(path) durable memory-mapped files (hashsieve.storage)
+"""
 from ._core import get_isa, supported_isas
+from .hashing import (HASH_KINDS, HashResults, ImageHashError, hash_image, hash_images, image_detail,
+                      iter_hash_images)
 from .hexcodes import from_hex, to_hex
 from .index import HashIndex
+from .storage import IndexFormatError, IndexHandle, read_metadata
 
-__all__ = ["HashIndex", "from_hex", "to_hex", "get_isa", "supported_isas"]
+__all__ = [
+    "HashIndex", "from_hex", "to_hex", "get_isa", "supported_isas",
+    "HASH_KINDS", "HashResults", "ImageHashError", "hash_image", "hash_images", "image_detail",
+    "iter_hash_images",
+    "IndexFormatError", "IndexHandle", "read_metadata",
+]
 __version__ = "0.1.0"

@@ -206,10 +206,13 @@ class HashIndex:
         return dict(zip(("probes", "candidates", "hits", "scanned"), stats.T.copy()))
 
     # ------------------------------------------------------------ persistence
-    def save(self, path):
-        """Write the index to one file atomically (temp file, fsync, rename); see hashsieve.storage."""
+    def save(self, path, metadata=None):
+        """Write the index to one file atomically (temp file, fsync, rename); see hashsieve.storage.
+
+        metadata: a JSON-serialisable dict stored in the header (read_metadata(path)["metadata"]).
+        """
         from .storage import save_index
-        save_index(self, path)
+        save_index(self, path, metadata=metadata)
 
     @classmethod
     def load(cls, path, mmap=True, verify=False):
