@@ -21,17 +21,31 @@
 #define HS_SCAN_NS 0.5
 #define HS_PAR_SCAN_MIN (1u << 20)   /* codes; below this a scan stays on one thread */
 
+#define HS_TILE 4096     /* codes per scan tile shared by a group of queries (32 KiB) */
+#define HS_GROUP 8       /* queries of a batch searched together */
+
 typedef struct {
     uint32_t group;
     uint16_t seg;
     uint8_t d;
+    uint8_t slot;        /* query within its group */
 } hs_hit;
+
+typedef struct {
+    uint32_t key;
+    uint16_t table;
+    uint16_t slot;
+} hs_probe;
 
 typedef struct {
     hs_hit *hits;
     size_t nhits, cap_hits;
     hs_hit *sorted;
     size_t cap_sorted;
+    hs_hit *byslot;
+    size_t cap_byslot;
+    hs_probe *probes;
+    size_t cap_probes;
     int64_t *ids;
     int32_t *dist;
     size_t nres, cap_res;
@@ -63,13 +77,13 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
-static inline void push_hit(hs_scratch *w, int seg, uint64_t group, int d)
+static inline void push_hit(hs_scratch *w, int seg, uint64_t group, int d, int slot)
 {
     if (w->nhits == w->cap_hits && grow((void **)&w->hits, &w->cap_hits, w->nhits + 1, sizeof(hs_hit))) {
         w->oom = 1;
         return;
     }
-    hs_hit h = {(uint32_t)group, (uint16_t)seg, (uint8_t)d};
+    hs_hit h = {(uint32_t)group, (uint16_t)seg, (uint8_t)d, (uint8_t)slot};
     w->hits[w->nhits++] = h;
 }
 
@@ -98,7 +112,7 @@ static inline void knn_add(knn_state *ks, hs_scratch *w, const hs_segment *s, in
     uint64_t live = live_count(s, g);
     if (!live)
         return;
-    push_hit(w, segno, g, d);
+    push_hit(w, segno, g, d, 0);
     ks->hist[d] += live;
     uint64_t cum = 0;
     for (int D = 0; D <= ks->tau; D++) {
@@ -118,9 +132,10 @@ static inline double probe_cost_ns(const hs_segment *s, int k, uint64_t nprobes)
 }
 
 typedef struct {
-    void (*mih_range)(const hs_segment *, int, uint64_t, int, const int *, hs_scratch *, hs_stats *);
+    void (*mih_range)(const hs_segment *, int, const uint64_t *, int, int, const int *, hs_scratch *, hs_stats *);
     int (*mih_knn)(const hs_segment *, int, uint64_t, uint64_t, hs_scratch *, hs_stats *, double);
-    void (*brute_range)(const hs_segment *, int, uint64_t, int, uint64_t, uint64_t, hs_scratch *, hs_stats *);
+    void (*brute_range)(const hs_segment *, int, const uint64_t *, int, int, uint64_t, uint64_t, hs_scratch *,
+                        hs_stats *);
     void (*brute_knn)(const hs_segment *, int, uint64_t, uint64_t, uint64_t, uint64_t, hs_scratch *, hs_stats *);
 } hs_kernels;
 
@@ -489,11 +504,9 @@ static int gather_ids(hs_scratch *w, const hs_segment *s, const hs_hit *h, uint6
     return 0;
 }
 
-/* Turns hits[begin:] into results sorted by (distance, id), at most `limit`. */
-static int emit(hs_scratch *w, const hs_segment *const *segs, size_t begin, uint64_t limit)
+/* Appends the results of hits h[0:nh] (one query), sorted by (distance, id), at most `limit`. */
+static int emit(hs_scratch *w, const hs_segment *const *segs, const hs_hit *h, size_t nh, uint64_t limit)
 {
-    size_t nh = w->nhits - begin;
-    hs_hit *h = w->hits + begin;
     size_t start[HS_CODE_BITS + 2] = {0};
     for (size_t i = 0; i < nh; i++)
         start[h[i].d + 1]++;
@@ -519,7 +532,6 @@ static int emit(hs_scratch *w, const hs_segment *const *segs, size_t begin, uint
             return -1;
         need -= len;
     }
-    w->nhits = begin;
     return 0;
 }
 
@@ -583,7 +595,7 @@ static void *run_scan_part(void *arg)
     if (p->k)
         p->K->brute_knn(p->s, p->segno, p->q, p->k, p->lo, p->hi, &p->w, &p->st);
     else
-        p->K->brute_range(p->s, p->segno, p->q, p->r, p->lo, p->hi, &p->w, &p->st);
+        p->K->brute_range(p->s, p->segno, &p->q, 1, p->r, p->lo, p->hi, &p->w, &p->st);
     return NULL;
 }
 
@@ -598,7 +610,7 @@ static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, ui
         if (k)
             K->brute_knn(s, segno, q, k, 0, u, w, st);
         else
-            K->brute_range(s, segno, q, r, 0, u, w, st);
+            K->brute_range(s, segno, &q, 1, r, 0, u, w, st);
         return;
     }
     scan_part parts[HS_MAX_TABLES];
@@ -634,8 +646,11 @@ static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, ui
     }
 }
 
-static int query_range_one(const hs_kernels *K, const hs_segment *const *segs, int nseg, uint64_t q, int r,
-                           hs_scratch *w, hs_stats *st, int inner)
+/* Range search of g <= HS_GROUP queries; query i's results are appended to
+ * w's result buffer at res_start[i], res_count[i] of them. */
+static int query_range_group(const hs_kernels *K, const hs_segment *const *segs, int nseg, const uint64_t *qs,
+                             int g, int r, hs_scratch *w, hs_stats *st, int inner, uint64_t *res_start,
+                             uint64_t *res_count)
 {
     size_t begin = w->nhits;
     for (int si = 0; si < nseg; si++) {
@@ -644,14 +659,34 @@ static int query_range_one(const hs_kernels *K, const hs_segment *const *segs, i
         if (s->n_unique == 0)
             continue;
         if (use_mih_range(s, r, t))
-            K->mih_range(s, si, q, r, t, w, st);
+            K->mih_range(s, si, qs, g, r, t, w, st);
+        else if (g == 1)
+            scan_segment(K, s, si, qs[0], r, 0, w, st, inner);
         else
-            scan_segment(K, s, si, q, r, 0, w, st, inner);
+            K->brute_range(s, si, qs, g, r, 0, s->n_unique, w, st);
     }
-    st->hits += w->nhits - begin;
     if (w->oom)
         return -1;
-    return emit(w, segs, begin, HS_UNLIMITED);
+    /* Split the hits by query, keeping their order. */
+    size_t nh = w->nhits - begin, start[HS_GROUP + 1] = {0}, cursor[HS_GROUP];
+    if (grow((void **)&w->byslot, &w->cap_byslot, nh + 1, sizeof(hs_hit)))
+        return -1;
+    for (size_t i = begin; i < w->nhits; i++)
+        start[w->hits[i].slot + 1]++;
+    for (int i = 0; i < g; i++)
+        start[i + 1] += start[i];
+    memcpy(cursor, start, sizeof cursor);
+    for (size_t i = begin; i < w->nhits; i++)
+        w->byslot[cursor[w->hits[i].slot]++] = w->hits[i];
+    w->nhits = begin;
+    for (int i = 0; i < g; i++) {
+        st[i].hits += start[i + 1] - start[i];
+        res_start[i] = w->nres;
+        if (emit(w, segs, w->byslot + start[i], start[i + 1] - start[i], HS_UNLIMITED))
+            return -1;
+        res_count[i] = w->nres - res_start[i];
+    }
+    return 0;
 }
 
 static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int nseg, uint64_t q, uint64_t k,
@@ -671,7 +706,9 @@ static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int
     st->hits += w->nhits - begin;
     if (w->oom)
         return -1;
-    return emit(w, segs, begin, k);
+    int rc = emit(w, segs, w->hits + begin, w->nhits - begin, k);
+    w->nhits = begin;
+    return rc;
 }
 
 /* ================================ batches ================================ */
@@ -708,25 +745,33 @@ static void *batch_worker(void *arg)
         if (i0 >= J->nq || __atomic_load_n(&J->failed, __ATOMIC_RELAXED))
             return NULL;
         uint64_t i1 = i0 + J->chunk < J->nq ? i0 + J->chunk : J->nq;
-        for (uint64_t i = i0; i < i1; i++) {
-            hs_stats st = {0};
-            int rc;
+        for (uint64_t i = i0; i < i1; i += HS_GROUP) {
+            int g = i1 - i < HS_GROUP ? (int)(i1 - i) : HS_GROUP, rc = 0;
+            hs_stats st[HS_GROUP];
+            memset(st, 0, sizeof st);
             if (J->k) {
-                w->nres = 0;
-                rc = query_knn_one(J->K, J->segs, J->nseg, J->queries[i], J->k, w, &st, J->inner);
-                for (uint64_t c = 0; c < J->k; c++) {
-                    J->knn_ids[i * J->k + c] = c < w->nres ? w->ids[c] : -1;
-                    J->knn_dist[i * J->k + c] = c < w->nres ? w->dist[c] : -1;
+                for (int c = 0; c < g && !rc; c++) {
+                    w->nres = 0;
+                    rc = query_knn_one(J->K, J->segs, J->nseg, J->queries[i + c], J->k, w, &st[c], J->inner);
+                    int64_t *row_ids = J->knn_ids + (i + c) * J->k;
+                    int32_t *row_dist = J->knn_dist + (i + c) * J->k;
+                    for (uint64_t x = 0; x < J->k; x++) {
+                        row_ids[x] = x < w->nres ? w->ids[x] : -1;
+                        row_dist[x] = x < w->nres ? w->dist[x] : -1;
+                    }
                 }
             } else {
-                uint64_t before = w->nres;
-                rc = query_range_one(J->K, J->segs, J->nseg, J->queries[i], J->radius, w, &st, J->inner);
-                J->qthread[i] = (uint32_t)tid;
-                J->qstart[i] = before;
-                J->lims[i + 1] = (int64_t)(w->nres - before);
+                uint64_t start[HS_GROUP], count[HS_GROUP];
+                rc = query_range_group(J->K, J->segs, J->nseg, J->queries + i, g, J->radius, w, st, J->inner,
+                                       start, count);
+                for (int c = 0; c < g && !rc; c++) {
+                    J->qthread[i + c] = (uint32_t)tid;
+                    J->qstart[i + c] = start[c];
+                    J->lims[i + c + 1] = (int64_t)count[c];
+                }
             }
             if (J->stats)
-                J->stats[i] = st;
+                memcpy(J->stats + i, st, (size_t)g * sizeof(hs_stats));
             if (rc) {
                 __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
                 return NULL;
@@ -738,7 +783,8 @@ static void *batch_worker(void *arg)
 static void free_scratch(hs_scratch *w, int n)
 {
     for (int i = 0; w && i < n; i++) {
-        free(w[i].hits); free(w[i].sorted); free(w[i].ids); free(w[i].dist); free(w[i].tmp);
+        free(w[i].hits); free(w[i].sorted); free(w[i].byslot); free(w[i].probes);
+        free(w[i].ids); free(w[i].dist); free(w[i].tmp);
     }
     free(w);
 }
@@ -753,8 +799,9 @@ static int run_batch(batch_job *J, int nthreads)
     int nw = J->nq < (uint64_t)nthreads ? (int)(J->nq ? J->nq : 1) : nthreads;
     J->nworkers = nw;
     J->inner = nthreads / nw;
-    J->chunk = J->nq / ((uint64_t)nw * 32);
-    if (J->chunk < 1) J->chunk = 1;
+    /* Chunks of whole groups, small enough to balance the threads. */
+    J->chunk = J->nq / ((uint64_t)nw * 32) / HS_GROUP * HS_GROUP;
+    if (J->chunk < HS_GROUP) J->chunk = J->nq < (uint64_t)nw * HS_GROUP ? 1 : HS_GROUP;
     if (J->chunk > 64) J->chunk = 64;
     J->K = all_kernels[hs_get_isa()];
     J->scratch = calloc((size_t)nw, sizeof(hs_scratch));

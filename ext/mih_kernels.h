@@ -92,24 +92,67 @@ static inline uint32_t HS_FN(match8)(const uint64_t *p, uint64_t q, int r)
         (st)->candidates += cand_;                                                          \
     } while (0)
 
-static void HS_FN(mih_range)(const hs_segment *s, int segno, uint64_t q, int r, const int *t,
+/* Range search of nq queries (the same radius) in one segment. All their
+ * probes go through one pipeline, so offsets and buckets of HS_PF probes are
+ * in flight at once, across table and query boundaries. */
+static void HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
                              hs_scratch *w, hs_stats *st)
 {
-    for (int k = 0; k < s->m; k++) {
-        if (t[k] < 0)
-            continue;
-        const uint32_t qk = (uint32_t)((q >> s->shift[k]) & sub_mask(s->bits[k]));
-        const uint32_t *tg = s->table_groups[k];
-        const uint64_t *tc = s->table_codes[k];
-        HS_PROBE(s, k, qk, 0, s->ring_start[k][t[k] + 1], q, r, st, {
-            uint64_t x = tc[j] ^ q;
-            /* Report each code from the first table that qualifies it. */
-            int dup = 0;
-            for (int kk = 0; kk < k && !dup; kk++)
-                dup = t[kk] >= 0 && __builtin_popcountll((x >> s->shift[kk]) & sub_mask(s->bits[kk])) <= t[kk];
-            if (!dup)
-                push_hit(w, segno, k ? tg[j] : j, __builtin_popcountll(x));
-        });
+    size_t need = 0, n = 0;
+    for (int k = 0; k < s->m; k++)
+        if (t[k] >= 0)
+            need += s->ring_start[k][t[k] + 1];
+    if (grow((void **)&w->probes, &w->cap_probes, need * (size_t)nq + 1, sizeof(hs_probe))) {
+        w->oom = 1;
+        return;
+    }
+    hs_probe *P = w->probes;
+    for (int slot = 0; slot < nq; slot++) {
+        for (int k = 0; k < s->m; k++) {
+            if (t[k] < 0)
+                continue;
+            const uint32_t qk = (uint32_t)((qs[slot] >> s->shift[k]) & sub_mask(s->bits[k]));
+            const uint32_t *mk = s->masks[k];
+            for (uint32_t i = 0, e = s->ring_start[k][t[k] + 1]; i < e; i++) {
+                hs_probe pr = {qk ^ mk[i], (uint16_t)k, (uint16_t)slot};
+                P[n++] = pr;
+            }
+        }
+        st[slot].probes += need;
+    }
+    uint32_t lo[HS_RING], hi[HS_RING];
+    for (size_t i = 0; i < n + HS_PF; i++) {
+        if (i >= HS_PF) {
+            const size_t p = i - HS_PF;
+            const int k = P[p].table, slot = P[p].slot;
+            const uint64_t q = qs[slot];
+            const uint64_t *tc = s->table_codes[k];
+            const uint32_t *tg = s->table_groups[k];
+            const uint32_t a = lo[p % HS_RING], b = hi[p % HS_RING];
+            st[slot].candidates += b - a;
+            HS_SCAN(tc, a, b, q, r, {
+                uint64_t x = tc[j] ^ q;
+                /* Report each code from the first table that qualifies it. */
+                int dup = 0;
+                for (int kk = 0; kk < k && !dup; kk++)
+                    dup = t[kk] >= 0 && __builtin_popcountll((x >> s->shift[kk]) & sub_mask(s->bits[kk])) <= t[kk];
+                if (!dup)
+                    push_hit(w, segno, k ? tg[j] : j, __builtin_popcountll(x), slot);
+            });
+        }
+        if (i < n)
+            __builtin_prefetch(s->offsets[P[i].table] + P[i].key);
+        if (i >= HS_PF / 2 && i - HS_PF / 2 < n) {
+            const size_t p = i - HS_PF / 2;
+            const uint32_t *off = s->offsets[P[p].table];
+            const uint64_t *tc = s->table_codes[P[p].table];
+            const uint32_t a = off[P[p].key], b = off[P[p].key + 1];
+            lo[p % HS_RING] = a;
+            hi[p % HS_RING] = b;
+            /* Whole bucket, up to HS_PF_LINES cache lines. */
+            for (uint32_t x = a; x < b && x < a + 8 * HS_PF_LINES; x += 8)
+                __builtin_prefetch(tc + x);
+        }
     }
 }
 
@@ -156,12 +199,21 @@ static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k
     return 0;
 }
 
-static void HS_FN(brute_range)(const hs_segment *s, int segno, uint64_t q, int r, uint64_t lo, uint64_t hi,
-                               hs_scratch *w, hs_stats *st)
+/* Scans codes [lo, hi) for nq queries. Several queries go over the codes in
+ * L1-sized tiles, so memory is read once per tile, not once per query. */
+static void HS_FN(brute_range)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, uint64_t lo,
+                               uint64_t hi, hs_scratch *w, hs_stats *st)
 {
     const uint64_t *codes = s->codes;
-    HS_SCAN(codes, lo, hi, q, r, push_hit(w, segno, j, __builtin_popcountll(codes[j] ^ q)));
-    st->scanned += hi - lo;
+    for (uint64_t b0 = lo; b0 < hi; b0 += HS_TILE) {
+        uint64_t b1 = b0 + HS_TILE < hi ? b0 + HS_TILE : hi;
+        for (int slot = 0; slot < nq; slot++) {
+            const uint64_t q = qs[slot];
+            HS_SCAN(codes, b0, b1, q, r, push_hit(w, segno, j, __builtin_popcountll(codes[j] ^ q), slot));
+        }
+    }
+    for (int slot = 0; slot < nq; slot++)
+        st[slot].scanned += hi - lo;
 }
 
 static void HS_FN(brute_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k, uint64_t lo, uint64_t hi,
