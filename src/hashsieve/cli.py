@@ -1,0 +1,463 @@
+"""The ``hashsieve`` command line; see docs/cli.md and ``hashsieve COMMAND --help``.
+
+Exit status: 0 nothing matched / success, 1 something matched (scan, query) or
+some files could not be hashed (hash), 2 usage, list or index error,
+130 / 143 scan interrupted by Ctrl-C / SIGTERM (the report is complete up to the
+last finished file; continue with --resume).
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+
+EXIT_OK, EXIT_MATCH, EXIT_ERROR = 0, 1, 2
+
+
+class CliError(Exception):
+    """A usage, list or index problem: printed as one line, exit status 2."""
+
+
+def _err(msg):
+    print(f"hashsieve: error: {msg}", file=sys.stderr)
+
+
+def _warn(msg):
+    print(f"hashsieve: warning: {msg}", file=sys.stderr)
+
+
+def _info(msg):
+    print(msg, file=sys.stderr)
+
+
+# ====================================================================== lists -> index
+def _parse_lists(specs, skip_bad):
+    from .lists import ListError, is_degenerate, list_spec, parse_list
+    parsed = []
+    for spec in specs:
+        name, path = list_spec(spec)
+        try:
+            pl = parse_list(path, name=name, skip_bad=skip_bad)
+        except ListError as e:
+            raise CliError(str(e)) from None
+        c = pl.counts()
+        _info(f"list {pl.name} ({path}): {c['perceptual']} perceptual, {c['md5']} MD5, {c['sha1']} SHA-1 entries"
+              + (f", {len(pl.skipped)} bad rows skipped" if pl.skipped else "")
+              + (f", {pl.duplicates} duplicate rows dropped" if pl.duplicates else ""))
+        for line, reason in pl.skipped[:5]:
+            _warn(f"{path}:{line}: skipped: {reason}")
+        if len(pl.skipped) > 5:
+            _warn(f"{path}: ... and {len(pl.skipped) - 5} more bad rows skipped")
+        degenerate = [e for e in pl.entries if e.kind == "perceptual" and is_degenerate(int(e.hash, 16))]
+        if degenerate:
+            e = degenerate[0]
+            _warn(f"{path}: {len(degenerate)} entries have degenerate hashes (almost all bits equal, e.g. line "
+                  f"{e.line}: {e.hash}): blank, solid or transparent images; they would match any such upload. "
+                  "`scan` ignores low-detail files unless --match-low-detail")
+        if not pl.entries:
+            _warn(f"{path}: no entries")
+        parsed.append(pl)
+    return parsed
+
+
+def _check_kind(kind):
+    from .hashing import HASH_KINDS
+    if kind not in HASH_KINDS:
+        raise CliError(f"--kind must be one of {', '.join(HASH_KINDS)}")
+
+
+def cmd_build(a):
+    import numpy as np
+
+    from .index import HashIndex
+    from .lists import Provenance, write_index, IndexLock
+    parsed = _parse_lists(a.lists, a.skip_bad)
+    total = sum(len(p.entries) for p in parsed)
+    if total == 0:
+        raise CliError("the lists hold no entries; nothing to build (nothing written)")
+    if os.path.isdir(a.output):
+        raise CliError(f"-o {a.output} is a folder; give the index file name, e.g. {a.output}/lists.hsi")
+    folder = os.path.dirname(os.path.abspath(a.output))
+    if not os.path.isdir(folder):
+        raise CliError(f"folder {folder} does not exist; create it first")
+    old_prov = _old_provenance(a.output)
+    with IndexLock(a.output):
+        prov = Provenance.new_file(a.output)
+        try:
+            ids, codes = [], []
+            for pl in parsed:
+                i, c = prov.add_list(pl)
+                ids += i
+                codes += c
+            index = HashIndex()
+            index.add(np.array(codes, dtype=np.uint64), np.array(ids, dtype=np.int64))
+        except BaseException:
+            prov.discard()
+            raise
+        write_index(a.output, index, prov, a.kind, old_prov)
+    _info(f"wrote {a.output}: {len(index)} {a.kind} hashes, {total - len(index)} MD5/SHA-1 digests "
+          f"from {len(parsed)} list(s)")
+    return EXIT_OK
+
+
+def _old_provenance(path):
+    from .lists import META_KEY
+    from .storage import read_metadata
+    try:
+        info = read_metadata(path)["metadata"].get(META_KEY) or {}
+        return os.path.join(os.path.dirname(os.path.abspath(path)), info["provenance"])
+    except Exception:
+        return None
+
+
+def _open(path):
+    from .lists import IndexOpenError, open_index
+    try:
+        return open_index(path)
+    except IndexOpenError as e:
+        raise CliError(str(e)) from None
+
+
+def cmd_add(a):
+    import numpy as np
+
+    from .lists import IndexLock, Provenance, write_index
+    parsed = _parse_lists(a.lists, a.skip_bad)
+    with IndexLock(a.index):
+        li = _open(a.index)
+        prov = Provenance.new_file(a.index, copy_from=li.prov.path)
+        try:
+            ids, codes = [], []
+            for pl in parsed:
+                i, c = prov.add_list(pl)
+                ids += i
+                codes += c
+            index = li.index
+            if codes:
+                index.add(np.array(codes, dtype=np.uint64), np.array(ids, dtype=np.int64))
+        except BaseException:
+            prov.discard()
+            raise
+        old = li.prov.path
+        write_index(a.index, index, prov, li.kind, old)
+        li.close()
+    _info(f"added {sum(len(p.entries) for p in parsed)} entries to {a.index}; it now holds {len(index)} "
+          f"{li.kind} hashes")
+    return EXIT_OK
+
+
+def cmd_remove(a):
+    import numpy as np
+
+    from .lists import IndexLock, ListError, Provenance, write_index
+    parsed = _parse_lists(a.lists, a.skip_bad)
+    with IndexLock(a.index):
+        li = _open(a.index)
+        prov = Provenance.new_file(a.index, copy_from=li.prov.path)
+        try:
+            ids, removed, missing = [], 0, 0
+            for pl in parsed:
+                i, r, m = prov.remove_list_rows(pl, a.list)
+                ids += i
+                removed += r
+                missing += m
+            index = li.index
+            if ids:
+                index.remove(np.array(ids, dtype=np.int64))
+                if index._parts and len(index) < 0.75 * sum(len(p.segment) for p in index._parts):
+                    index.compact()
+        except ListError as e:
+            prov.discard()
+            raise CliError(str(e)) from None
+        except BaseException:
+            prov.discard()
+            raise
+        write_index(a.index, index, prov, li.kind, li.prov.path)
+        li.close()
+    _info(f"removed {removed} entries from {a.index}; it now holds {len(index)} {li.kind} hashes")
+    if missing:
+        _warn(f"{missing} rows matched no entry in the index")
+    return EXIT_OK
+
+
+def cmd_info(a):
+    from .storage import read_metadata
+    li = _open(a.index)
+    meta = read_metadata(a.index)
+    lists = li.prov.summary()
+    out = {"path": a.index, "format_version": meta["format_version"], "code_bits": meta["code_bits"],
+           "kind": li.kind, "count": meta["count"], "entries": meta["entries"],
+           "file_size": meta["file_size"], "created": meta["created_iso"],
+           "provenance": li.prov.path, "lists": lists,
+           "digests": sum(x["md5"] + x["sha1"] for x in lists)}
+    if a.json:
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    print(f"index        {a.index}")
+    print(f"format       hashsieve index v{out['format_version']}, {out['code_bits']}-bit codes, kind {li.kind}")
+    print(f"hashes       {out['count']:,} live ({out['entries']:,} stored, incl. removed not yet compacted)")
+    print(f"digests      {out['digests']:,} MD5/SHA-1")
+    print(f"file         {out['file_size']:,} bytes, written {out['created']}")
+    print(f"provenance   {out['provenance']}")
+    print(f"lists        {len(lists)}")
+    for x in lists:
+        print(f"  {x['name']}: {x['perceptual']:,} perceptual, {x['md5']:,} MD5, {x['sha1']:,} SHA-1; "
+              f"from {x['source']} (sha256 {x['sha256'][:12]}…, updated {x['updated']})")
+    return EXIT_OK
+
+
+def cmd_query(a):
+    import numpy as np
+
+    from .lists import parse_hash
+    from .scan import DEFAULT_RADIUS
+    li = _open(a.index)
+    parsed = []
+    for h in a.hashes:
+        try:
+            parsed.append((h,) + parse_hash(h))
+        except ValueError as e:
+            raise CliError(f"query {e}") from None
+    radius = DEFAULT_RADIUS.get(li.kind, 8) if a.radius is None else a.radius
+    any_match = False
+    for text, kind, h in parsed:
+        matches = []
+        if kind == "perceptual":
+            code = np.array([int(h, 16)], dtype=np.uint64)
+            if a.k is not None:
+                dist, ids = li.index.search(code, a.k)
+                pairs = [(int(d), int(i)) for d, i in zip(dist[0], ids[0]) if i >= 0]
+            else:
+                lims, dist, ids = li.index.range_search(code, radius)
+                pairs = [(int(d), int(i)) for d, i in zip(dist, ids)]
+            rows = li.prov.lookup_ids([i for _, i in pairs])
+            for d, i in pairs:
+                if i in rows:
+                    m = li.prov._match(rows[i], d)
+                    m["kind"] = li.kind
+                    matches.append(m)
+        else:
+            matches = [li.prov._match(row, 0) for row in li.prov.lookup_digest(h) if row[2] == kind]
+        any_match |= bool(matches) and (a.k is None or any(m["distance"] <= radius for m in matches))
+        if a.json:
+            print(json.dumps({"hash": h, "matches": matches}), flush=True)
+        elif not matches:
+            print(f"{h}\t-\tno match")
+        else:
+            for m in matches:
+                print(f"{h}\t{m['distance']}\t{m['list']}\t{m['id'] if m['id'] is not None else '-'}\t"
+                      f"{m['label'] if m['label'] is not None else '-'}")
+    return EXIT_MATCH if any_match else EXIT_OK
+
+
+def _limits(a):
+    from .scan import Limits
+    return Limits(max_file_bytes=int(a.max_file_mb * (1 << 20)))
+
+
+def cmd_hash(a):
+    from .scan import MEMBER_SEP, ScanOptions, scan
+    _check_kind(a.kind)
+    for p in a.paths:
+        if not os.path.lexists(p):
+            raise CliError(f"{p}: no such file or folder")
+    failed = [0]
+
+    def out(rec):
+        name = rec["path"] if rec["member"] is None else rec["path"] + MEMBER_SEP + rec["member"]
+        if rec["hash"] is not None:
+            print(f"{rec['hash']}\t{name}", flush=True)
+        else:
+            failed[0] += 1
+            print(f"hashsieve: {name}: {rec['error']}", file=sys.stderr, flush=True)
+
+    opts = ScanOptions(kind=a.kind, workers=a.workers, fast=a.fast, limits=_limits(a))
+    stop = _install_stop()
+    s = scan(a.paths, None, out, opts, stop=stop)
+    if s.interrupted:
+        return 130 if stop.signum == signal.SIGINT else 143
+    return EXIT_MATCH if failed[0] else EXIT_OK
+
+
+def _install_stop():
+    from .scan import _Stop
+    stop = _Stop()
+    signal.signal(signal.SIGINT, stop.handler)
+    signal.signal(signal.SIGTERM, stop.handler)
+    return stop
+
+
+def cmd_scan(a):
+    from .scan import ScanOptions, read_report, scan
+    for p in a.paths:
+        if not os.path.lexists(p):
+            raise CliError(f"{p}: no such file or folder; check the path")
+    li = _open(a.index)
+    if a.kind is not None and a.kind != li.kind:
+        raise CliError(f"--kind {a.kind} but {a.index} holds {li.kind} hashes; scan with --kind {li.kind}")
+    if a.radius is not None and not 0 <= a.radius <= 64:
+        raise CliError("--radius must be between 0 and 64")
+    if a.resume and not a.report:
+        raise CliError("--resume needs --report OUT.jsonl (the report of the interrupted scan)")
+    opts = ScanOptions(radius=a.radius, kind=li.kind, workers=a.workers, fast=a.fast,
+                       match_low_detail=a.match_low_detail,
+                       low_detail=a.low_detail_threshold, limits=_limits(a))
+    previous = []
+    if a.report:
+        if os.path.isdir(a.report):
+            raise CliError(f"--report {a.report} is a folder; give a file name such as {a.report}/report.jsonl")
+        exists = os.path.exists(a.report) and os.path.getsize(a.report) > 0
+        if exists and not a.resume and not a.overwrite:
+            raise CliError(f"report {a.report} already exists; pass --resume to continue that scan, "
+                           "--overwrite to start again, or choose another file")
+        if exists and a.resume:
+            try:
+                previous, valid = read_report(a.report)
+            except ValueError as e:
+                raise CliError(str(e)) from None
+            with open(a.report, "r+b") as f:
+                f.truncate(valid)       # drop a line cut short by a kill
+        out = open(a.report, "a" if a.resume else "w", encoding="utf-8")
+    else:
+        out = sys.stdout
+    progress = None
+    try:
+        from tqdm import tqdm
+        progress = tqdm(unit="file", file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True,
+                        initial=len(previous), desc="scan")
+    except ImportError:
+        pass
+    stop = _install_stop()
+    exclude = [a.index, li.prov.path] + ([a.report] if a.report else [])
+    try:
+        s = scan(a.paths, li, out, opts, resume_records=previous, progress=progress, stop=stop, exclude=exclude)
+    finally:
+        if progress is not None:
+            progress.close()
+        if out is not sys.stdout:
+            out.flush()
+            os.fsync(out.fileno())
+            out.close()
+    d = s.as_dict()
+    rate = f"{d['images_per_second']} images/s" if d["images_per_second"] is not None else "-"
+    _info(f"scanned {d['files']} files ({d['resumed_from_report']} from the earlier run): {d['images']} images "
+          f"hashed, {d['matched_files']} matched ({d['matches']} matches), {d['low_detail']} low-detail, "
+          f"{d['errors']} errors; {d['seconds']} s, {rate}"
+          + (f"; report {a.report}" if a.report else ""))
+    if a.summary_json:
+        print(json.dumps(d), file=sys.stderr)
+    if s.interrupted:
+        _info(f"interrupted by {s.interrupted}; every finished file is in the report. "
+              + ("Continue with the same command plus --resume." if a.report else
+                 "Use --report FILE to be able to resume."))
+        return 130 if stop.signum == signal.SIGINT else 143
+    return EXIT_MATCH if s.matched else EXIT_OK
+
+
+# ====================================================================== parser
+def build_parser():
+    from .hashing import HASH_KINDS
+    from .scan import DEFAULT_RADIUS, LOW_DETAIL_THRESHOLD
+    radii = ", ".join(f"{k} {v}" for k, v in DEFAULT_RADIUS.items())
+    p = argparse.ArgumentParser(
+        prog="hashsieve",
+        description="Match images against lists of perceptual hashes (and MD5/SHA-1 digests).",
+        epilog="Exit status: 0 nothing matched / success; 1 something matched (scan, query) or some files "
+               "could not be hashed (hash); 2 usage, list or index error; 130/143 scan interrupted by "
+               "Ctrl-C/SIGTERM (continue with --resume). See docs/cli.md.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    list_help = ("hash list files: plain text (one hex hash per line, # comments) or CSV with a 'hash' column "
+                 "and optional 'id', 'label' and more; 16 hex digits = perceptual hash, 32 = MD5, 40 = SHA-1. "
+                 "NAME=PATH names the list (default: file name without extension)")
+
+    b = sub.add_parser("build", help="build an index file from hash lists",
+                       description="Build an index (and its provenance table INDEX.lists-*.db beside it) from "
+                                   "hash lists. Nothing is written unless every list parses.")
+    b.add_argument("lists", nargs="+", metavar="LIST", help=list_help)
+    b.add_argument("-o", "--output", required=True, metavar="INDEX", help="index file to write (atomically)")
+    b.add_argument("--kind", default="phash", choices=HASH_KINDS,
+                   help="which perceptual hash the lists hold (default phash)")
+    b.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows instead of stopping")
+    b.set_defaults(func=cmd_build)
+
+    ad = sub.add_parser("add", help="add hash lists to an index, in place and atomically")
+    ad.add_argument("index", metavar="INDEX")
+    ad.add_argument("lists", nargs="+", metavar="LIST", help=list_help)
+    ad.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows")
+    ad.set_defaults(func=cmd_add)
+
+    rm = sub.add_parser("remove", help="remove the entries of hash lists from an index, in place and atomically",
+                        description="Remove entries with the same hash (and the same id, when the row has one).")
+    rm.add_argument("index", metavar="INDEX")
+    rm.add_argument("lists", nargs="+", metavar="LIST", help=list_help)
+    rm.add_argument("--list", metavar="NAME", help="only remove from the list of this name (default: any list)")
+    rm.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows")
+    rm.set_defaults(func=cmd_remove)
+
+    i = sub.add_parser("info", help="format, count, code width and lists of an index")
+    i.add_argument("index", metavar="INDEX")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(func=cmd_info)
+
+    h = sub.add_parser("hash", help='print "HEX<TAB>PATH" per image (recurses into folders and archives)')
+    h.add_argument("paths", nargs="+", metavar="PATH")
+    h.add_argument("--kind", default="phash", choices=HASH_KINDS)
+    h.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    h.add_argument("--fast", action="store_true", help="faster, about 1 bit less exact (see docs/hashing.md)")
+    h.add_argument("--max-file-mb", type=float, default=256, help="largest file read (default 256)")
+    h.set_defaults(func=cmd_hash)
+
+    q = sub.add_parser("query", help="look hex hashes up in an index")
+    q.add_argument("index", metavar="INDEX")
+    q.add_argument("hashes", nargs="+", metavar="HEX", help="16-digit perceptual hash, or 32/40-digit MD5/SHA-1")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--radius", "-r", type=int, help=f"largest Hamming distance, inclusive (default per kind: {radii})")
+    g.add_argument("-k", type=int, help="the k nearest entries instead of a radius")
+    q.add_argument("--json", action="store_true", help="one JSON line per query")
+    q.set_defaults(func=cmd_query)
+
+    s = sub.add_parser("scan", help="scan folders and archives against an index, writing a JSON-lines report",
+                       description="Walk folders and zip/tar archives (also .tar.gz/.bz2/.xz and archives in "
+                                   "archives), hash every image in worker processes and report one JSON line per "
+                                   "file. Exit 0 nothing matched, 1 something matched, 2 usage/index error, "
+                                   "130/143 interrupted (continue with --resume).")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.add_argument("--index", required=True, metavar="INDEX")
+    s.add_argument("--radius", "-r", type=int, help=f"largest Hamming distance, inclusive (default per kind: {radii})")
+    s.add_argument("--kind", choices=HASH_KINDS, help="hash kind (default and only allowed: the index's kind)")
+    s.add_argument("--report", metavar="OUT.jsonl", help="report file (default: standard output)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted scan: keep its report, skip the files already in it")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    s.add_argument("--fast", action="store_true", help="faster hashing, about 1 bit less exact")
+    s.add_argument("--match-low-detail", action="store_true",
+                   help="also match low-detail (blank, solid, transparent) images")
+    s.add_argument("--low-detail-threshold", type=float, default=LOW_DETAIL_THRESHOLD, metavar="D",
+                   help=f"detail score below which an image is low-detail (default {LOW_DETAIL_THRESHOLD})")
+    s.add_argument("--max-file-mb", type=float, default=256,
+                   help="largest file or archive member read, decompressed (default 256)")
+    s.add_argument("--summary-json", action="store_true", help="also print the summary as JSON on stderr")
+    s.set_defaults(func=cmd_scan)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if getattr(a, "workers", None) is not None and a.workers < 1:
+        parser.error("--workers must be at least 1")
+    try:
+        return a.func(a)
+    except CliError as e:
+        _err(str(e))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

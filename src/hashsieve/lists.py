@@ -1,0 +1,507 @@
+"""Hash lists and their provenance: what a match traces back to.
+
+A hash list is a text file:
+
+* plain text: one hex hash per line; ``#`` starts a comment (whole line or the
+  rest of a line); blank lines are ignored.
+* CSV: a header row with a ``hash`` column and optional ``id``, ``label`` and
+  further columns (kept as ``extra``).  A file is read as CSV when its name ends
+  in ``.csv`` or its first line (after comments) holds a comma.
+
+A hash is 16 hex digits (a 64-bit perceptual hash, imagehash's form), 32 (MD5)
+or 40 (SHA-1) of the file's bytes; an optional ``0x`` prefix and upper case are
+accepted.  Every entry keeps its list name (the file name without extension,
+or ``NAME=PATH`` on the command line), its id, label and line number.
+
+An index built by the command line has a *provenance table* beside it: an
+SQLite file ``INDEX.lists-<token>.db`` in the index's folder, named in the
+index metadata (``metadata["hashsieve"]["provenance"]``).  Row ``id`` of its
+``entries`` table is the int64 id of the entry in the HashIndex; MD5/SHA-1
+entries live only in the table (looked up by digest).  Every update writes a
+new table under a new token, then saves the index atomically pointing at it,
+then deletes the old table: a crash leaves the old pair or the new pair
+intact, at worst plus an orphan table file.
+"""
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import time
+
+__all__ = ["ListError", "Entry", "ParsedList", "parse_list", "list_spec", "Provenance",
+           "DIGEST_KINDS", "is_degenerate"]
+
+DIGEST_KINDS = {16: "perceptual", 32: "md5", 40: "sha1"}
+_HEX = re.compile(r"^[0-9a-f]+$")
+META_KEY = "hashsieve"
+SCHEMA_VERSION = 1
+
+
+class ListError(ValueError):
+    """A hash list cannot be read.  ``path`` and ``line`` locate the problem."""
+
+    def __init__(self, path, line, reason):
+        self.path, self.line, self.reason = path, line, reason
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {reason}")
+
+
+class Entry:
+    """One list row: kind ('perceptual', 'md5' or 'sha1'), hash (lower-case hex), row id, label, line, extra."""
+
+    __slots__ = ("kind", "hash", "row_id", "label", "line", "extra")
+
+    def __init__(self, kind, hash, row_id=None, label=None, line=0, extra=None):
+        self.kind, self.hash, self.row_id, self.label, self.line, self.extra = kind, hash, row_id, label, line, extra
+
+    def __repr__(self):
+        return f"Entry({self.kind}, {self.hash}, id={self.row_id!r}, label={self.label!r}, line={self.line})"
+
+
+class ParsedList:
+    """A parsed list: name, path, sha256 of the file, entries, skipped [(line, reason)], duplicates."""
+
+    def __init__(self, name, path, sha256, entries, skipped, duplicates):
+        self.name, self.path, self.sha256 = name, path, sha256
+        self.entries, self.skipped, self.duplicates = entries, skipped, duplicates
+
+    def counts(self):
+        out = {"perceptual": 0, "md5": 0, "sha1": 0}
+        for e in self.entries:
+            out[e.kind] += 1
+        return out
+
+
+def is_degenerate(code):
+    """True for 64-bit hashes with almost all bits equal (blank, solid, transparent images).
+
+    A pHash of a detailed image has 32 bits set (bit = coefficient > median);
+    solid images give 0000000000000000 or 8000000000000000.
+    """
+    ones = int(code).bit_count()
+    return ones <= 4 or ones >= 60
+
+
+def list_spec(arg):
+    """'NAME=PATH' or 'PATH' -> (name, path); the name defaults to the file name without extensions."""
+    if "=" in arg and not os.path.exists(arg):
+        name, path = arg.split("=", 1)
+        if name and path:
+            return name, path
+    base = os.path.basename(arg.rstrip("/"))
+    for ext in (".csv", ".txt", ".tsv", ".list", ".hashes"):
+        if base.lower().endswith(ext):
+            base = base[: -len(ext)]
+            break
+    return base or arg, arg
+
+
+def parse_hash(text):
+    """(kind, normalised hex) or raise ValueError with a reason a person can act on."""
+    s = text.strip().lower()
+    if s.startswith("0x"):
+        s = s[2:]
+    if not s:
+        raise ValueError("empty hash")
+    if not _HEX.match(s):
+        bad = next(c for c in s if c not in "0123456789abcdef")
+        raise ValueError(f"{text.strip()!r} is not a hex hash (character {bad!r} is not 0-9 or a-f)")
+    kind = DIGEST_KINDS.get(len(s))
+    if kind is None:
+        hint = ""
+        if len(s) == 64:
+            hint = " (64 digits is a PDQ or SHA-256 hash, not supported yet)"
+        raise ValueError(f"{text.strip()!r} has {len(s)} hex digits{hint}; expected 16 (64-bit perceptual hash), "
+                         "32 (MD5) or 40 (SHA-1)")
+    return kind, s
+
+
+def _decode(path, data):
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ListError(path, line, f"not UTF-8 text (byte {data[e.start]:#04x}); save the list as UTF-8") from None
+
+
+def parse_list(path, name=None, skip_bad=False):
+    """Parse one list file; ListError on the first bad row unless skip_bad (then counted in .skipped)."""
+    path = os.fspath(path)
+    if name is None:
+        name = list_spec(path)[0]
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ListError(path, 0, f"cannot read the list ({e.strerror or e}); check the path") from None
+    sha = hashlib.sha256(data).hexdigest()
+    text = _decode(path, data)
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    is_csv = path.lower().endswith(".csv") or "," in first
+    entries, skipped = [], []
+
+    def bad(line, reason):
+        if not skip_bad:
+            raise ListError(path, line, reason + "; fix the row or pass --skip-bad to skip bad rows")
+        skipped.append((line, reason))
+
+    if is_csv:
+        _parse_csv(path, text, entries, bad)
+    else:
+        for no, raw in enumerate(lines, 1):
+            s = raw.split("#", 1)[0].strip()
+            if not s:
+                continue
+            if no == 1 and s.lower() == "hash":
+                continue
+            parts = s.split()
+            if len(parts) != 1:
+                bad(no, f"expected one hex hash per line, got {len(parts)} fields {s[:60]!r}")
+                continue
+            try:
+                kind, h = parse_hash(parts[0])
+            except ValueError as e:
+                bad(no, str(e))
+                continue
+            entries.append(Entry(kind, h, None, None, no))
+    seen, unique, dups = set(), [], 0
+    for e in entries:
+        key = (e.hash, e.row_id)
+        if key in seen:
+            dups += 1
+            continue
+        seen.add(key)
+        unique.append(e)
+    return ParsedList(name, path, sha, unique, skipped, dups)
+
+
+def _parse_csv(path, text, entries, bad):
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header, header_line = None, 0
+    try:
+        for row in rows:
+            line = rows.line_num
+            if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
+                continue
+            if header is None:
+                header = [c.strip().lower() for c in row]
+                header_line = line
+                if "hash" not in header:
+                    raise ListError(path, line, f"CSV header has no 'hash' column (columns: {', '.join(header)}); "
+                                                "name the column holding the hex hashes 'hash'")
+                hi = header.index("hash")
+                ii = header.index("id") if "id" in header else None
+                li = header.index("label") if "label" in header else None
+                others = [(i, c) for i, c in enumerate(header) if i not in (hi, ii, li) and c]
+                continue
+            if len(row) != len(header):
+                bad(line, f"{len(row)} columns, the header (line {header_line}) has {len(header)}")
+                continue
+            try:
+                kind, h = parse_hash(row[hi])
+            except ValueError as e:
+                bad(line, str(e))
+                continue
+            row_id = row[ii].strip() if ii is not None and row[ii].strip() else None
+            label = row[li].strip() if li is not None and row[li].strip() else None
+            extra = {c: row[i] for i, c in others if row[i] != ""} or None
+            entries.append(Entry(kind, h, row_id, label, line, extra))
+    except csv.Error as e:
+        raise ListError(path, rows.line_num, f"malformed CSV ({e}); check quoting") from None
+    if header is None:
+        raise ListError(path, 0, "empty CSV list: no header row with a 'hash' column")
+
+
+# ====================================================================== provenance table
+_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE lists(list_no INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, source TEXT, sha256 TEXT,
+                   added TEXT, updated TEXT);
+CREATE TABLE entries(id INTEGER PRIMARY KEY, list_no INTEGER NOT NULL, kind TEXT NOT NULL, hash TEXT NOT NULL,
+                     row_id TEXT, label TEXT, line INTEGER, extra TEXT);
+CREATE INDEX entries_hash ON entries(hash);
+"""
+
+
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Provenance:
+    """The provenance table of an index (an SQLite file); see the module docstring."""
+
+    def __init__(self, path, writable=False):
+        self.path = path
+        if writable:
+            self.db = sqlite3.connect(path)
+        else:
+            if not os.path.exists(path):
+                raise FileNotFoundError(path)
+            self.db = sqlite3.connect(f"file:{_uri(path)}?mode=ro", uri=True)
+        self._list_names = None
+
+    # ------------------------------------------------------------ writing
+    @classmethod
+    def new_file(cls, index_path, copy_from=None):
+        """A writable table at a fresh temporary path beside index_path (a copy of copy_from if given)."""
+        folder, base = os.path.split(os.path.abspath(index_path))
+        token = secrets.token_hex(6)
+        tmp = os.path.join(folder, f".{base}.lists-{token}.db.tmp")
+        if copy_from:
+            shutil.copyfile(copy_from, tmp)
+        prov = cls(tmp, writable=True)
+        try:
+            prov.db.execute("PRAGMA journal_mode=OFF")      # a temp file: published whole or deleted
+            prov.db.execute("PRAGMA synchronous=OFF")       # publish() fsyncs it
+            if not copy_from:
+                prov.db.executescript(_SCHEMA)
+                prov.db.execute("INSERT INTO meta VALUES ('schema', ?), ('next_id', '0')", (str(SCHEMA_VERSION),))
+        except BaseException:
+            prov.discard()
+            raise
+        prov.final_path = os.path.join(folder, f"{base}.lists-{token}.db")
+        return prov
+
+    def publish(self):
+        """Commit, fsync and rename the temporary table to its final name; returns that path."""
+        self.db.commit()
+        self.db.close()
+        _fsync_file(self.path)
+        os.replace(self.path, self.final_path)
+        _fsync_dir(os.path.dirname(self.final_path))
+        self.path = self.final_path
+        self.db = sqlite3.connect(f"file:{_uri(self.path)}?mode=ro", uri=True)
+        return self.path
+
+    def discard(self):
+        try:
+            self.db.close()
+        finally:
+            for p in (self.path,):
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+
+    def _list_no(self, parsed):
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        row = self.db.execute("SELECT list_no FROM lists WHERE name=?", (parsed.name,)).fetchone()
+        if row:
+            self.db.execute("UPDATE lists SET source=?, sha256=?, updated=? WHERE list_no=?",
+                            (os.path.abspath(parsed.path), parsed.sha256, now, row[0]))
+            return row[0]
+        cur = self.db.execute("INSERT INTO lists(name, source, sha256, added, updated) VALUES (?,?,?,?,?)",
+                              (parsed.name, os.path.abspath(parsed.path), parsed.sha256, now, now))
+        return cur.lastrowid
+
+    def next_id(self):
+        return int(self.db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0])
+
+    def add_list(self, parsed):
+        """Insert a parsed list's entries; returns (ids, codes) of its perceptual entries."""
+        list_no = self._list_no(parsed)
+        start = self.next_id()
+        rows, ids, codes = [], [], []
+        for k, e in enumerate(parsed.entries):
+            rows.append((start + k, list_no, e.kind, e.hash, e.row_id, e.label, e.line,
+                         json.dumps(e.extra, ensure_ascii=False) if e.extra else None))
+            if e.kind == "perceptual":
+                ids.append(start + k)
+                codes.append(int(e.hash, 16))
+        self.db.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+        self.db.execute("UPDATE meta SET value=? WHERE key='next_id'", (str(start + len(rows)),))
+        return ids, codes
+
+    def remove_list_rows(self, parsed, only_list=None):
+        """Delete entries with the hash (and id, when the row has one) of each row.
+
+        only_list: restrict to that list name.  Returns (ids of removed perceptual entries,
+        number of entries removed, number of rows that matched nothing).
+        """
+        where_list = ""
+        args_list = ()
+        if only_list is not None:
+            row = self.db.execute("SELECT list_no FROM lists WHERE name=?", (only_list,)).fetchone()
+            if row is None:
+                raise ListError(parsed.path, 0, f"the index has no list named {only_list!r} "
+                                                f"(it has: {', '.join(self.list_names().values())})")
+            where_list, args_list = " AND list_no=?", (row[0],)
+        removed_ids, removed, missing = [], 0, 0
+        for e in parsed.entries:
+            q = "SELECT id, kind FROM entries WHERE hash=?" + where_list
+            args = (e.hash,) + args_list
+            if e.row_id is not None:
+                q += " AND row_id=?"
+                args += (e.row_id,)
+            found = self.db.execute(q, args).fetchall()
+            if not found:
+                missing += 1
+                continue
+            self.db.executemany("DELETE FROM entries WHERE id=?", [(i,) for i, _ in found])
+            removed += len(found)
+            removed_ids += [i for i, kind in found if kind == "perceptual"]
+        return removed_ids, removed, missing
+
+    # ------------------------------------------------------------ reading
+    def list_names(self):
+        if self._list_names is None:
+            self._list_names = dict(self.db.execute("SELECT list_no, name FROM lists"))
+        return self._list_names
+
+    def _match(self, row, distance):
+        _id, list_no, kind, h, row_id, label, line = row
+        return {"list": self.list_names().get(list_no), "id": row_id, "label": label, "distance": distance,
+                "kind": kind, "line": line}
+
+    def lookup_ids(self, ids):
+        """{index id: row tuple} for the given perceptual entry ids."""
+        out = {}
+        ids = [int(i) for i in ids]
+        for k in range(0, len(ids), 500):
+            part = ids[k:k + 500]
+            q = ("SELECT id, list_no, kind, hash, row_id, label, line FROM entries WHERE id IN (%s)"
+                 % ",".join("?" * len(part)))
+            for row in self.db.execute(q, part):
+                out[row[0]] = row
+        return out
+
+    def lookup_digest(self, hexdigest):
+        """[row tuple] of md5/sha1 entries equal to this digest."""
+        return self.db.execute("SELECT id, list_no, kind, hash, row_id, label, line FROM entries WHERE hash=?",
+                               (hexdigest,)).fetchall()
+
+    def has_digests(self):
+        return self.db.execute("SELECT 1 FROM entries WHERE kind != 'perceptual' LIMIT 1").fetchone() is not None
+
+    def summary(self):
+        """[{name, source, sha256, added, updated, perceptual, md5, sha1}] per list."""
+        counts = {}
+        for list_no, kind, n in self.db.execute("SELECT list_no, kind, count(*) FROM entries GROUP BY 1, 2"):
+            counts.setdefault(list_no, {})[kind] = n
+        out = []
+        for list_no, name, source, sha, added, updated in self.db.execute(
+                "SELECT list_no, name, source, sha256, added, updated FROM lists ORDER BY list_no"):
+            c = counts.get(list_no, {})
+            out.append({"name": name, "source": source, "sha256": sha, "added": added, "updated": updated,
+                        "perceptual": c.get("perceptual", 0), "md5": c.get("md5", 0), "sha1": c.get("sha1", 0)})
+        return out
+
+    def close(self):
+        self.db.close()
+
+
+def _uri(path):
+    from urllib.parse import quote
+    return quote(os.path.abspath(path))
+
+
+# ====================================================================== index + table
+class IndexOpenError(ValueError):
+    """The index or its provenance table cannot be opened (exit status 2 on the command line)."""
+
+
+class ListIndex:
+    """An index file opened with its provenance table: .index, .prov, .kind, .metadata, .path."""
+
+    def __init__(self, path, index, prov, metadata):
+        self.path, self.index, self.prov, self.metadata = path, index, prov, metadata
+        self.info = metadata.get(META_KEY, {})
+        self.kind = self.info.get("kind", "phash")
+
+    def close(self):
+        if self.prov is not None:
+            self.prov.close()
+
+
+def open_index(path, mmap=True):
+    """ListIndex for an index written by the command line; IndexOpenError with the fix otherwise."""
+    from .index import HashIndex
+    from .storage import IndexFormatError, read_metadata
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise IndexOpenError(f"{path}: no such index file; build one with `hashsieve build LIST... -o {path}`")
+    try:
+        meta = read_metadata(path)["metadata"]
+        index = HashIndex.load(path, mmap=mmap)
+    except (IndexFormatError, OSError) as e:
+        raise IndexOpenError(f"cannot open index {path}: {e}") from None
+    info = meta.get(META_KEY)
+    if not isinstance(info, dict) or "provenance" not in info:
+        raise IndexOpenError(f"{path}: this index has no list provenance (it was not written by "
+                             "`hashsieve build`); rebuild it from the hash lists with `hashsieve build`")
+    prov_path = os.path.join(os.path.dirname(os.path.abspath(path)), info["provenance"])
+    try:
+        prov = Provenance(prov_path)
+        prov.next_id()
+    except (OSError, sqlite3.Error) as e:
+        raise IndexOpenError(f"{path}: its provenance table {prov_path} is missing or unreadable ({e}); "
+                             "keep the .lists-*.db file next to the index, or rebuild the index") from None
+    return ListIndex(path, index, prov, meta)
+
+
+def write_index(path, index, prov_tmp, kind, old_prov_path=None, extra_meta=None):
+    """Publish prov_tmp, save index atomically pointing at it, then delete the old table.
+
+    On any failure the new table is removed and the old index and table are untouched.
+    """
+    try:
+        final = prov_tmp.publish()
+    except BaseException:
+        prov_tmp.discard()
+        raise
+    info = {"kind": kind, "provenance": os.path.basename(final), "schema": SCHEMA_VERSION,
+            "lists": [{k: s[k] for k in ("name", "sha256", "perceptual", "md5", "sha1", "updated")}
+                      for s in prov_tmp.summary()]}
+    info.update(extra_meta or {})
+    try:
+        index.save(path, metadata={META_KEY: info})
+    except BaseException:
+        prov_tmp.discard()
+        raise
+    prov_tmp.close()
+    if old_prov_path and os.path.abspath(old_prov_path) != os.path.abspath(final):
+        try:
+            os.unlink(old_prov_path)
+        except OSError:
+            pass
+    return final
+
+
+class IndexLock:
+    """An exclusive advisory lock (INDEX.lock) so two updates of one index never interleave."""
+
+    def __init__(self, index_path):
+        self.path = os.path.abspath(index_path) + ".lock"
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
