@@ -218,6 +218,7 @@ def _walk_zip(fileobj, size, path, prefix, depth, limits, done):
 
 def _walk_tar(fileobj, size, path, prefix, depth, limits, done):
     counter = _Counting(fileobj)
+    fileobj.seek(0)
     head = fileobj.read(6)
     fileobj.seek(0)
     if head[:2] == b"\x1f\x8b":
@@ -332,9 +333,23 @@ def walk(paths, limits=None, done=frozenset(), exclude=()):
 
 
 # ====================================================================== workers
-def _worker_init():
+def _worker_init(parent_pid):
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's business
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Workers are children of the forkserver, not of the scan: if the scan is killed
+    # (SIGKILL, OOM) nobody would tell them to stop, so each watches the scan's pid.
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _watch_parent(pid):
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except OSError:
+            pass
 
 
 def _hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
@@ -526,7 +541,7 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
             emit(r)
 
     ctx = _mp_context()
-    pool = ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=_worker_init)
+    pool = _new_pool(opts.workers, ctx)
     args = (opts.kind, opts.fast, opts.limits.max_pixels, opts.limits.max_file_bytes)
     pending = deque()            # ("item", Item) for ready error lines, ("chunk", items, future)
     exhausted = False
@@ -569,7 +584,7 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
                     pool.shutdown(wait=False, cancel_futures=True)
                     rest = list(pending)
                     pending.clear()
-                    pool = ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=_worker_init)
+                    pool = _new_pool(opts.workers, ctx)
                     for u in rest:      # resubmit, keeping the order
                         if u[0] == "chunk":
                             pending.append(("chunk", u[1], pool.submit(_hash_jobs, [i.job for i in u[1]], *args)))
@@ -589,10 +604,15 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
     return summary
 
 
+def _new_pool(workers, ctx):
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(os.getpid(),))
+
+
 def _one_by_one(metas, args, ctx):
     out = []
     for it in metas:
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init) as solo:
+        with _new_pool(1, ctx) as solo:
             try:
                 out.append(solo.submit(_hash_jobs, [it.job], *args).result()[0])
             except BrokenProcessPool:
