@@ -1,0 +1,97 @@
+"""The small benchmark that runs in CI (`make test`): a regression guard on speed and exactness.
+
+1M uniform random codes, 200 queries (half near-duplicates, half random).
+Fails when hashsieve's median single-query latency (threads=1) is not at
+least MIN_RATIO times lower than faiss.IndexBinaryMultiHash(64, 3, 21) with
+nflip=2 (also one thread) in the same run, at radii where that FAISS index is
+exact (r <= 8), or when any answer of either differs from the NumPy oracle.
+Ratios, not absolute times, so a slow or busy machine does not flake it; the
+two are timed turn about on the same queries, best of 3 per query.
+
+The ratios appear in the log's terminal summary, also with `pytest -q`.
+About 15 s, most of it building the FAISS index.
+"""
+import numpy as np
+import pytest
+
+import datasets
+import harness
+from conftest import RESULTS
+
+N = 1_000_000
+NQ = 200
+CI_RADII = (0, 4, 8)
+MIN_RATIO = 10.0
+
+
+@pytest.fixture(scope="module")
+def ci_setup():
+    codes = datasets.uniform(N, seed=0)
+    queries = datasets.make_queries(codes, NQ, seed=1)
+    oracle = harness.Oracle(codes, queries.codes, max_radius=12, max_k=100)
+    ours = harness.HashsieveFamily().build(codes)
+    mih = harness.FaissMIHFamily().build(codes)
+    yield codes, queries, oracle, ours, mih
+    ours.free()
+    mih.free()
+
+
+@pytest.mark.parametrize("radius", CI_RADII)
+def test_latency_ratio_vs_faiss_mih(ci_setup, radius):
+    codes, queries, oracle, ours, mih = ci_setup
+    methods = [harness.Hashsieve(ours), harness.FaissMIH(mih)]
+    try:
+        res = harness.interleaved_latency(methods, oracle, radius, reps=3, nthreads=1)
+    finally:
+        for m in methods:
+            m.threads(None)
+    for name, r in res.items():
+        assert r["wrong"] is None, f"{name} differs from the oracle at radius {radius}: {r['wrong']}"
+    a, b = res["hashsieve"]["median_s"], res["faiss_mih"]["median_s"]
+    ratio = b / a
+    RESULTS["ci"].append(f"1M uniform r={radius}: hashsieve {a * 1e6:.1f} us, faiss_mih(nflip=2) "
+                         f"{b * 1e6:.1f} us, ratio {ratio:.1f}x (need >= {MIN_RATIO:.0f}x) "
+                         f"{'ok' if ratio >= MIN_RATIO else 'FAIL'}")
+    assert ratio >= MIN_RATIO, (f"radius {radius}: hashsieve median {a * 1e6:.1f} us is only {ratio:.1f}x "
+                                f"faster than faiss.IndexBinaryMultiHash ({b * 1e6:.1f} us); need {MIN_RATIO}x")
+
+
+@pytest.mark.parametrize("threads", [1, None])
+def test_range_exact_all_radii(ci_setup, threads):
+    """Every radius 0..12, one query at a time and as one batch, tables and forced scan."""
+    codes, queries, oracle, ours, mih = ci_setup
+    for cls in (harness.Hashsieve, harness.HashsieveScan):
+        m = cls(ours)
+        m.threads(threads)
+        for r in range(13):
+            _, raws = harness.timed_pass(m, m.prepare(queries.codes), r=r)
+            problem = harness.check(m, oracle, raws, r=r)
+            assert problem is None, f"{m.name} threads={threads}: {problem}"
+            m.begin()
+            try:
+                batch = m.norm_range_batch(m.range_batch(queries.codes, r))
+            finally:
+                m.end()
+            problem = oracle.check_range(batch, r)
+            assert problem is None, f"{m.name} batch threads={threads}: {problem}"
+
+
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_knn_exact(ci_setup, k):
+    codes, queries, oracle, ours, mih = ci_setup
+    m = harness.Hashsieve(ours)
+    _, raws = harness.timed_pass(m, m.prepare(queries.codes), k=k)
+    problem = harness.check(m, oracle, raws, k=k)
+    assert problem is None, problem
+    d, ids = ours.index.search(queries.codes, k)
+    problem = oracle.check_knn(list(zip(d, ids)), k, exact_ties=True)
+    assert problem is None, f"batch: {problem}"
+
+
+def test_explain_counts_hits(ci_setup):
+    """explain() reports as many hits as range_search returns (the cost-model columns are real)."""
+    codes, queries, oracle, ours, mih = ci_setup
+    stats = ours.index.explain(queries.codes, radius=8)
+    want = np.array([len(oracle.range(i, 8)[1]) for i in range(len(oracle))])
+    # hits counts distinct codes; with no duplicate codes in uniform data that is the result count.
+    assert np.array_equal(stats["hits"].astype(np.int64), want)
