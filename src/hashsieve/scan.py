@@ -43,7 +43,7 @@ __all__ = ["Limits", "ScanOptions", "scan", "walk", "DEFAULT_RADIUS", "LOW_DETAI
 DEFAULT_RADIUS = {"phash": 8, "dhash": 10, "ahash": 6, "whash": 8}
 # Detail score (hashing.image_detail: std of the 32x32 grey thumbnail, 0-127.5) below which an
 # image's perceptual hash is not trusted for matching; chosen from measurements in docs/cli.md.
-LOW_DETAIL_THRESHOLD = 2.0
+LOW_DETAIL_THRESHOLD = 1.0
 
 ARCHIVE_SUFFIXES = (".zip", ".cbz", ".tar", ".tgz", ".tar.gz", ".tbz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz")
 MEMBER_SEP = "!/"
