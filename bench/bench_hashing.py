@@ -208,7 +208,7 @@ def neardup(args):
 def fastcost(args):
     with tempfile.TemporaryDirectory() as d:
         sets = {"jpeg 1-4 MP": make_jpegs(d, args.jpegs, seed=7),
-                "png small": make_pngs(d, 100, seed=8)}
+                "png 200-400 px": make_pngs(d, 100, seed=8)}
         print("# fast=True against the exact path (bits differing per image)\n")
         print("| images | kind | mean | median | p95 | max | identical | speed-up (CPU time, same run) |")
         print("|---|---|---|---|---|---|---|---|")
