@@ -89,9 +89,27 @@ static inline void push_hit(hs_scratch *w, int seg, uint64_t group, int d, int s
 
 static inline int is_dead(const uint8_t *dead, uint64_t slot) { return (dead[slot >> 3] >> (slot & 7)) & 1; }
 
+/* Entry slots [*a, *b) of group g. Clamped, so a damaged file opened without
+ * verify() gives wrong answers at worst, never a read out of bounds. */
+static inline void group_range(const hs_segment *s, uint64_t g, uint64_t *a, uint64_t *b)
+{
+    if (g >= s->n_unique) {
+        *a = *b = 0;
+        return;
+    }
+    *b = s->group_start[g + 1];
+    if (*b > s->n_entries)
+        *b = s->n_entries;
+    *a = s->group_start[g];
+    if (*a > *b)
+        *a = *b;
+}
+
 static inline uint64_t live_count(const hs_segment *s, uint64_t g)
 {
-    uint64_t a = s->group_start[g], b = s->group_start[g + 1], n = b - a;
+    uint64_t a, b;
+    group_range(s, g, &a, &b);
+    uint64_t n = b - a;
     if (s->dead)
         for (uint64_t i = a; i < b; i++)
             n -= is_dead(s->dead, i);
@@ -491,7 +509,8 @@ static int append_results(hs_scratch *w, const int64_t *ids, size_t n, int d)
 /* Copies up to `need` live ids of hit h (ascending) to w->tmp at *len. */
 static int gather_ids(hs_scratch *w, const hs_segment *s, const hs_hit *h, uint64_t need, size_t *len)
 {
-    uint64_t a = s->group_start[h->group], b = s->group_start[h->group + 1];
+    uint64_t a, b;
+    group_range(s, h->group, &a, &b);
     uint64_t take = b - a < need ? b - a : need;
     if (grow((void **)&w->tmp, &w->cap_tmp, *len + take, sizeof(int64_t)))
         return -1;

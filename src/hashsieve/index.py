@@ -209,7 +209,8 @@ class HashIndex:
     def save(self, path, metadata=None):
         """Write the index to one file atomically (temp file, fsync, rename); see hashsieve.storage.
 
-        metadata: a JSON-serialisable dict stored in the header (read_metadata(path)["metadata"]).
+        metadata: a JSON-serialisable dict stored in the header (read_metadata(path)["metadata"]);
+        None keeps the metadata of the file this index was loaded from.
         """
         from .storage import save_index
         save_index(self, path, metadata=metadata)
@@ -224,6 +225,11 @@ class HashIndex:
         """Check every section checksum of the file this index was loaded from; raises IndexFormatError."""
         from .storage import verify_index
         verify_index(self)
+
+    @property
+    def metadata(self):
+        """The metadata dict of the file this index was loaded from ({} if it was not loaded)."""
+        return dict(self._source.layout.metadata or {}) if self._source is not None else {}
 
     def _snapshot(self):
         """(segments, next_id) of one consistent version, for saving."""
