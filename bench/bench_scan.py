@@ -1,6 +1,6 @@
 """Scan throughput and the low-detail threshold (docs/cli.md).
 
-    .venv/bin/python bench/bench_scan.py throughput [--jpegs 32 --workers 2 --rounds 2]
+    .venv/bin/python bench/bench_scan.py throughput [--jpegs 32 --copies 3 --workers 2 --rounds 2]
     .venv/bin/python bench/bench_scan.py detail
 
 throughput: 1-4 megapixel synthetic JPEGs in a temporary folder; `hashsieve scan`
@@ -79,12 +79,20 @@ def _scan(folder, index, workers, fast):
 def throughput(a):
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "jpegs")
-        os.makedirs(folder)
         t = time.perf_counter()
-        paths = make_jpegs(folder, a.jpegs)
+        os.makedirs(os.path.join(folder, "c0"))
+        paths = make_jpegs(os.path.join(folder, "c0"), a.jpegs)
+        # Hard-linked copies in more folders: more images per run (worker start-up amortised), same bytes.
+        for c in range(1, a.copies):
+            os.makedirs(os.path.join(folder, f"c{c}"))
+            for p in paths[:a.jpegs]:
+                q = os.path.join(folder, f"c{c}", os.path.basename(p))
+                os.link(p, q)
+                paths.append(q)
         mp = [int(p.rsplit("-", 1)[1].split(".")[0].split("x")[0]) * int(p.rsplit("x", 1)[1].split(".")[0])
               for p in paths]
-        print(f"{len(paths)} JPEGs, {min(mp) / 1e6:.1f}-{max(mp) / 1e6:.1f} MP "
+        print(f"{len(paths)} JPEGs ({a.jpegs} distinct x {a.copies} hard-linked copies), "
+              f"{min(mp) / 1e6:.1f}-{max(mp) / 1e6:.1f} MP "
               f"(mean {statistics.mean(mp) / 1e6:.2f}), generated in {time.perf_counter() - t:.1f} s")
         rng = np.random.default_rng(7)
         with open(os.path.join(tmp, "list.csv"), "w") as f:
@@ -92,7 +100,7 @@ def throughput(a):
             for k, code in enumerate(rng.integers(0, 2**63, a.index_size, dtype=np.int64)):
                 f.write(f"{int(code) * 2 + 1 & (2**64 - 1):016x},R{k},random\n")
             listed = 0
-            for k, p in enumerate(paths[::2]):
+            for k, p in enumerate(paths[:a.jpegs:2]):
                 code, det = hash_image(p, with_detail=True)
                 f.write(f"{code:016x},P{k},listed\n")
                 listed += det >= LOW_DETAIL_THRESHOLD
@@ -107,7 +115,7 @@ def throughput(a):
             rows["imagehash loop (1 process)"].append(_imagehash_loop(paths))
             rows["scan --workers 1"].append(_scan(folder, index, 1, False)[0])
             ips, wall, matched = _scan(folder, index, a.workers, False)
-            assert matched >= listed, f"only {matched} of {listed} listed images matched"
+            assert matched >= listed * a.copies, f"only {matched} of {listed} listed images matched"
             rows[f"scan --workers {a.workers}"].append(ips)
             rows[f"scan --workers {a.workers} (wall)"].append(wall)
             ips, wall, matched = _scan(folder, index, a.workers, True)
@@ -199,6 +207,7 @@ def main():
     t.add_argument("--jpegs", type=int, default=32)
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--rounds", type=int, default=2)
+    t.add_argument("--copies", type=int, default=3)
     t.add_argument("--index-size", type=int, default=100_000)
     t.set_defaults(func=throughput)
     d = sub.add_parser("detail")

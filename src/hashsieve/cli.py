@@ -328,7 +328,7 @@ def cmd_scan(a):
     except ImportError:
         pass
     stop = _install_stop()
-    exclude = [a.index, li.prov.path] + ([a.report] if a.report else [])
+    exclude = [a.index, a.index + ".lock", li.prov.path] + ([a.report] if a.report else [])
     try:
         s = scan(a.paths, li, out, opts, resume_records=previous, progress=progress, stop=stop, exclude=exclude)
     finally:
