@@ -150,7 +150,8 @@ static inline double probe_cost_ns(const hs_segment *s, int k, uint64_t nprobes)
 }
 
 typedef struct {
-    void (*mih_range)(const hs_segment *, int, const uint64_t *, int, int, const int *, hs_scratch *, hs_stats *);
+    int (*mih_range)(const hs_segment *, int, const uint64_t *, int, int, const int *, hs_scratch *, hs_stats *,
+                     uint64_t);
     int (*mih_knn)(const hs_segment *, int, uint64_t, uint64_t, hs_scratch *, hs_stats *, double);
     void (*brute_range)(const hs_segment *, int, const uint64_t *, int, int, uint64_t, uint64_t, hs_scratch *,
                         hs_stats *);
@@ -584,6 +585,13 @@ static double scan_cost_ns(const hs_segment *s)
     return (double)s->n_unique * HS_SCAN_NS;
 }
 
+/* Candidates after which a group of g queries stops probing and scans. */
+static uint64_t max_candidates(const hs_segment *s, int g)
+{
+    double c = scan_cost_ns(s) / HS_CAND_NS * g;
+    return c < 0 ? 0 : c > 1e18 ? UINT64_MAX : (uint64_t)c;
+}
+
 static int use_mih_range(const hs_segment *s, int r, int *t)
 {
     if (s->m == 0)
@@ -677,9 +685,11 @@ static int query_range_group(const hs_kernels *K, const hs_segment *const *segs,
         int t[HS_MAX_TABLES];
         if (s->n_unique == 0)
             continue;
-        if (use_mih_range(s, r, t))
-            K->mih_range(s, si, qs, g, r, t, w, st);
-        else if (g == 1)
+        size_t seg_begin = w->nhits;
+        if (use_mih_range(s, r, t) && K->mih_range(s, si, qs, g, r, t, w, st, max_candidates(s, g)))
+            continue;
+        w->nhits = seg_begin;   /* the tables gave up (or were never worth it): scan */
+        if (g == 1)
             scan_segment(K, s, si, qs[0], r, 0, w, st, inner);
         else
             K->brute_range(s, si, qs, g, r, 0, s->n_unique, w, st);

@@ -95,16 +95,17 @@ static inline uint32_t HS_FN(match8)(const uint64_t *p, uint64_t q, int r)
 /* Range search of nq queries (the same radius) in one segment. All their
  * probes go through one pipeline, so offsets and buckets of HS_PF probes are
  * in flight at once, across table and query boundaries. */
-static void HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
-                             hs_scratch *w, hs_stats *st)
+static int HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
+                            hs_scratch *w, hs_stats *st, uint64_t max_candidates)
 {
+    uint64_t candidates = 0;
     size_t need = 0, n = 0;
     for (int k = 0; k < s->m; k++)
         if (t[k] >= 0)
             need += s->ring_start[k][t[k] + 1];
     if (grow((void **)&w->probes, &w->cap_probes, need * (size_t)nq + 1, sizeof(hs_probe))) {
         w->oom = 1;
-        return;
+        return 1;
     }
     hs_probe *P = w->probes;
     for (int slot = 0; slot < nq; slot++) {
@@ -130,6 +131,11 @@ static void HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs,
             const uint32_t *tg = s->table_groups[k];
             const uint32_t a = lo[p % HS_RING], b = hi[p % HS_RING];
             st[slot].candidates += b - a;
+            /* Skewed data (a dense cluster near the query in some table): past
+             * the budget a scan is cheaper, so give up on the tables. */
+            candidates += b - a;
+            if (candidates > max_candidates)
+                return 0;
             HS_SCAN(tc, a, b, q, r, {
                 uint64_t x = tc[j] ^ q;
                 /* Report each code from the first table that qualifies it. */
@@ -154,6 +160,7 @@ static void HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs,
                 __builtin_prefetch(tc + x);
         }
     }
+    return 1;
 }
 
 /* Incremental k-NN: probe ring t (substring distance exactly t) of every table,
@@ -165,7 +172,8 @@ static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k
 {
     knn_state ks;
     knn_init(&ks, k);
-    double spent = 0;
+    double spent = 0;   /* estimated cost of the rings so far, corrected by real candidate counts */
+    const uint64_t cand0 = st->candidates;
     int max_t = HS_MAX_RING;
     for (int tb = 0; tb < s->m; tb++)
         if (s->bits[tb] < max_t) max_t = s->bits[tb];
@@ -173,8 +181,7 @@ static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k
         double ring_cost = 0;
         for (int tb = 0; tb < s->m; tb++)
             ring_cost += probe_cost_ns(s, tb, s->ring_start[tb][t + 1] - s->ring_start[tb][t]);
-        spent += ring_cost;
-        if (spent > budget_ns)
+        if (spent + ring_cost > budget_ns)
             return 0;
         for (int tb = 0; tb < s->m; tb++) {
             const uint32_t qk = (uint32_t)((q >> s->shift[tb]) & sub_mask(s->bits[tb]));
@@ -193,6 +200,11 @@ static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k
                 if (!dup) knn_add(&ks, w, s, segno, tb ? tg[j] : j, __builtin_popcountll(x));
             });
         }
+        /* Skewed data: buckets larger than the average cost more than estimated. */
+        double real = (double)(st->candidates - cand0) * HS_CAND_NS;
+        spent += ring_cost;
+        if (real > spent)
+            spent = real;
         if (ks.tau <= s->m * (t + 1) - 1)
             return 1;
     }
