@@ -41,14 +41,14 @@ cdef class Segment:
     """
     cdef hs_segment seg
     cdef readonly object codes, group_start, ids, dead
-    cdef readonly tuple bits, offsets, table_codes, table_groups
+    cdef readonly tuple bits, offsets, fps, table_groups
     cdef object _masks
 
-    def __init__(self, codes, group_start, ids, bits, offsets, table_codes, table_groups, dead=None):
+    def __init__(self, codes, group_start, ids, bits, offsets, fps, table_groups, dead=None):
         cdef int k, shift = HS_CODE_BITS
         self.codes, self.group_start, self.ids, self.dead = codes, group_start, ids, dead
         self.bits, self.offsets = tuple(bits), tuple(offsets)
-        self.table_codes, self.table_groups = tuple(table_codes), tuple(table_groups)
+        self.fps, self.table_groups = tuple(fps), tuple(table_groups)
         self.seg.m = len(self.bits)
         self.seg.n_unique = codes.shape[0]
         self.seg.n_entries = ids.shape[0]
@@ -62,7 +62,7 @@ cdef class Segment:
             self.seg.bits[k] = self.bits[k]
             self.seg.shift[k] = shift
             self.seg.offsets[k] = <const uint32_t *>_ptr(self.offsets[k])
-            self.seg.table_codes[k] = <const uint64_t *>_ptr(self.table_codes[k] if k else codes)
+            self.seg.fps[k] = <const uint32_t *>_ptr(self.fps[k])
             self.seg.table_groups[k] = <const uint32_t *>_ptr(self.table_groups[k] if k else None)
             masks, ring_start = _masks_for(self.bits[k])
             self._masks.append(masks)
@@ -80,11 +80,11 @@ cdef class Segment:
     def with_dead(self, dead):
         """A segment sharing these arrays with another tombstone bitmap (or None)."""
         return Segment(self.codes, self.group_start, self.ids, self.bits, self.offsets,
-                       self.table_codes, self.table_groups, dead)
+                       self.fps, self.table_groups, dead)
 
     def nbytes(self):
         arrays = [self.codes, self.group_start, self.ids, self.dead]
-        arrays += list(self.offsets) + list(self.table_codes) + list(self.table_groups)
+        arrays += list(self.offsets) + list(self.fps) + list(self.table_groups)
         return sum(a.nbytes for a in arrays if a is not None)
 
 
@@ -95,7 +95,7 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
     cdef int bits[HS_MAX_TABLES]
     cdef int shift[HS_MAX_TABLES]
     cdef uint32_t *offsets[HS_MAX_TABLES]
-    cdef uint64_t *table_codes[HS_MAX_TABLES]
+    cdef uint32_t *fps[HS_MAX_TABLES]
     cdef uint32_t *table_groups[HS_MAX_TABLES]
     cdef cnp.ndarray sorted_codes = np.empty(n, dtype=np.uint64)
     cdef cnp.ndarray sorted_ids = np.empty(n, dtype=np.int64)
@@ -112,23 +112,34 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
                  <uint64_t *>cnp.PyArray_DATA(ucodes), <uint32_t *>cnp.PyArray_DATA(group_start))
     del sorted_codes
     m = hs_choose_tables(u, bits, shift)
-    offs, tcodes, tgroups = [], [None], [None]
+    offs, tfps, tgroups = [], [], [None]
     for k in range(m):
         offs.append(np.empty((1 << bits[k]) + 1, dtype=np.uint32))
+        tfps.append(np.empty(u, dtype=np.uint32))
         offsets[k] = <uint32_t *>cnp.PyArray_DATA(offs[k])
-        table_codes[k] = table_groups[k] = NULL
+        fps[k] = <uint32_t *>cnp.PyArray_DATA(tfps[k])
+        table_groups[k] = NULL
         if k:
-            tcodes.append(np.empty(u, dtype=np.uint64))
             tgroups.append(np.empty(u, dtype=np.uint32))
-            table_codes[k] = <uint64_t *>cnp.PyArray_DATA(tcodes[k])
             table_groups[k] = <uint32_t *>cnp.PyArray_DATA(tgroups[k])
     with nogil:
         rc = hs_build_tables(<uint64_t *>cnp.PyArray_DATA(ucodes), u, m, bits, shift,
-                             offsets, table_codes, table_groups, nthreads)
+                             offsets, fps, table_groups, nthreads)
     if rc:
         raise MemoryError("out of memory while building the tables")
     return Segment(ucodes, group_start, sorted_ids, [bits[k] for k in range(m)], offs,
-                   tcodes[:m], tgroups[:m])
+                   tfps, tgroups[:m])
+
+
+def fingerprints(cnp.ndarray codes, int shift, int bits):
+    """The 32-bit fingerprints a table with key bits [shift, shift+bits) stores for these codes."""
+    cdef cnp.ndarray out = np.empty(codes.shape[0], dtype=np.uint32)
+    cdef const uint64_t[:] c = codes
+    cdef uint32_t[:] o = out
+    cdef Py_ssize_t i
+    for i in range(codes.shape[0]):
+        o[i] = hs_fingerprint(c[i], shift, bits)
+    return out
 
 
 cdef class _MallocBuffer:

@@ -33,7 +33,8 @@ typedef struct {
 
 typedef struct {
     uint32_t key;
-    uint16_t table;
+    uint8_t table;
+    uint8_t ring;        /* popcount of the probe's mask: the substring distance */
     uint16_t slot;
 } hs_probe;
 
@@ -61,6 +62,14 @@ typedef struct {
 } knn_state;
 
 static inline uint64_t sub_mask(int bits) { return bits >= 64 ? ~0ull : (1ull << bits) - 1; }
+
+/* The 32 code bits just above table k's key (wrapping around): disjoint from
+ * the key, so a bucket is filtered on them before any full code is read. */
+static inline uint32_t fingerprint(uint64_t code, int shift, int bits)
+{
+    int rot = (shift + bits) & 63;
+    return (uint32_t)(rot ? (code >> rot) | (code << (64 - rot)) : code);
+}
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
 {
@@ -180,7 +189,7 @@ typedef struct {
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("popcnt,avx2,avx512f,avx512vpopcntdq")
+#pragma GCC target("popcnt,avx2,avx512f,avx512vl,avx512vpopcntdq")
 #define HS_USE_AVX512
 #define HS_FN(name) name##_avx512
 #include "mih_kernels.h"
@@ -200,7 +209,8 @@ int hs_isa_supported(int isa)
     case HS_ISA_AVX2: return __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("avx2");
     case HS_ISA_AVX512:
         return __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("avx2") &&
-               __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+               __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512vpopcntdq");
     }
     return 0;
 }
@@ -378,8 +388,8 @@ typedef struct {
     uint64_t u;
     int bits, shift;
     uint32_t *offsets;
-    uint64_t *table_codes;
-    uint32_t *table_groups;
+    uint32_t *fps;
+    uint32_t *table_groups;   /* NULL for table 0: codes are already in its bucket order */
     int oom;
 } table_job;
 
@@ -393,8 +403,11 @@ static void *build_table(void *arg)
         off[((j->codes[i] >> j->shift) & mask) + 1]++;
     for (uint64_t b = 0; b < nb; b++)
         off[b + 1] += off[b];
-    if (!j->table_codes)   /* table 0: codes are already in bucket order */
+    if (!j->table_groups) {
+        for (uint64_t i = 0; i < j->u; i++)
+            j->fps[i] = fingerprint(j->codes[i], j->shift, j->bits);
         return NULL;
+    }
     uint32_t *cursor = malloc(nb * sizeof(uint32_t));
     if (!cursor) {
         j->oom = 1;
@@ -404,7 +417,7 @@ static void *build_table(void *arg)
     for (uint64_t i = 0; i < j->u; i++) {
         uint64_t c = j->codes[i];
         uint32_t p = cursor[(c >> j->shift) & mask]++;
-        j->table_codes[p] = c;
+        j->fps[p] = fingerprint(c, j->shift, j->bits);
         j->table_groups[p] = (uint32_t)i;
     }
     free(cursor);
@@ -412,21 +425,19 @@ static void *build_table(void *arg)
 }
 
 int hs_build_tables(const uint64_t *codes, uint64_t u, int m, const int *bits, const int *shift,
-                    uint32_t **offsets, uint64_t **table_codes, uint32_t **table_groups, int nthreads)
+                    uint32_t **offsets, uint32_t **fps, uint32_t **table_groups, int nthreads)
 {
     table_job jobs[HS_MAX_TABLES];
     pthread_t th[HS_MAX_TABLES];
     int started[HS_MAX_TABLES] = {0};
     for (int k = 0; k < m; k++) {
-        table_job j = {codes, u, bits[k], shift[k], offsets[k], k ? table_codes[k] : NULL,
-                       k ? table_groups[k] : NULL, 0};
+        table_job j = {codes, u, bits[k], shift[k], offsets[k], fps[k], k ? table_groups[k] : NULL, 0};
         jobs[k] = j;
     }
     /* Tables are independent: run up to nthreads of them at once. */
-    for (int k0 = 0; k0 < m; k0 += nthreads > 0 ? nthreads : 1) {
-        int k1 = k0 + (nthreads > 0 ? nthreads : 1);
-        if (k1 > m)
-            k1 = m;
+    int step = nthreads > 0 ? nthreads : 1;
+    for (int k0 = 0; k0 < m; k0 += step) {
+        int k1 = k0 + step < m ? k0 + step : m;
         for (int k = k0 + 1; k < k1; k++)
             started[k] = pthread_create(&th[k], NULL, build_table, &jobs[k]) == 0;
         build_table(&jobs[k0]);
@@ -442,6 +453,8 @@ int hs_build_tables(const uint64_t *codes, uint64_t u, int m, const int *bits, c
             return -1;
     return 0;
 }
+
+uint32_t hs_fingerprint(uint64_t code, int shift, int bits) { return fingerprint(code, shift, bits); }
 
 static uint64_t binomial(int n, int k)
 {

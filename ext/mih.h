@@ -12,10 +12,14 @@
  *                       hash shared by a million entries is one candidate.
  *   ids[n]              ascending inside each group.
  *   dead[(n+7)/8]       tombstone bitmap over entry slots, or NULL.
- *   for each table k (bits [shift_k, shift_k + bits_k) of the code):
+ *   for each table k (key: bits [shift_k, shift_k + bits_k) of the code):
  *     offsets[2^bits+1] CSR bucket boundaries,
- *     table_codes[u]    codes stored inline, bucket by bucket (table 0: == codes),
- *     table_groups[u]   group number of each code (table 0: NULL, identity).
+ *     fps[u]            32-bit fingerprints stored inline, bucket by bucket: the
+ *                       code bits just above the key. A bucket is verified on
+ *                       them (4 bytes a candidate, 8 per SIMD step) and only
+ *                       the few survivors read their full code.
+ *     table_groups[u]   group number of each slot (table 0: NULL, identity,
+ *                       because table 0's key is the top bits of sorted codes).
  */
 #ifndef HASHSIEVE_MIH_H
 #define HASHSIEVE_MIH_H
@@ -40,7 +44,7 @@ typedef struct {
     const int64_t *ids;
     const uint8_t *dead;
     const uint32_t *offsets[HS_MAX_TABLES];
-    const uint64_t *table_codes[HS_MAX_TABLES];
+    const uint32_t *fps[HS_MAX_TABLES];
     const uint32_t *table_groups[HS_MAX_TABLES];
     /* Probe masks of table k ordered by popcount; ring t is
      * masks[k][ring_start[k][t] .. ring_start[k][t+1]). */
@@ -62,9 +66,10 @@ int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n,
                   uint64_t *out_codes, int64_t *out_ids);
 uint64_t hs_count_unique(const uint64_t *sorted_codes, uint64_t n);
 void hs_group(const uint64_t *sorted_codes, uint64_t n, uint64_t *codes, uint32_t *group_start);
-/* Builds tables 1..m-1 (two threads when nthreads > 1) and the offsets of table 0. */
+/* Builds every table: offsets and fingerprints, and the group numbers of tables 1..m-1. */
 int hs_build_tables(const uint64_t *codes, uint64_t u, int m, const int *bits, const int *shift,
-                    uint32_t **offsets, uint64_t **table_codes, uint32_t **table_groups, int nthreads);
+                    uint32_t **offsets, uint32_t **fps, uint32_t **table_groups, int nthreads);
+uint32_t hs_fingerprint(uint64_t code, int shift, int bits);
 uint32_t hs_mask_count(int bits, int max_ring);
 void hs_make_masks(int bits, int max_ring, uint32_t *masks, uint32_t *ring_start);
 

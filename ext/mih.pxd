@@ -22,7 +22,7 @@ cdef extern from "mih.h" nogil:
         const int64_t *ids
         const uint8_t *dead
         const uint32_t *offsets[HS_MAX_TABLES]
-        const uint64_t *table_codes[HS_MAX_TABLES]
+        const uint32_t *fps[HS_MAX_TABLES]
         const uint32_t *table_groups[HS_MAX_TABLES]
         const uint32_t *masks[HS_MAX_TABLES]
         uint32_t ring_start[HS_MAX_TABLES][HS_MAX_RING + 2]
@@ -39,7 +39,8 @@ cdef extern from "mih.h" nogil:
     uint64_t hs_count_unique(const uint64_t *sorted_codes, uint64_t n)
     void hs_group(const uint64_t *sorted_codes, uint64_t n, uint64_t *codes, uint32_t *group_start)
     int hs_build_tables(const uint64_t *codes, uint64_t u, int m, const int *bits, const int *shift,
-                        uint32_t **offsets, uint64_t **table_codes, uint32_t **table_groups, int nthreads)
+                        uint32_t **offsets, uint32_t **fps, uint32_t **table_groups, int nthreads)
+    uint32_t hs_fingerprint(uint64_t code, int shift, int bits)
     uint32_t hs_mask_count(int bits, int max_ring)
     void hs_make_masks(int bits, int max_ring, uint32_t *masks, uint32_t *ring_start)
 

@@ -1,9 +1,9 @@
 /* Search kernels, compiled once per instruction set by mih.c.
  *
  * mih.c defines HS_FN(name) to give each copy its own suffix and one of
- * HS_USE_AVX512 / HS_USE_AVX2 to pick the popcount of match8(); the rest of
- * the code is identical in every copy so the compiler can inline match8()
- * into the loops. No include guard on purpose. */
+ * HS_USE_AVX512 / HS_USE_AVX2 to pick the popcounts of match8() and
+ * match8_fp(); the rest of the code is identical in every copy so the
+ * compiler can inline them into the loops. No include guard on purpose. */
 
 /* Bit j of the result is set when popcount(p[j] ^ q) <= r, for j < 8. */
 static inline uint32_t HS_FN(match8)(const uint64_t *p, uint64_t q, int r)
@@ -35,14 +35,39 @@ static inline uint32_t HS_FN(match8)(const uint64_t *p, uint64_t q, int r)
 #endif
 }
 
+/* The same for 32-bit fingerprints: bit j set when popcount(p[j] ^ q) <= r. */
+static inline uint32_t HS_FN(match8_fp)(const uint32_t *p, uint32_t q, int r)
+{
+#if defined(HS_USE_AVX512)
+    __m256i x = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi32((int)q));
+    return (uint32_t)_mm256_cmple_epu32_mask(_mm256_popcnt_epi32(x), _mm256_set1_epi32(r));
+#elif defined(HS_USE_AVX2)
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    __m256i x = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi32((int)q));
+    __m256i cnt = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
+                                  _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
+    /* bytes -> 16-bit pair sums -> 32-bit lane sums */
+    __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(cnt, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
+    __m256i gt = _mm256_cmpgt_epi32(sums, _mm256_set1_epi32(r));
+    return (uint32_t)(~_mm256_movemask_ps(_mm256_castsi256_ps(gt)) & 0xff);
+#else
+    uint32_t mask = 0;
+    for (int j = 0; j < 8; j++)
+        mask |= (uint32_t)(__builtin_popcount(p[j] ^ q) <= r) << j;
+    return mask;
+#endif
+}
+
 /* Runs ON_MATCH with `j` set for every j in [lo, hi) where
- * popcount(codes[j] ^ q) <= r. r is re-read per block, so a shrinking
- * k-NN threshold takes effect during the scan. */
-#define HS_SCAN(codes, lo, hi, q, r, ON_MATCH)                                  \
+ * popcount(codes[j] ^ q) <= r, 8 codes at a time. r is re-read per block,
+ * so a shrinking k-NN threshold takes effect during the scan. */
+#define HS_SCAN_WITH(MATCH8, POPCNT, codes, lo, hi, q, r, ON_MATCH)             \
     do {                                                                        \
         uint64_t j_ = (lo), e_ = (hi);                                          \
         for (; j_ + 8 <= e_; j_ += 8) {                                         \
-            uint32_t m_ = HS_FN(match8)((codes) + j_, (q), (r));                \
+            uint32_t m_ = MATCH8((codes) + j_, (q), (r));                       \
             while (m_) {                                                        \
                 uint64_t j = j_ + (uint64_t)__builtin_ctz(m_);                  \
                 m_ &= m_ - 1;                                                   \
@@ -50,51 +75,39 @@ static inline uint32_t HS_FN(match8)(const uint64_t *p, uint64_t q, int r)
             }                                                                   \
         }                                                                       \
         for (; j_ < e_; j_++) {                                                 \
-            if (__builtin_popcountll((codes)[j_] ^ (q)) <= (r)) {               \
+            if (POPCNT((codes)[j_] ^ (q)) <= (r)) {                             \
                 uint64_t j = j_;                                                \
                 ON_MATCH;                                                       \
             }                                                                   \
         }                                                                       \
     } while (0)
+#define HS_SCAN(codes, lo, hi, q, r, ON_MATCH) \
+    HS_SCAN_WITH(HS_FN(match8), __builtin_popcountll, codes, lo, hi, q, r, ON_MATCH)
+#define HS_SCAN_FP(fps, lo, hi, q, r, ON_MATCH) \
+    HS_SCAN_WITH(HS_FN(match8_fp), __builtin_popcount, fps, lo, hi, q, r, ON_MATCH)
 
-/* Probes masks[first..last) of table k and runs ON_CANDIDATE for each bucket
- * slot j whose code is within r. Offsets are prefetched HS_PF probes ahead and
- * the bucket's first line HS_PF/2 probes ahead, so several memory reads are in
- * flight instead of one probe waiting for each. */
-#define HS_PROBE(s, k, qk, first, last, q, r, st, ON_CANDIDATE)                             \
+/* Verifies bucket slots [a, b) of table k for a probe at substring distance
+ * tp: the 32-bit fingerprints filter first (distance >= tp + fingerprint
+ * distance), and only survivors read their full code. ON_HIT runs with the
+ * group g, the code's XOR with q in x and its distance d. */
+#define HS_VERIFY(s, k, a, b, q, qfp, tp, r, ON_HIT)                                        \
     do {                                                                                    \
-        const uint32_t *off_ = (s)->offsets[k];                                             \
-        const uint64_t *tc_ = (s)->table_codes[k];                                          \
-        const uint32_t *mk_ = (s)->masks[k];                                                \
-        uint32_t f_ = (first), l_ = (last), n_ = l_ - f_;                                   \
-        uint32_t lo_[HS_RING], hi_[HS_RING];                                                \
-        uint64_t cand_ = 0;                                                                 \
-        for (uint32_t i_ = 0; i_ < n_ + HS_PF; i_++) {                                      \
-            if (i_ >= HS_PF) {                                                              \
-                uint32_t p_ = i_ - HS_PF;                                                   \
-                uint32_t a_ = lo_[p_ % HS_RING], b_ = hi_[p_ % HS_RING];                    \
-                cand_ += b_ - a_;                                                           \
-                HS_SCAN(tc_, a_, b_, q, r, ON_CANDIDATE);                                   \
-            }                                                                               \
-            if (i_ < n_) __builtin_prefetch(off_ + ((qk) ^ mk_[f_ + i_]));                  \
-            if (i_ >= HS_PF / 2 && i_ - HS_PF / 2 < n_) {                                   \
-                uint32_t p_ = i_ - HS_PF / 2;                                               \
-                uint32_t key_ = (qk) ^ mk_[f_ + p_];                                        \
-                uint32_t a_ = off_[key_], b_ = off_[key_ + 1];                              \
-                lo_[p_ % HS_RING] = a_;                                                     \
-                hi_[p_ % HS_RING] = b_;                                                     \
-                /* Whole bucket, up to HS_PF_LINES cache lines. */                          \
-                for (uint32_t x_ = a_; x_ < b_ && x_ < a_ + 8 * HS_PF_LINES; x_ += 8)       \
-                    __builtin_prefetch(tc_ + x_);                                           \
-            }                                                                               \
-        }                                                                                   \
-        (st)->probes += n_;                                                                 \
-        (st)->candidates += cand_;                                                          \
+        const uint32_t *fp_ = (s)->fps[k];                                                  \
+        const uint32_t *tg_ = (s)->table_groups[k];                                         \
+        int rr_ = (r) - (tp);                                                               \
+        if (rr_ >= 0)                                                                       \
+            HS_SCAN_FP(fp_, a, b, qfp, rr_, {                                               \
+                uint64_t g = (k) ? tg_[j] : j;                                              \
+                uint64_t x = (s)->codes[g] ^ (q);                                           \
+                int d = __builtin_popcountll(x);                                            \
+                if (d <= (r)) { ON_HIT; }                                                   \
+            });                                                                             \
     } while (0)
 
 /* Range search of nq queries (the same radius) in one segment. All their
  * probes go through one pipeline, so offsets and buckets of HS_PF probes are
- * in flight at once, across table and query boundaries. */
+ * in flight at once, across table and query boundaries. Returns 0 when the
+ * candidates exceed max_candidates (the caller scans instead), else 1. */
 static int HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
                             hs_scratch *w, hs_stats *st, uint64_t max_candidates)
 {
@@ -108,15 +121,19 @@ static int HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, 
         return 1;
     }
     hs_probe *P = w->probes;
+    uint32_t qfp[HS_GROUP][HS_MAX_TABLES];
     for (int slot = 0; slot < nq; slot++) {
         for (int k = 0; k < s->m; k++) {
+            qfp[slot][k] = fingerprint(qs[slot], s->shift[k], s->bits[k]);
             if (t[k] < 0)
                 continue;
             const uint32_t qk = (uint32_t)((qs[slot] >> s->shift[k]) & sub_mask(s->bits[k]));
             const uint32_t *mk = s->masks[k];
-            for (uint32_t i = 0, e = s->ring_start[k][t[k] + 1]; i < e; i++) {
-                hs_probe pr = {qk ^ mk[i], (uint16_t)k, (uint16_t)slot};
-                P[n++] = pr;
+            for (int ring = 0; ring <= t[k]; ring++) {
+                for (uint32_t i = s->ring_start[k][ring], e = s->ring_start[k][ring + 1]; i < e; i++) {
+                    hs_probe pr = {qk ^ mk[i], (uint8_t)k, (uint8_t)ring, (uint16_t)slot};
+                    P[n++] = pr;
+                }
             }
         }
         st[slot].probes += need;
@@ -127,8 +144,6 @@ static int HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, 
             const size_t p = i - HS_PF;
             const int k = P[p].table, slot = P[p].slot;
             const uint64_t q = qs[slot];
-            const uint64_t *tc = s->table_codes[k];
-            const uint32_t *tg = s->table_groups[k];
             const uint32_t a = lo[p % HS_RING], b = hi[p % HS_RING];
             st[slot].candidates += b - a;
             /* Skewed data (a dense cluster near the query in some table): past
@@ -136,14 +151,13 @@ static int HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, 
             candidates += b - a;
             if (candidates > max_candidates)
                 return 0;
-            HS_SCAN(tc, a, b, q, r, {
-                uint64_t x = tc[j] ^ q;
+            HS_VERIFY(s, k, a, b, q, qfp[slot][k], P[p].ring, r, {
                 /* Report each code from the first table that qualifies it. */
                 int dup = 0;
                 for (int kk = 0; kk < k && !dup; kk++)
                     dup = t[kk] >= 0 && __builtin_popcountll((x >> s->shift[kk]) & sub_mask(s->bits[kk])) <= t[kk];
                 if (!dup)
-                    push_hit(w, segno, k ? tg[j] : j, __builtin_popcountll(x), slot);
+                    push_hit(w, segno, g, d, slot);
             });
         }
         if (i < n)
@@ -151,13 +165,13 @@ static int HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, 
         if (i >= HS_PF / 2 && i - HS_PF / 2 < n) {
             const size_t p = i - HS_PF / 2;
             const uint32_t *off = s->offsets[P[p].table];
-            const uint64_t *tc = s->table_codes[P[p].table];
+            const uint32_t *fp = s->fps[P[p].table];
             const uint32_t a = off[P[p].key], b = off[P[p].key + 1];
             lo[p % HS_RING] = a;
             hi[p % HS_RING] = b;
-            /* Whole bucket, up to HS_PF_LINES cache lines. */
-            for (uint32_t x = a; x < b && x < a + 8 * HS_PF_LINES; x += 8)
-                __builtin_prefetch(tc + x);
+            /* Whole bucket, up to HS_PF_LINES cache lines of 16 fingerprints. */
+            for (uint32_t x = a; x < b && x < a + 16 * HS_PF_LINES; x += 16)
+                __builtin_prefetch(fp + x);
         }
     }
     return 1;
@@ -173,7 +187,8 @@ static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k
     knn_state ks;
     knn_init(&ks, k);
     double spent = 0;   /* estimated cost of the rings so far, corrected by real candidate counts */
-    const uint64_t cand0 = st->candidates;
+    uint64_t candidates = 0;
+    int done = 0;
     int max_t = HS_MAX_RING;
     for (int tb = 0; tb < s->m; tb++)
         if (s->bits[tb] < max_t) max_t = s->bits[tb];
@@ -182,33 +197,44 @@ static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k
         for (int tb = 0; tb < s->m; tb++)
             ring_cost += probe_cost_ns(s, tb, s->ring_start[tb][t + 1] - s->ring_start[tb][t]);
         if (spent + ring_cost > budget_ns)
-            return 0;
+            break;
         for (int tb = 0; tb < s->m; tb++) {
             const uint32_t qk = (uint32_t)((q >> s->shift[tb]) & sub_mask(s->bits[tb]));
-            const uint32_t *tg = s->table_groups[tb];
-            const uint64_t *tc = s->table_codes[tb];
-            HS_PROBE(s, tb, qk, s->ring_start[tb][t], s->ring_start[tb][t + 1], q, ks.tau, st, {
-                uint64_t x = tc[j] ^ q;
-                /* First seen at ring t in table tb: no table is nearer than t,
-                 * and no earlier table is at t. */
-                int dup = 0;
-                for (int kk = 0; kk < s->m && !dup; kk++) {
-                    if (kk == tb) continue;
-                    int dk = __builtin_popcountll((x >> s->shift[kk]) & sub_mask(s->bits[kk]));
-                    dup = dk < t || (kk < tb && dk == t);
-                }
-                if (!dup) knn_add(&ks, w, s, segno, tb ? tg[j] : j, __builtin_popcountll(x));
-            });
+            const uint32_t qfp = fingerprint(q, s->shift[tb], s->bits[tb]);
+            const uint32_t *off = s->offsets[tb];
+            const uint32_t *mk = s->masks[tb];
+            const uint32_t first = s->ring_start[tb][t], last = s->ring_start[tb][t + 1];
+            for (uint32_t i = first; i < last; i++) {
+                if (i + HS_PF < last)
+                    __builtin_prefetch(off + (qk ^ mk[i + HS_PF]));
+                const uint32_t key = qk ^ mk[i], a = off[key], b = off[key + 1];
+                candidates += b - a;
+                HS_VERIFY(s, tb, a, b, q, qfp, t, ks.tau, {
+                    /* First seen at ring t in table tb: no table is nearer than t,
+                     * and no earlier table is at t. */
+                    int dup = 0;
+                    for (int kk = 0; kk < s->m && !dup; kk++) {
+                        if (kk == tb) continue;
+                        int dk = __builtin_popcountll((x >> s->shift[kk]) & sub_mask(s->bits[kk]));
+                        dup = dk < t || (kk < tb && dk == t);
+                    }
+                    if (!dup) knn_add(&ks, w, s, segno, g, d);
+                });
+            }
+            st->probes += last - first;
         }
         /* Skewed data: buckets larger than the average cost more than estimated. */
-        double real = (double)(st->candidates - cand0) * HS_CAND_NS;
+        double real = (double)candidates * HS_CAND_NS;
         spent += ring_cost;
         if (real > spent)
             spent = real;
-        if (ks.tau <= s->m * (t + 1) - 1)
-            return 1;
+        if (ks.tau <= s->m * (t + 1) - 1) {
+            done = 1;
+            break;
+        }
     }
-    return 0;
+    st->candidates += candidates;
+    return done;
 }
 
 /* Scans codes [lo, hi) for nq queries. Several queries go over the codes in

@@ -99,16 +99,19 @@ def python_segment(codes, ids, bits):
     codes, ids = codes[order], ids[order].astype(np.int64)
     ucodes, start = np.unique(codes, return_index=True)
     group_start = np.append(start, len(codes)).astype(np.uint32)
-    shift, offsets, tcodes, tgroups = 64, [], [None], [None]
+    shift, offsets, fps, tgroups = 64, [], [], [None]
     for k, b in enumerate(bits):
         shift -= b
         keys = ((ucodes >> np.uint64(shift)) & np.uint64((1 << b) - 1)).astype(np.int64)
-        perm = np.argsort(keys, kind="stable")
+        perm = np.argsort(keys, kind="stable") if k else np.arange(len(ucodes))
         offsets.append(np.concatenate([[0], np.cumsum(np.bincount(keys, minlength=1 << b))]).astype(np.uint32))
+        # Fingerprint: the 32 code bits just above the key, wrapping around.
+        rot, c = (shift + b) % 64, ucodes[perm]
+        rotated = (c >> np.uint64(rot)) | (c << np.uint64(64 - rot)) if rot else c
+        fps.append((rotated & np.uint64(0xFFFFFFFF)).astype(np.uint32))
         if k:
-            tcodes.append(ucodes[perm])
             tgroups.append(perm.astype(np.uint32))
-    return _core.Segment(ucodes, group_start, ids, tuple(bits), offsets, tcodes, tgroups)
+    return _core.Segment(ucodes, group_start, ids, tuple(bits), offsets, fps, tgroups)
 
 
 def tiny_table_index(rng):
@@ -361,7 +364,7 @@ def test_every_flipped_byte_is_caught_by_verify(tiny_file, tmp_path, rng):
     size = tiny_file.stat().st_size
     assert 10_000 < size < 20_000
     names = {s["name"].split(".")[1].split("[")[0] for s in read_metadata(tiny_file)["sections"]}
-    assert names == {"codes", "group_start", "ids", "dead", "id_order", "offsets", "table_codes", "table_groups"}
+    assert names == {"codes", "group_start", "ids", "dead", "id_order", "offsets", "fingerprints", "table_groups"}
     out = _run_flips(tiny_file, range(size), verify=True)
     assert out["loaded"] == [] and out["outcomes"] == {"IndexFormatError": size}
     # a real builder-made file (bigger): every header byte and a sample of payload bytes

@@ -76,7 +76,7 @@ DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u4"), 3: np.dtype("<u8"), 4: np.dtyp
 DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
 # kind -> (name, dtype code); tables have one section per table k (table_* from k=1).
 KINDS = {1: ("codes", 3), 2: ("group_start", 2), 3: ("ids", 4), 4: ("dead", 1), 5: ("id_order", 4),
-         6: ("offsets", 2), 7: ("table_codes", 3), 8: ("table_groups", 2)}
+         6: ("offsets", 2), 7: ("fingerprints", 2), 8: ("table_groups", 2)}
 KIND_CODES = {name: code for code, (name, _) in KINDS.items()}
 
 assert FIXED.size == 128 and SEGMENT.size == 64 and SECTION.size == 48
@@ -104,7 +104,7 @@ def _expected_sections(seg):
     if flags & SEG_HAS_ORDER:
         out.append((5, 0, 4, n))
     out += [(6, k, 2, (1 << bits[k]) + 1) for k in range(m)]
-    out += [(7, k, 3, u) for k in range(1, m)]
+    out += [(7, k, 2, u) for k in range(m)]
     out += [(8, k, 2, u) for k in range(1, m)]
     return out
 
@@ -307,14 +307,15 @@ def _check_segment(seg, path, label, deep, order=None):
         if k:
             groups = seg.table_groups[k]
             _check(u == 0 or int(groups.max()) < u, path, f"{label}: table {k} points past the last code")
-            if gather:      # random access: about 0.05 s per million codes, so small segments only
-                _check(np.array_equal(seg.table_codes[k], seg.codes[groups]), path,
-                       f"{label}: table {k} does not hold the segment's codes")
-                _check(bool((np.bincount(groups, minlength=u) == 1).all()), path,
-                       f"{label}: table {k} does not hold every code exactly once")
-            tcodes = seg.table_codes[k]
+            if not gather:   # random access: about 0.05 s per million codes, so small segments only
+                continue
+            _check(bool((np.bincount(groups, minlength=u) == 1).all()), path,
+                   f"{label}: table {k} does not hold every code exactly once")
+            tcodes = seg.codes[groups]
         else:
             tcodes = seg.codes
+        _check(np.array_equal(seg.fps[k], _core.fingerprints(tcodes, shift, bits)), path,
+               f"{label}: table {k} fingerprints do not match the segment's codes")
         keys = (tcodes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)
         counts = np.bincount(keys.astype(np.intp), minlength=1 << bits)
         _check(_nondecreasing(keys) and np.array_equal(np.cumsum(counts), offsets[1:]), path,
@@ -409,7 +410,7 @@ def _segments_from(source, deep):
         seg = _core.Segment(
             arrays[(1, 0)], arrays[(2, 0)], arrays[(3, 0)], rec["bits"][:m],
             [arrays[(6, k)] for k in range(m)],
-            [None] + [arrays[(7, k)] for k in range(1, m)] if m else [],
+            [arrays[(7, k)] for k in range(m)],
             [None] + [arrays[(8, k)] for k in range(1, m)] if m else [],
             arrays.get((4, 0)))
         order = arrays.get((5, 0))
@@ -497,7 +498,7 @@ def _plan(segments, orders):
         if order is not None:
             arrays.append((5, 0, order))
         arrays += [(6, k, seg.offsets[k]) for k in range(m)]
-        arrays += [(7, k, seg.table_codes[k]) for k in range(1, m)]
+        arrays += [(7, k, seg.fps[k]) for k in range(m)]
         arrays += [(8, k, seg.table_groups[k]) for k in range(1, m)]
         sections.append(arrays)
     return records, sections
