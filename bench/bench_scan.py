@@ -35,22 +35,7 @@ import imagegen  # noqa: E402
 from hashsieve.hashing import hash_image, image_detail  # noqa: E402
 from hashsieve.scan import LOW_DETAIL_THRESHOLD  # noqa: E402
 
-JPEG_SIZES = ((1280, 960), (1600, 1200), (2048, 1536), (2400, 1600))   # 1.2-3.8 MP
-SCENE_MIX = ("photo", "landscape", "clouds", "shapes", "text")
-
-
-def make_jpegs(folder, n, seed=1):
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        w, h = JPEG_SIZES[i % len(JPEG_SIZES)]
-        small = imagegen.scene(SCENE_MIX[i % len(SCENE_MIX)], w // 4, h // 4, seed * 1000 + i)
-        data = imagegen.encode(imagegen._upscale(small, 4, rng), "JPEG", quality=88)
-        p = os.path.join(folder, f"photo{i:03d}-{w}x{h}.jpg")
-        with open(p, "wb") as f:
-            f.write(data)
-        paths.append(p)
-    return paths
+from bench_hashing import make_jpegs  # noqa: E402  (the same 1.2-3.8 MP photo-like JPEGs)
 
 
 def _imagehash_loop(paths):
