@@ -107,6 +107,8 @@ def stage_update(args):
     t3 = time.perf_counter()
     index.save(args.path)
     t4 = time.perf_counter()
+    from hashsieve.storage import read_metadata
+    info = read_metadata(args.path)
     check = hs.HashIndex.load(args.path, mmap=True)
     assert len(check) == n_before, (len(check), n_before)
     assert removed == args.updates
@@ -114,6 +116,7 @@ def stage_update(args):
     assert set(range(args.n, args.n + 100)) <= set(ids.tolist())
     return {"load_s": round(t1 - t0, 3), "remove_s": round(t2 - t1, 3), "add_s": round(t3 - t2, 3),
             "save_s": round(t4 - t3, 2), "total_s": round(t4 - t0, 2), "segments": len(check._parts),
+            "saved_file_bytes": info["file_size"], "base": info["base"],
             "smaps_end": smaps()}
 
 
@@ -188,6 +191,9 @@ def main():
         results["load_copy"] = run(args, "load_copy")
     if not args.keep:
         os.unlink(args.path)
+        for entry in os.listdir(args.dir):           # the base file of the incremental save
+            if entry.startswith(os.path.basename(args.path) + ".base-"):
+                os.unlink(os.path.join(args.dir, entry))
     print(json.dumps(results, indent=1))
 
 

@@ -138,6 +138,8 @@ def split_header(data):
     pos += 64 * nseg
     secs = [list(storage.SECTION.unpack_from(data, pos + i * 48)) for i in range(nsec)]
     pos += 48 * nsec
+    if fixed[12] & storage.HDR_HAS_BASE:        # the base record travels with the metadata bytes
+        nmeta += storage.BASE.size + storage.BASE.unpack_from(data, pos)[2]
     return fixed, segs, secs, bytes(data[pos:pos + nmeta]), bytes(data[pos + nmeta:])
 
 
@@ -290,12 +292,154 @@ def test_save_does_not_launder_damage(tmp_path, rng):
         hs.HashIndex.load(copy, verify=True)
 
 
+# ---------------------------------------------------------------- incremental saves (format 2)
+def daily_update(index, rng, n=150, first_id=10**9):
+    victims = rng.choice(live_entries(index)[1], n, replace=False)
+    index.remove(victims)
+    index.add(rand_codes(rng, n), ids=np.arange(first_id, first_id + n))
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_incremental_save_round_trip(tmp_path, rng, mmap):
+    path = tmp_path / "index.hsi"
+    make_index(rng, 20_000, 0, 0).save(path)
+    full_size = path.stat().st_size
+    loaded = hs.HashIndex.load(path, mmap=mmap)
+    daily_update(loaded, rng)
+    q = near(rng, live_entries(loaded)[0], 300)
+    before = answers(loaded, q)
+    loaded.save(path)
+    assert same(answers(loaded, q), before)          # the saved-from index still answers (its map is intact)
+    info = read_metadata(path)
+    assert info["base"] is not None and info["base"]["file_size"] == full_size
+    assert info["file_size"] < full_size // 10, "only the changed sections are written"
+    in_base = {s["name"] for s in info["sections"] if s["in_base"]}
+    assert "segment0.codes" in in_base and "segment0.dead" not in in_base and "segment1.codes" not in in_base
+    base = tmp_path / info["base"]["name"]
+    assert sorted(os.listdir(tmp_path)) == ["index.hsi", base.name]
+    assert read_metadata(base)["base"] is None and base.stat().st_nlink == 1
+    for m in (True, False):
+        again = hs.HashIndex.load(path, mmap=m, verify=True)
+        assert same(answers(again, q), before) and len(again) == len(loaded)
+        again.verify()
+    codes, ids = live_entries(loaded)
+    assert as_pairs(again.range_search(q[:40], 6)) == brute_range(codes, ids, q[:40], 6)
+    # compact() -> a self-contained file; the base is removed
+    again.compact()
+    again.save(path)
+    assert read_metadata(path)["base"] is None and sorted(os.listdir(tmp_path)) == ["index.hsi"]
+    assert same(answers(hs.HashIndex.load(path, verify=True), q), before)
+    # incremental=False always writes a whole file
+    loaded = hs.HashIndex.load(path, mmap=mmap)
+    daily_update(loaded, rng, first_id=2 * 10**9)
+    save_index(loaded, path, incremental=False)
+    assert read_metadata(path)["base"] is None and sorted(os.listdir(tmp_path)) == ["index.hsi"]
+
+
+def test_chained_daily_updates_never_chain_bases(tmp_path, rng):
+    path = tmp_path / "index.hsi"
+    reference = make_index(rng, 20_000, 0, 0)
+    reference.save(path)
+    first_base = None
+    q = near(rng, live_entries(reference)[0], 200)
+    for day in range(5):
+        loaded = hs.HashIndex.load(path, mmap=day % 2 == 0)
+        day_rng = np.random.default_rng(day)
+        for target in (loaded, reference):
+            daily_update(target, np.random.default_rng(day), first_id=10**9 + 1000 * day)
+        del day_rng
+        loaded.save(path, metadata={"day": day})
+        info = read_metadata(path)
+        assert info["metadata"] == {"day": day}
+        first_base = first_base or info["base"]["name"]
+        assert info["base"]["name"] == first_base, "every version references the first full file"
+        assert read_metadata(tmp_path / first_base)["base"] is None
+        assert sorted(os.listdir(tmp_path)) == sorted(["index.hsi", first_base])
+        check = hs.HashIndex.load(path, verify=True)
+        assert same(answers(check, q), answers(reference, q)) and len(check) == len(reference)
+    # saving to another name in the same folder links the same base under that name
+    other = tmp_path / "copy.hsi"
+    check.save(other)
+    assert read_metadata(other)["base"]["name"] == "copy.hsi." + first_base.split(".", 2)[2]
+    assert same(answers(hs.HashIndex.load(other, verify=True), q), answers(reference, q))
+
+
+def _incremental_file(tmp_path, rng, name="inc.hsi", index=None):
+    path = tmp_path / name
+    save_index(index if index is not None else make_index(rng, 8000, 0, 0), path, metadata={"v": 1})
+    loaded = hs.HashIndex.load(path)
+    if index is None:
+        daily_update(loaded, rng, n=20)
+    else:                    # a tiny index: an add would merge its delta into a new main segment
+        loaded.remove(loaded._parts[0].segment.ids[[7, 30]])
+    loaded.save(path)
+    info = read_metadata(path)
+    assert info["base"] is not None
+    return path, tmp_path / info["base"]["name"], loaded
+
+
+def test_damaged_missing_or_replaced_base(tmp_path, rng):
+    path, base, loaded = _incremental_file(tmp_path, rng)
+    q = near(rng, live_entries(loaded)[0], 50)
+    good = answers(loaded, q)
+    data = base.read_bytes()
+    codes_sec = next(s for s in read_metadata(base)["sections"] if s["name"] == "segment0.codes")
+    # payload damage: found by verify, by load(verify=True) and by verify() of an index loaded before
+    mapped = hs.HashIndex.load(path)
+    damaged = bytearray(data)
+    damaged[codes_sec["offset"] + 9] ^= 4
+    with open(base, "r+b") as f:
+        f.write(damaged)
+    with pytest.raises(IndexFormatError, match="codes: checksum mismatch.*base file"):
+        hs.HashIndex.load(path, verify=True)
+    with pytest.raises(IndexFormatError, match="checksum mismatch"):
+        mapped.verify()
+    del mapped
+    base.write_bytes(data)
+    assert same(answers(hs.HashIndex.load(path, verify=True), q), good)
+    # missing, truncated, appended to, header damaged, replaced by another index file
+    other = tmp_path / "other.hsi"
+    make_index(rng, 8000, 0, 0).save(other)
+    cases = {"missing": None, "truncated": data[:-64], "appended": data + bytes(64),
+             "header": data[:200] + bytes([data[200] ^ 1]) + data[201:], "replaced": other.read_bytes(),
+             "not an index": bytes(len(data))}
+    for what, content in cases.items():
+        base.unlink(missing_ok=True)
+        if content is not None:
+            base.write_bytes(content)
+        for mmap in (True, False):
+            with pytest.raises(IndexFormatError, match="base file .* is missing or changed"):
+                hs.HashIndex.load(path, mmap=mmap)
+        with pytest.raises(IndexFormatError):
+            hs.HashIndex.load(path, verify=True)
+        assert read_metadata(path)["base"]["name"] == base.name       # the header alone still reads
+    base.write_bytes(data)
+    assert same(answers(hs.HashIndex.load(path, verify=True), q), good)
+
+
+def test_incremental_file_truncations_and_flips(tmp_path, rng):
+    path, base, _ = _incremental_file(tmp_path, rng, "tinc.hsi", tiny_table_index(rng))
+    assert {s["in_base"] for s in read_metadata(path)["sections"]} == {True, False}
+    data = path.read_bytes()
+    cut = tmp_path / "cut.hsi"                       # beside the base, so that it finds it
+    cut.write_bytes(data)
+    for n in range(len(data) - 1, -1, -1):
+        os.truncate(cut, n)
+        with pytest.raises(IndexFormatError):
+            hs.HashIndex.load(cut, mmap=bool(n % 2))
+    cut.unlink()
+    out = _run_flips(path, range(len(data)), verify=True)
+    assert out["loaded"] == [] and out["outcomes"] == {"IndexFormatError": len(data)}
+
+
 # ---------------------------------------------------------------- golden files
 GOLDEN_FILES = sorted(GOLDEN.glob("v*.hsi"))
 
 
 def test_golden_files_exist():
-    assert {p.name for p in GOLDEN_FILES} >= {"v1_tiny.hsi", "v1_tables.hsi"}
+    assert {p.name for p in GOLDEN_FILES} >= {"v1_tiny.hsi", "v1_tables.hsi", "v2_tiny.hsi", "v2_tables.hsi",
+                                              "v2_update.hsi"}
+    assert read_metadata(GOLDEN / "v2_update.hsi")["base"] is not None
 
 
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.name)
@@ -303,8 +447,9 @@ def test_golden_files_exist():
 def test_golden_file_still_loads(path, mmap):
     expected = json.loads(path.with_suffix(".json").read_text())
     info = read_metadata(path)
-    for key in ("format_version", "code_bits", "count", "entries", "next_id", "created", "metadata"):
-        assert info[key] == expected["header"][key], key
+    for key in ("format_version", "code_bits", "count", "entries", "next_id", "created", "metadata", "base"):
+        if key in expected["header"]:
+            assert info[key] == expected["header"][key], key
     index = hs.HashIndex.load(path, mmap=mmap, verify=True)
     queries = np.array([int(x, 16) for x in expected["queries"]], dtype=np.uint64)
     for r, want in expected["range"].items():
@@ -395,7 +540,7 @@ def test_foreign_and_too_new_files(tmp_path, tiny_file, rng):
         with pytest.raises(IndexFormatError):
             hs.HashIndex.load(bad)
     fixed, segs, secs, meta, rest = split_header(tiny_file.read_bytes())
-    for field, value, message in [(1, 2, "newer than this hashsieve"), (4, 256, "code width 256"),
+    for field, value, message in [(1, storage.FORMAT_VERSION + 1, "newer than this hashsieve"), (4, 256, "code width 256"),
                                   (1, 0, "invalid format version")]:
         f2 = list(fixed)
         f2[field] = value
@@ -480,7 +625,8 @@ def test_header_fuzz(tmp_path, rng):
 
 
 # ---------------------------------------------------------------- crash safety
-def test_sigkill_during_save(tmp_path, rng):
+@pytest.mark.parametrize("mode", ["full", "incremental"])
+def test_sigkill_during_save(tmp_path, rng, mode):
     """Kill a process that keeps saving over an index; the file is always one whole version."""
     versions = {}
     for tag in ("A", "B"):
@@ -496,9 +642,9 @@ def test_sigkill_during_save(tmp_path, rng):
     expected = {tag: versions[tag].range_search(q, 8) for tag in versions}
     random_ = random.Random(SEED)
     mid_save = leftovers = 0
-    kills = 10
+    kills = 10 if mode == "full" else 6
     for i in range(kills):
-        proc = subprocess.Popen([sys.executable, __file__, "saver", str(tmp_path), str(path)],
+        proc = subprocess.Popen([sys.executable, __file__, "saver", str(tmp_path), str(path), mode],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(random_.uniform(0.0, 0.6))
@@ -508,8 +654,11 @@ def test_sigkill_during_save(tmp_path, rng):
         assert proc.returncode == -signal.SIGKILL
         mid_save += bool(log) and log[-1].startswith("saving")
         index = hs.HashIndex.load(path, mmap=i % 2 == 0, verify=True)
-        tag = read_metadata(path)["metadata"]["version"]
+        info = read_metadata(path)
+        tag = info["metadata"]["version"]
         assert all(np.array_equal(x, y) for x, y in zip(index.range_search(q, 8), expected[tag]))
+        if mode == "full":
+            assert info["base"] is None and list(tmp_path.glob("live.hsi.base-*")) == []
         del index
         leftovers += len(list(tmp_path.glob(".live.hsi.*.tmp")))
     assert mid_save >= kills // 2, f"only {mid_save} of {kills} kills landed inside save(); the test proves little"
@@ -518,6 +667,47 @@ def test_sigkill_during_save(tmp_path, rng):
     save_index(versions["B"], path)
     assert list(tmp_path.glob(".live.hsi.*.tmp")) == []
     hs.HashIndex.load(path, verify=True)
+    assert list(tmp_path.glob("live.hsi.base-*")) == [], "a self-contained save removes unreferenced bases"
+
+
+def test_sigkill_during_daily_updates(tmp_path):
+    """Kill a process doing load -> update -> incremental save in a loop: every state is a whole version."""
+    rng = np.random.default_rng(SEED)
+    index = hs.HashIndex()
+    index.add(rand_codes(rng, 300_000))
+    path = tmp_path / "live.hsi"
+    save_index(index, path, metadata={"step": 0})
+    q = near(rng, live_entries(index)[0], 100)
+    replica, at = index, 0
+    random_ = random.Random(SEED)
+    mid_save = 0
+    for i in range(8):
+        proc = subprocess.Popen([sys.executable, __file__, "daily", str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        # let it save a few versions, then kill it just after it starts saving one
+        for _ in range(random_.randint(1, 4)):
+            while not proc.stdout.readline().startswith("saving"):
+                pass
+        time.sleep(random_.uniform(0.0, 0.01))
+        proc.send_signal(signal.SIGKILL)
+        log = proc.stdout.read().splitlines()
+        proc.wait()
+        mid_save += not log or log[-1].startswith("saving")
+        loaded = hs.HashIndex.load(path, mmap=i % 2 == 0, verify=True)
+        info = read_metadata(path)
+        step = info["metadata"]["step"]
+        assert step >= at
+        while at < step:
+            at += 1
+            daily_step(replica, at)
+        assert same(answers(loaded, q), answers(replica, q)), f"step {step}"
+        if info["base"] is not None:
+            base = tmp_path / info["base"]["name"]
+            assert read_metadata(base)["base"] is None, "bases are never chained"
+        assert len(list(tmp_path.glob("live.hsi.base-*"))) <= 2
+        del loaded
+    assert at >= 5, f"only {at} daily updates were saved"
+    assert mid_save >= 2, f"only {mid_save} of 8 kills landed inside save(); the test proves little"
 
 
 # ---------------------------------------------------------------- hot swap
@@ -584,7 +774,9 @@ def test_hot_swap_under_query_load(tmp_path, rng, watch):
     # old versions' maps are gone once nothing uses them; only the version being served is mapped
     gc.collect()
     live = _mapped_files(tmp_path)
-    assert len(live) == 1 and "(deleted)" not in live[0], live
+    # the current version: live.hsi and the base file it references (it was saved from a loaded file)
+    assert read_metadata(path)["base"] is not None
+    assert len(live) == 2 and not any("(deleted)" in line for line in live), live
 
 
 def test_hot_swap_keeps_serving_when_the_new_file_is_bad(tmp_path, rng):
@@ -668,7 +860,9 @@ def _child_flips(path, verify, positions, queries):
     print(json.dumps({"outcomes": outcomes, "loaded": loaded}))
 
 
-def _child_saver(folder, path):
+def _child_saver(folder, path, mode="full"):
+    """mode full: save two versions alternately as self-contained files; incremental: the same,
+    each referencing its source file as base (the bases alternate and the other one is removed)."""
     folder = Path(folder)
     versions = {tag: hs.HashIndex.load(folder / f"{tag}.src", mmap=False) for tag in ("A", "B")}
     print("ready", flush=True)
@@ -676,13 +870,34 @@ def _child_saver(folder, path):
     while True:
         tag = "AB"[i % 2]
         print("saving", tag, flush=True)
-        save_index(versions[tag], path, metadata={"version": tag})
+        save_index(versions[tag], path, metadata={"version": tag}, incremental=mode == "incremental")
         print("saved", tag, flush=True)
         i += 1
+
+
+def daily_step(index, step):
+    """The deterministic update number step (1, 2, ...): 500 removes and 500 adds."""
+    index.remove(np.arange((step - 1) * 500, step * 500))
+    codes = np.random.default_rng(step).integers(0, 2**64, 500, dtype=np.uint64)
+    index.add(codes, ids=10**8 + (step - 1) * 500 + np.arange(500))
+
+
+def _child_daily(path):
+    """Daily updates in a loop: load the file, apply the next step, save over it."""
+    print("ready", flush=True)
+    while True:
+        index = hs.HashIndex.load(path, mmap=True)
+        step = index.metadata["step"] + 1
+        daily_step(index, step)
+        print("saving", step, flush=True)
+        save_index(index, path, metadata={"step": step})
+        print("saved", step, flush=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "flips":
         _child_flips(sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5])
     elif sys.argv[1] == "saver":
-        _child_saver(sys.argv[2], sys.argv[3])
+        _child_saver(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "daily":
+        _child_daily(sys.argv[2])

@@ -1,14 +1,15 @@
 """The index file: one versioned, checksummed, memory-mappable file per index version.
 
-Layout (every integer little-endian; format version 1)::
+Layout (every integer little-endian; format version 2, which reads version 1 files)::
 
     [0, 128)            fixed header: magic, format version, header length, header CRC,
                         code width, file length, created (ns), next id, live count,
                         segment / section / metadata counts, flags; the rest zero
     128 + 64 * s        one 64-byte record per segment: entries, distinct codes, live
                         entries, tables m, flags (has tombstones, has id order), bits[8]
-    ... + 48 * i        one 48-byte record per section: segment, kind, table, dtype,
-                        offset, element count, byte length, CRC-32 of the payload
+    ... + 48 * i        one 48-byte record per section: segment, kind, table, dtype, flags
+                        (1 = in the base file), offset, element count, byte length, CRC-32
+    [if header flag 1]  base record: base file length, its header CRC, its name (same folder)
     ... + metadata      free-form JSON object (UTF-8), e.g. the provenance of the lists
     [64-aligned)        the sections, each at a 64-byte aligned offset, zero padding
                         between them; the file ends where the last section ends
@@ -30,9 +31,13 @@ on every load.
 
 Saving writes a temporary file in the target's folder, fsyncs it, renames it over
 the target and fsyncs the folder, so a crash leaves either the old or the new
-file, never a mix. Sections that come unchanged from a memory-mapped file are
-copied in the kernel (``copy_file_range``) with their stored checksums, so the
-daily update of a large index neither reads it into memory nor recomputes them.
+file, never a mix. When most of the index is unchanged sections of a loaded
+self-contained file (a daily update), that file is hard-linked beside the target
+as ``NAME.base-<header CRC>`` and the new file holds only the changed sections,
+referencing the base for the rest (no chains: a base never has a base). Other
+sections that come unchanged from a loaded file are copied in the kernel
+(``copy_file_range``) with their stored checksums. After the rename, base files
+the new version does not reference are deleted.
 """
 import datetime
 import json
@@ -55,7 +60,7 @@ __all__ = ["IndexFormatError", "IndexHandle", "read_metadata", "save_index", "lo
            "FORMAT_VERSION"]
 
 MAGIC = b"\x89HSIEVE\n"        # \x89 catches 7-bit transfers, \n catches newline translation
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CODE_BITS = 64
 ALIGN = 64
 MAX_TABLES = 8
@@ -71,6 +76,9 @@ SEGMENT = struct.Struct("<QQQII8B24x")               # 64 bytes
 SECTION = struct.Struct("<IHHIIQQQII")               # 48 bytes
 CRC_AT = 16                                          # byte position of the header CRC
 SEG_HAS_DEAD, SEG_HAS_ORDER = 1, 2
+BASE = struct.Struct("<QII")                         # base file: length, header CRC, name length; the name
+HDR_HAS_BASE = 1                                     # header flag (version 2): a base record follows the sections
+SEC_EXTERNAL = 1                                     # section flag (version 2): the payload is in the base file
 
 DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u4"), 3: np.dtype("<u8"), 4: np.dtype("<i8")}
 DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
@@ -119,8 +127,10 @@ def _section_name(sec):
 class _Layout:
     """A parsed and checked header: everything but the section payloads."""
 
-    def __init__(self, path, fixed, segments, sections, metadata, header_length):
+    def __init__(self, path, fixed, segments, sections, metadata, header_length, base=None):
         self.path = path
+        self.header_crc = fixed["header_crc"]
+        self.base = base            # {"name", "file_length", "header_crc"} of the base file, or None
         self.version, self.code_bits, self.file_length = fixed["version"], fixed["code_bits"], fixed["file_length"]
         self.created_ns, self.next_id, self.live = fixed["created_ns"], fixed["next_id"], fixed["live"]
         self.segments, self.sections, self.metadata = segments, sections, metadata
@@ -141,8 +151,13 @@ class _Layout:
             "segments": [{"entries": s["entries"], "unique": s["unique"], "live": s["live"],
                           "bits": list(s["bits"][:s["m"]]), "tombstones": bool(s["flags"] & SEG_HAS_DEAD)}
                          for s in self.segments],
+            "header_crc32": f"{self.header_crc:08x}",
+            "base": None if self.base is None else {
+                "name": self.base["name"], "file_size": self.base["file_length"],
+                "header_crc32": f"{self.base['header_crc']:08x}"},
             "sections": [{"name": _section_name(s), "offset": s["offset"], "nbytes": s["nbytes"],
-                          "dtype": DTYPES[s["dtype"]].str, "crc32": s["crc"]} for s in self.sections],
+                          "dtype": DTYPES[s["dtype"]].str, "crc32": s["crc"], "in_base": s["external"]}
+                         for s in self.sections],
             "checksums": {_section_name(s): f"crc32:{s['crc']:08x}" for s in self.sections},
             "metadata": self.metadata,
         }
@@ -176,14 +191,32 @@ def _parse_layout(path, read_at, file_size):
         _fail(path, "reserved header bytes are not zero")
     if code_bits != CODE_BITS:
         _fail(path, f"code width {code_bits} bits is not supported by this hashsieve (only {CODE_BITS})")
-    if flags:
+    if flags & ~HDR_HAS_BASE or (flags and version < 2):
         _fail(path, f"unknown header flags {flags:#x}")
     if file_length != file_size:
         _fail(path, f"file is {file_size} bytes but its header says {file_length} (truncated or appended to)")
     if n_segments > MAX_SEGMENTS:
         _fail(path, f"{n_segments} segments is implausible")
-    if header_length != FIXED.size + SEGMENT.size * n_segments + SECTION.size * n_sections + metadata_length:
+    base_at = FIXED.size + SEGMENT.size * n_segments + SECTION.size * n_sections
+    base, base_bytes = None, 0
+    if flags & HDR_HAS_BASE:
+        if base_at + BASE.size > header_length:
+            _fail(path, "header length does not match its segment, section and metadata counts")
+        base_length, base_crc, name_length = BASE.unpack_from(raw, base_at)
+        base_bytes = BASE.size + name_length
+    if header_length != base_at + base_bytes + metadata_length:
         _fail(path, "header length does not match its segment, section and metadata counts")
+    if base_bytes:
+        name = bytes(raw[base_at + BASE.size:base_at + base_bytes])
+        try:
+            name = name.decode("utf-8")
+        except UnicodeDecodeError:
+            name = ""
+        if not 0 < len(name) <= 255 or "/" in name or "\0" in name or name in (".", ".."):
+            _fail(path, "invalid base file name")
+        if base_length < FIXED.size:
+            _fail(path, f"base file length {base_length} is impossible")
+        base = {"name": name, "file_length": base_length, "header_crc": base_crc}
     if next_id < 0:
         _fail(path, f"negative next id {next_id}")
 
@@ -214,22 +247,32 @@ def _parse_layout(path, read_at, file_size):
     sections = []
     end, min_offset = header_length, _align(header_length)
     for i, (s, kind, table, dtype, count) in enumerate(expected):
-        (seg_no, kind_, table_, dtype_, res0, offset, count_, nbytes, crc, res1) = SECTION.unpack_from(raw, pos)
+        (seg_no, kind_, table_, dtype_, sec_flags, offset, count_, nbytes, crc, res1) = \
+            SECTION.unpack_from(raw, pos)
         pos += SECTION.size
-        if (seg_no, kind_, table_, dtype_, count_) != (s, kind, table, dtype, count) or res0 or res1:
+        if (seg_no, kind_, table_, dtype_, count_) != (s, kind, table, dtype, count) or res1:
             _fail(path, f"section {i} is (segment {seg_no}, kind {kind_}, table {table_}, dtype {dtype_}, "
                         f"{count_} items), expected (segment {s}, {KINDS[kind][0]}, table {table}, dtype {dtype}, "
                         f"{count} items)")
+        if sec_flags & ~SEC_EXTERNAL or (sec_flags and base is None):
+            _fail(path, f"section {i}: unknown flags {sec_flags:#x}")
         if nbytes != count * DTYPES[dtype].itemsize:
             _fail(path, f"section {i}: {nbytes} bytes for {count} items of {DTYPES[dtype]}")
-        if offset % ALIGN or offset < min_offset or offset + nbytes > file_size:
-            _fail(path, f"section {i} at offset {offset} (+{nbytes} bytes) is misaligned, overlaps or lies "
-                        f"outside the file of {file_size} bytes")
-        end = min_offset = offset + nbytes
+        external = bool(sec_flags & SEC_EXTERNAL)
+        if external:
+            if offset % ALIGN or offset < FIXED.size or offset + nbytes > base["file_length"]:
+                _fail(path, f"section {i} at base file offset {offset} (+{nbytes} bytes) is misaligned or "
+                            f"lies outside the base file of {base['file_length']} bytes")
+        else:
+            if offset % ALIGN or offset < min_offset or offset + nbytes > file_size:
+                _fail(path, f"section {i} at offset {offset} (+{nbytes} bytes) is misaligned, overlaps or lies "
+                            f"outside the file of {file_size} bytes")
+            end = min_offset = offset + nbytes
         sections.append({"segment": s, "kind": kind, "table": table, "dtype": dtype, "offset": offset,
-                         "count": count, "nbytes": nbytes, "crc": crc})
+                         "count": count, "nbytes": nbytes, "crc": crc, "external": external})
     if end != file_length:
         _fail(path, f"the last section ends at {end}, the file at {file_length}")
+    pos += base_bytes
     try:
         metadata = json.loads(bytes(raw[pos:pos + metadata_length]).decode("utf-8")) if metadata_length else {}
     except (UnicodeDecodeError, ValueError) as e:
@@ -237,8 +280,8 @@ def _parse_layout(path, read_at, file_size):
     if not isinstance(metadata, dict):
         _fail(path, "metadata is not a JSON object")
     fixed = {"version": version, "code_bits": code_bits, "file_length": file_length, "created_ns": created_ns,
-             "next_id": next_id, "live": live}
-    return _Layout(path, fixed, segments, sections, metadata, header_length)
+             "next_id": next_id, "live": live, "header_crc": header_crc}
+    return _Layout(path, fixed, segments, sections, metadata, header_length, base)
 
 
 def _pread_all(fd, offset, n):
@@ -328,26 +371,69 @@ def _check_segment(seg, path, label, deep, order=None):
 
 
 # ====================================================================== load
-class _Source:
-    """The file an index was loaded from: its bytes (a read-only map or a buffer) and layout."""
+class _File:
+    """One opened index file: its bytes (a read-only map or a buffer), layout and identity."""
 
     def __init__(self, path, layout, buffer, fd, ident):
-        self.path, self.layout, self.buffer, self.ident = path, layout, buffer, ident
+        self.path, self.layout, self.buffer, self.ident, self.fd = path, layout, buffer, ident, fd
         self.mmap = isinstance(buffer, _mmap.mmap)
         self.bytes = np.frombuffer(buffer, dtype=np.uint8) if layout.file_length else np.empty(0, np.uint8)
-        base = self.bytes.__array_interface__["data"][0]
-        # (address, nbytes) of each section's view -> its section record, to reuse CRCs on save.
-        self.by_address = {(base + s["offset"], s["nbytes"]): s for s in layout.sections if s["nbytes"]}
-        self.fd = fd
         self._closer = weakref.finalize(self, os.close, fd) if fd is not None else None
+
+
+def _open_file(path, mmap, check=None):
+    """_File of path; check(fd, st) may refuse it (raise) before its header is read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    keep_fd = False
+    try:
+        st = os.fstat(fd)
+        if check is not None:
+            check(fd, st)
+        layout = _parse_layout(path, lambda off, n: _pread_all(fd, off, n), st.st_size)
+        if mmap and st.st_size:
+            buffer = _mmap.mmap(fd, st.st_size, access=_mmap.ACCESS_READ)
+            if len(buffer) != layout.file_length:
+                _fail(path, "file changed size while it was being opened")
+            keep_fd = True
+        else:
+            buffer = np.empty(st.st_size, dtype=np.uint8)
+            _read_into(fd, buffer)
+            buffer.flags.writeable = False
+        return _File(path, layout, buffer, fd if keep_fd else None, _file_ident(st))
+    finally:
+        if not keep_fd:
+            os.close(fd)
+
+
+class _BaseGone(IndexFormatError):
+    """The base file named by an index file is missing or is not the one it was saved with."""
+
+
+class _Source:
+    """The file an index was loaded from, and the base file it references (format 2), if any."""
+
+    def __init__(self, main, base=None):
+        self.file, self.base = main, base
+        self.path, self.layout, self.buffer, self.ident = main.path, main.layout, main.buffer, main.ident
+        self.mmap, self.bytes, self.fd = main.mmap, main.bytes, main.fd
+        # (address, nbytes) of each section's view -> (file holding it, section record), to reuse on save.
+        self.by_address = {}
+        for sec in self.layout.sections:
+            if sec["nbytes"]:
+                holder = self.holder(sec)
+                self.by_address[(holder.bytes.__array_interface__["data"][0] + sec["offset"], sec["nbytes"])] = \
+                    (holder, sec)
 
     @property
     def metadata(self):
         return self.layout.metadata
 
+    def holder(self, sec):
+        return self.base if sec["external"] else self.file
+
     def view(self, sec):
-        a = self.bytes[sec["offset"]:sec["offset"] + sec["nbytes"]].view(DTYPES[sec["dtype"]])
-        return a
+        data = self.holder(sec).bytes
+        return data[sec["offset"]:sec["offset"] + sec["nbytes"]].view(DTYPES[sec["dtype"]])
 
 
 def _file_ident(st):
@@ -364,28 +450,44 @@ def _read_into(fd, out):
         got += n
 
 
-def load_index(path, mmap=True, verify=False):
-    """HashIndex from an index file; see HashIndex.load."""
-    from .index import HashIndex
-    path = os.fspath(path)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    keep_fd = False
+def _open_base(main, mmap):
+    """The base file main references, checked against the record (length, header CRC, sections)."""
+    rec = main.layout.base
+    folder = os.path.dirname(os.path.realpath(main.path))
+    path = os.path.join(folder, rec["name"])
+    gone = f"{main.path}: base file {rec['name']} is missing or changed"
+
+    def check(fd, st):
+        if st.st_size != rec["file_length"]:
+            raise _BaseGone(f"{gone} (it is {st.st_size} bytes, the index was saved with {rec['file_length']})")
+
     try:
-        st = os.fstat(fd)
-        layout = _parse_layout(path, lambda off, n: _pread_all(fd, off, n), st.st_size)
-        if mmap and st.st_size:
-            buffer = _mmap.mmap(fd, st.st_size, access=_mmap.ACCESS_READ)
-            if len(buffer) != layout.file_length:
-                _fail(path, "file changed size while it was being opened")
-            keep_fd = True
-        else:
-            buffer = np.empty(st.st_size, dtype=np.uint8)
-            _read_into(fd, buffer)
-            buffer.flags.writeable = False
-        source = _Source(path, layout, buffer, fd if keep_fd else None, _file_ident(st))
-    finally:
-        if not keep_fd:
-            os.close(fd)
+        base = _open_file(path, mmap, check)
+    except FileNotFoundError:
+        raise _BaseGone(f"{gone} (not found in {folder})") from None
+    except _BaseGone:
+        raise
+    except IndexFormatError as e:
+        raise _BaseGone(f"{gone}: {e}") from None
+    layout = base.layout
+    if layout.header_crc != rec["header_crc"]:
+        raise _BaseGone(f"{gone} (header CRC {layout.header_crc:08x}, the index was saved with "
+                        f"{rec['header_crc']:08x})")
+    if layout.base is not None:
+        raise _BaseGone(f"{gone} (it references a base file itself)")
+    present = {(s["offset"], s["nbytes"], s["crc"]) for s in layout.sections if not s["external"]}
+    for sec in main.layout.sections:
+        if sec["external"] and (sec["offset"], sec["nbytes"], sec["crc"]) not in present:
+            _fail(main.path, f"{_section_name(sec)} is not a section of the base file {rec['name']}")
+    return base
+
+
+def _load_once(path, mmap, verify):
+    from .index import HashIndex
+    main = _open_file(path, mmap)
+    base = _open_base(main, mmap) if main.layout.base is not None else None
+    source = _Source(main, base)
+    layout = source.layout
     if verify:
         _verify_payload(source)     # first: "damaged" is a better diagnosis than a broken invariant
     segments, orders = _segments_from(source, deep=verify)
@@ -394,6 +496,24 @@ def load_index(path, mmap=True, verify=False):
         if order is not None and hasattr(part, "_order"):
             part._order = order
     return index
+
+
+def load_index(path, mmap=True, verify=False):
+    """HashIndex from an index file (and the base file it references); see HashIndex.load."""
+    path = os.fspath(path)
+    for attempt in range(3):
+        try:
+            before = os.stat(path)
+            return _load_once(path, mmap, verify)
+        except _BaseGone:
+            # A save may have replaced the file and removed its old base between our two opens:
+            # then the file at path is a new version; open that one.
+            try:
+                replaced = _file_ident(os.stat(path)) != _file_ident(before)
+            except OSError:
+                replaced = False
+            if not replaced or attempt == 2:
+                raise
 
 
 def _segments_from(source, deep):
@@ -435,23 +555,27 @@ def _crc_of(view):
 
 
 def _verify_payload(source, threads=2):
-    """Every section's CRC and the zero padding between sections."""
+    """Every section's CRC (in the base file too) and the zero padding between the file's own sections."""
     layout, path, data = source.layout, source.path, source.bytes
     secs = sorted(layout.sections, key=lambda s: -s["nbytes"])
 
     def crc(sec):
-        return _crc_of(data[sec["offset"]:sec["offset"] + sec["nbytes"]])
+        return _crc_of(source.view(sec))
 
-    if threads > 1 and layout.file_length > 4 * CHUNK:
+    total = sum(s["nbytes"] for s in secs)
+    if threads > 1 and total > 4 * CHUNK:
         with ThreadPoolExecutor(min(threads, len(secs))) as pool:    # zlib releases the GIL
             crcs = list(pool.map(crc, secs))
     else:
         crcs = [crc(sec) for sec in secs]
     for sec, crc in zip(secs, crcs):
+        where = f" (in base file {layout.base['name']})" if sec["external"] else ""
         _check(crc == sec["crc"], path, f"{_section_name(sec)}: checksum mismatch (stored {sec['crc']:08x}, "
-                                        f"computed {crc:08x}): the file is damaged")
+                                        f"computed {crc:08x}){where}: the file is damaged")
     pos = layout.header_length
     for sec in layout.sections:
+        if sec["external"]:
+            continue
         _check(not data[pos:sec["offset"]].any(), path, f"padding before {_section_name(sec)} is not zero")
         pos = sec["offset"] + sec["nbytes"]
 
@@ -527,19 +651,27 @@ def _copy_range(src_fd, src_off, dst_fd, dst_off, nbytes):
     return True
 
 
+def _lookup(sources, arr):
+    """(file, section record) if arr is the view of a section of a loaded file, else None."""
+    if not arr.nbytes:
+        return None
+    key = (arr.__array_interface__["data"][0], arr.nbytes)
+    for src in sources:
+        hit = src.by_address.get(key)
+        if hit is not None:
+            return hit
+    return None
+
+
 def _write_section(fd, pos, arr, sources):
     """Writes arr at pos; returns its CRC (the stored one when it is a view of a loaded file)."""
     arr = np.ascontiguousarray(arr)
-    if arr.nbytes:
-        key = (arr.__array_interface__["data"][0], arr.nbytes)
-        for src in sources:
-            sec = src.by_address.get(key)
-            if sec is None:
-                continue
-            if src.fd is not None and _copy_range(src.fd, sec["offset"], fd, pos, arr.nbytes):
-                return sec["crc"]
+    hit = _lookup(sources, arr)
+    if hit is not None:
+        holder, sec = hit
+        if holder.fd is None or not _copy_range(holder.fd, sec["offset"], fd, pos, arr.nbytes):
             _write_all(fd, arr, pos)
-            return sec["crc"]
+        return sec["crc"]
     crc = 0
     mv = memoryview(arr).cast("B")
     for i in range(0, len(mv), CHUNK):
@@ -590,12 +722,85 @@ def _remove_stale_temps(folder, name):
             pass
 
 
-def save_index(index, path, metadata=None, created=None):
+def _base_name(name, holder):
+    return f"{name}.base-{holder.layout.header_crc:08x}"
+
+
+def _is_base_of(entry, name):
+    prefix = f"{name}.base-"
+    rest = entry[len(prefix):]
+    return entry.startswith(prefix) and len(rest) == 8 and all(c in "0123456789abcdef" for c in rest)
+
+
+def _link_base(holder, folder, name, tmp_name):
+    """Hard link of holder's inode as folder/NAME.base-CRC (no data copied); its name, or None if impossible.
+
+    The link is made from the open descriptor when the file is mapped and the kernel allows it
+    (the very inode being read), else from the path; either way the new link must be the file
+    that was loaded (device, inode, size, mtime), otherwise it is removed and None returned.
+    """
+    base = os.path.join(folder, _base_name(name, holder))
+    want = holder.ident[:2]                                    # (st_dev, st_ino)
+    try:
+        st = os.stat(base)
+        if (st.st_dev, st.st_ino) == want:
+            return os.path.basename(base)                      # already there (a chain of daily updates)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    sources = [holder.path]
+    if holder.fd is not None and os.path.isdir("/proc/self/fd"):
+        sources.insert(0, f"/proc/self/fd/{holder.fd}")
+    tmp = os.path.join(folder, tmp_name)
+    for src in sources:
+        try:
+            os.link(src, tmp, follow_symlinks=True)            # linkat(AT_SYMLINK_FOLLOW): O(1)
+            break
+        except (OSError, NotImplementedError):
+            continue                                           # other filesystem, deleted file, no permission
+    else:
+        return None
+    try:
+        if _file_ident(os.stat(tmp)) != holder.ident:
+            os.unlink(tmp)                                     # the path is another file now
+            return None
+        os.replace(tmp, base)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return None
+    return os.path.basename(base)
+
+
+def _remove_other_bases(folder, name, keep):
+    """Delete NAME.base-* files the current version does not reference (mapped pages stay readable)."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        if entry != keep and _is_base_of(entry, name):
+            try:
+                os.unlink(os.path.join(folder, entry))
+            except OSError:
+                pass
+
+
+def save_index(index, path, metadata=None, created=None, incremental=True):
     """Write the index to path atomically; see HashIndex.save.
 
     metadata: a JSON-serialisable dict stored in the header (read back by
     read_metadata); None keeps the metadata of the file the index was loaded
     from, if any. created: Unix time to record (default: now).
+
+    incremental: when at least half of the index's bytes are unchanged sections
+    of a loaded self-contained file (typically the main segment after a daily
+    update), hard-link that file as ``NAME.base-<its header CRC>`` beside the
+    target and write only the other sections, referencing the base for the
+    rest. False always writes a self-contained file.
     """
     path = os.fspath(path)
     source = getattr(index, "_source", None)
@@ -617,45 +822,78 @@ def save_index(index, path, metadata=None, created=None):
                 p._order = order          # the index may use it for remove() too
         orders.append(order)
     records, arrays = _plan(segments, orders)
-    n_sections = sum(len(a) for a in arrays)
-    header_length = FIXED.size + SEGMENT.size * len(records) + SECTION.size * n_sections + len(meta_bytes)
-    if header_length > MAX_HEADER:
-        raise ValueError(f"metadata too large: the header would be {header_length} bytes (limit {MAX_HEADER})")
-    placed, pos = [], _align(header_length)
-    for s, seg_arrays in enumerate(arrays):
-        for kind, table, arr in seg_arrays:
-            placed.append((s, kind, table, arr, pos))
-            pos = _align(pos + arr.nbytes)
-    file_length = placed[-1][4] + placed[-1][3].nbytes if placed else header_length
-    created_ns = time.time_ns() if created is None else int(round(created * 1e9))
+    sources = [source] if source is not None else []
+    flat = [(s, kind, table, np.ascontiguousarray(arr)) for s, seg_arrays in enumerate(arrays)
+            for kind, table, arr in seg_arrays]
+    hits = [_lookup(sources, arr) for *_, arr in flat]
 
     target = os.path.realpath(path)
     folder, name = os.path.split(target)
     _remove_stale_temps(folder, name)
-    tmp = os.path.join(folder, f".{name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp_stem = f".{name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
+
+    # The base: the self-contained loaded file holding most of the bytes, if that is at least half of them.
+    base_holder, base_name = None, None
+    if incremental:
+        reused = {}
+        for hit, (*_, arr) in zip(hits, flat):
+            if hit is not None and hit[0].layout.base is None:
+                reused[id(hit[0])] = (hit[0], reused.get(id(hit[0]), (None, 0))[1] + arr.nbytes)
+        if reused:
+            holder, nbytes = max(reused.values(), key=lambda x: x[1])
+            if 2 * nbytes >= sum(arr.nbytes for *_, arr in flat):
+                base_name = _link_base(holder, folder, name, tmp_stem + ".base.tmp")
+                if base_name is not None:
+                    base_holder = holder
+                    _fsync_dir(folder)    # the base's name is durable before any version names it
+
+    n_sections = len(flat)
+    base_record = b""
+    if base_holder is not None:
+        encoded = base_name.encode("utf-8")
+        base_record = BASE.pack(base_holder.layout.file_length, base_holder.layout.header_crc, len(encoded)) + encoded
+    header_length = (FIXED.size + SEGMENT.size * len(records) + SECTION.size * n_sections + len(base_record)
+                     + len(meta_bytes))
+    if header_length > MAX_HEADER:
+        raise ValueError(f"metadata too large: the header would be {header_length} bytes (limit {MAX_HEADER})")
+    placed, pos = [], _align(header_length)
+    file_length = header_length
+    for (s, kind, table, arr), hit in zip(flat, hits):
+        if base_holder is not None and hit is not None and hit[0] is base_holder:
+            placed.append((s, kind, table, arr, hit[1]["offset"], hit[1]["crc"]))     # in the base file
+        else:
+            placed.append((s, kind, table, arr, pos, None))
+            file_length = pos + arr.nbytes
+            pos = _align(pos + arr.nbytes)
+    created_ns = time.time_ns() if created is None else int(round(created * 1e9))
+
+    tmp = os.path.join(folder, tmp_stem + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
         try:
             os.fchmod(fd, os.stat(target).st_mode & 0o7777)       # keep the old file's permissions
         except (OSError, AttributeError):
             pass
-        sources = [source] if source is not None else []
         table = []
         prev_end = header_length
-        for s, kind, tbl, arr, off in placed:
-            if off > prev_end:
-                _write_all(fd, bytes(off - prev_end), prev_end)   # explicit zero padding, no holes
-            crc = _write_section(fd, off, arr, sources)
-            count = arr.shape[0]
-            table.append(SECTION.pack(s, kind, tbl, DTYPE_CODES[arr.dtype.newbyteorder("<")], 0, off, count,
-                                      arr.nbytes, crc, 0))
-            prev_end = off + arr.nbytes
+        for s, kind, tbl, arr, off, crc in placed:
+            flags = 0
+            if crc is not None:
+                flags = SEC_EXTERNAL
+            else:
+                if off > prev_end:
+                    _write_all(fd, bytes(off - prev_end), prev_end)   # explicit zero padding, no holes
+                crc = _write_section(fd, off, arr, sources)
+                prev_end = off + arr.nbytes
+            table.append(SECTION.pack(s, kind, tbl, DTYPE_CODES[arr.dtype.newbyteorder("<")], flags, off,
+                                      arr.shape[0], arr.nbytes, crc, 0))
         live = sum(r[2] for r in records)
         header = bytearray(FIXED.pack(MAGIC, FORMAT_VERSION, header_length, 0, CODE_BITS, file_length, created_ns,
-                                      next_id, live, len(records), n_sections, len(meta_bytes), 0))
-        for n, u, seg_live, m, flags, bits in records:
-            header += SEGMENT.pack(n, u, seg_live, m, flags, *bits)
-        header += b"".join(table) + meta_bytes
+                                      next_id, live, len(records), n_sections, len(meta_bytes),
+                                      HDR_HAS_BASE if base_record else 0))
+        for n, u, seg_live, m, seg_flags, bits in records:
+            header += SEGMENT.pack(n, u, seg_live, m, seg_flags, *bits)
+        header += b"".join(table) + base_record + meta_bytes
         struct.pack_into("<I", header, CRC_AT, zlib.crc32(header))
         _write_all(fd, header, 0)
         if os.fstat(fd).st_size != file_length:
@@ -678,6 +916,7 @@ def save_index(index, path, metadata=None, created=None):
             pass
         raise
     _fsync_dir(folder)
+    _remove_other_bases(folder, name, base_name)
 
 
 # ====================================================================== hot swap

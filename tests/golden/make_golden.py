@@ -2,6 +2,8 @@
 
 Run once per format version and commit the output; never regenerate old versions' files,
 the tests check that they still load:  .venv/bin/python tests/golden/make_golden.py
+From version 2 on, vN_update.hsi is an incremental save: it needs its base file
+vN_update.hsi.base-XXXXXXXX beside it (commit both).
 """
 import json
 from pathlib import Path
@@ -25,7 +27,7 @@ def tiny():
     index.add(codes, ids=np.arange(200) * 2 + 1)
     index.add(rng.integers(0, 2**64, 20, dtype=np.uint64))
     index.remove([1, 3, 41, 401, 402])
-    return index, {"sources": ["golden-tiny.csv"], "purpose": "format v1 golden file"}
+    return index, {"sources": ["golden-tiny.csv"], "purpose": f"format v{storage.FORMAT_VERSION} golden file"}
 
 
 def tables():
@@ -41,9 +43,23 @@ def tables():
     return index, {"sources": ["golden-tables-a.csv", "golden-tables-b.csv"]}
 
 
+def update():
+    """Format 2: an incremental save (a daily update) referencing its full predecessor as base file."""
+    index, _ = tables()
+    path = HERE / f"v{storage.FORMAT_VERSION}_update.hsi"
+    for old in HERE.glob(path.name + ".base-*"):
+        old.unlink()
+    storage.save_index(index, path, metadata={"day": 0}, created=CREATED)
+    index = hs.HashIndex.load(path, mmap=False)
+    index.remove(np.arange(1, 4200, 97))
+    index.add(np.random.default_rng(4).integers(0, 2**64, 25, dtype=np.uint64), ids=np.arange(10**6, 10**6 + 25))
+    return index, {"day": 1}
+
+
 def main():
     version = storage.FORMAT_VERSION
-    for name, make in (("tiny", tiny), ("tables", tables)):
+    makers = [("tiny", tiny), ("tables", tables)] + ([("update", update)] if version >= 2 else [])
+    for name, make in makers:
         index, meta = make()
         rng = np.random.default_rng(3)
         stored = np.concatenate([p.segment.codes for p in index._parts])
@@ -52,9 +68,10 @@ def main():
         path = HERE / f"v{version}_{name}.hsi"
         storage.save_index(index, path, metadata=meta, created=CREATED)
         info = storage.read_metadata(path)
+        assert (info["base"] is not None) == (name == "update"), name
         expected = {
             "header": {k: info[k] for k in ("format_version", "code_bits", "count", "entries", "next_id",
-                                            "created", "metadata")},
+                                            "created", "metadata", "base")},
             "queries": [f"{int(x):016x}" for x in queries],
             "range": {str(r): [a.tolist() for a in index.range_search(queries, r)] for r in (0, 4, 10, 16)},
             "k": 6,
