@@ -14,12 +14,15 @@
 #define HS_RING 32       /* >= HS_PF, power of two */
 #define HS_PF_LINES 8    /* bucket cache lines prefetched per probe */
 #define HS_UNLIMITED UINT64_MAX
-/* Planner constants (ns), measured on the development machine. */
+/* Planner cost estimates (ns): rough per-operation costs on the development machine
+ * (a probe that misses to DRAM, one verified candidate, one scanned code), used
+ * only to choose between tables and scan; exactness never depends on them. */
 #define HS_PROBE_NS_DRAM 40.0
 #define HS_PROBE_NS_CACHE 8.0
 #define HS_CAND_NS 0.8
 #define HS_SCAN_NS 0.5
 #define HS_PAR_SCAN_MIN (1u << 20)   /* codes; below this a scan stays on one thread */
+#define HS_MAX_SCAN_THREADS 64       /* threads one query's scan is split over, at most */
 
 #define HS_TILE 4096     /* codes per scan tile shared by a group of queries (32 KiB) */
 #define HS_GROUP 8       /* queries of a batch searched together */
@@ -644,8 +647,8 @@ static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, ui
                          hs_scratch *w, hs_stats *st, int nthreads)
 {
     uint64_t u = s->n_unique;
-    if (nthreads > HS_MAX_TABLES)
-        nthreads = HS_MAX_TABLES;
+    if (nthreads > HS_MAX_SCAN_THREADS)
+        nthreads = HS_MAX_SCAN_THREADS;
     if (nthreads <= 1 || u < HS_PAR_SCAN_MIN) {
         if (k)
             K->brute_knn(s, segno, q, k, 0, u, w, st);
@@ -653,9 +656,9 @@ static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, ui
             K->brute_range(s, segno, &q, 1, r, 0, u, w, st);
         return;
     }
-    scan_part parts[HS_MAX_TABLES];
-    pthread_t th[HS_MAX_TABLES];
-    int started[HS_MAX_TABLES] = {0};
+    scan_part parts[HS_MAX_SCAN_THREADS];
+    pthread_t th[HS_MAX_SCAN_THREADS];
+    int started[HS_MAX_SCAN_THREADS] = {0};
     uint64_t step = (u / (uint64_t)nthreads + 7) & ~7ull;
     for (int i = 0; i < nthreads; i++) {
         uint64_t lo = step * (uint64_t)i, hi = i == nthreads - 1 ? u : step * (uint64_t)(i + 1);

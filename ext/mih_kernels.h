@@ -98,9 +98,10 @@ static inline uint32_t HS_FN(match8_fp)(const uint32_t *p, uint32_t q, int r)
         if (rr_ >= 0)                                                                       \
             HS_SCAN_FP(fp_, a, b, qfp, rr_, {                                               \
                 uint64_t g = (k) ? tg_[j] : j;                                              \
-                uint64_t x = (s)->codes[g] ^ (q);                                           \
+                /* g is in range unless a damaged file was opened without verify() */      \
+                uint64_t x = g < (s)->n_unique ? (s)->codes[g] ^ (q) : ~0ull;               \
                 int d = __builtin_popcountll(x);                                            \
-                if (d <= (r)) { ON_HIT; }                                                   \
+                if (d <= (r) && g < (s)->n_unique) { ON_HIT; }                              \
             });                                                                             \
     } while (0)
 

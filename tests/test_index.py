@@ -158,8 +158,12 @@ def test_remove_counts_and_hides_entries(rng):
     index = build(codes)
     assert index.remove([3, 3, 5, 99_999]) == 2
     assert index.remove([3]) == 0
-    assert len(index) == 9_998
-    lims, dist, ids = index.range_search(codes[[3, 5, 6]], 0)
+    assert index.remove([]) == 0
+    assert index.remove(np.array([[7], [8]])) == 2 and index.remove(9) == 1
+    with pytest.raises(TypeError, match="ids"):
+        index.remove([1.5])
+    assert len(index) == 9_995
+    lims, dist, ids = index.range_search(codes[[3, 5, 6, 7]], 0)
     assert ids.tolist() == [6]
 
 

@@ -139,13 +139,10 @@ class HashIndex:
 
     def remove(self, ids):
         """Remove the entries with these ids; returns how many were removed (absent ids are skipped)."""
-        if isinstance(ids, np.ndarray) and ids.ndim == 1:
-            n = len(ids)
-        else:
-            ids = np.atleast_1d(np.asarray(ids)) if not isinstance(ids, np.ndarray) else ids
-            n = ids.size
-        ids = ids_array(np.ravel(ids) if isinstance(ids, np.ndarray) else ids, n)
-        ids = np.unique(ids)
+        flat = np.ravel(ids)     # one id, a list or an array of any shape
+        if flat.size == 0:
+            return 0
+        ids = np.unique(ids_array(flat, flat.size))
         removed = 0
         with self._write_lock:
             parts = []
