@@ -6,6 +6,7 @@ some files could not be hashed (hash), 2 usage, list or index error,
 last finished file; continue with --resume).
 """
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -118,30 +119,41 @@ def _open(path):
         raise CliError(str(e)) from None
 
 
-def cmd_add(a):
-    import numpy as np
+@contextlib.contextmanager
+def _updating(index_path):
+    """Lock the index, open it and a new provenance table; save both if the block succeeds.
 
-    from .lists import IndexLock, Provenance, write_index
-    parsed = _parse_lists(a.lists, a.skip_bad)
-    with IndexLock(a.index):
-        li = _open(a.index)
-        prov = Provenance.new_file(a.index, copy_from=li.prov.path)
+    On any error the new table is discarded and the index file is left as it was.
+    """
+    from .lists import IndexLock, ListError, Provenance, write_index
+    with IndexLock(index_path):
+        li = _open(index_path)
+        prov = Provenance.new_file(index_path, copy_from=li.prov.path)
         try:
-            ids, codes = [], []
-            for pl in parsed:
-                i, c = prov.add_list(pl)
-                ids += i
-                codes += c
-            index = li.index
-            if codes:
-                index.add(np.array(codes, dtype=np.uint64), np.array(ids, dtype=np.int64))
+            yield li, prov
+        except ListError as e:
+            prov.discard()
+            raise CliError(str(e)) from None
         except BaseException:
             prov.discard()
             raise
-        old = li.prov.path
-        write_index(a.index, index, prov, li.kind, old)
+        write_index(index_path, li.index, prov, li.kind, li.prov.path)
         li.close()
-    _info(f"added {sum(len(p.entries) for p in parsed)} entries to {a.index}; it now holds {len(index)} "
+
+
+def cmd_add(a):
+    import numpy as np
+
+    parsed = _parse_lists(a.lists, a.skip_bad)
+    with _updating(a.index) as (li, prov):
+        ids, codes = [], []
+        for pl in parsed:
+            i, c = prov.add_list(pl)
+            ids += i
+            codes += c
+        if codes:
+            li.index.add(np.array(codes, dtype=np.uint64), np.array(ids, dtype=np.int64))
+    _info(f"added {sum(len(p.entries) for p in parsed)} entries to {a.index}; it now holds {len(li.index)} "
           f"{li.kind} hashes")
     return EXIT_OK
 
@@ -149,32 +161,20 @@ def cmd_add(a):
 def cmd_remove(a):
     import numpy as np
 
-    from .lists import IndexLock, ListError, Provenance, write_index
     parsed = _parse_lists(a.lists, a.skip_bad)
-    with IndexLock(a.index):
-        li = _open(a.index)
-        prov = Provenance.new_file(a.index, copy_from=li.prov.path)
-        try:
-            ids, removed, missing = [], 0, 0
-            for pl in parsed:
-                i, r, m = prov.remove_list_rows(pl, a.list)
-                ids += i
-                removed += r
-                missing += m
-            index = li.index
-            if ids:
-                index.remove(np.array(ids, dtype=np.int64))
-                if index._parts and len(index) < 0.75 * sum(len(p.segment) for p in index._parts):
-                    index.compact()
-        except ListError as e:
-            prov.discard()
-            raise CliError(str(e)) from None
-        except BaseException:
-            prov.discard()
-            raise
-        write_index(a.index, index, prov, li.kind, li.prov.path)
-        li.close()
-    _info(f"removed {removed} entries from {a.index}; it now holds {len(index)} {li.kind} hashes")
+    with _updating(a.index) as (li, prov):
+        ids, removed, missing = [], 0, 0
+        for pl in parsed:
+            i, r, m = prov.remove_list_rows(pl, a.list)
+            ids += i
+            removed += r
+            missing += m
+        if ids:
+            li.index.remove(np.array(ids, dtype=np.int64))
+            # Fold the tombstones in once they are a quarter of what is stored.
+            if li.index.tombstones > len(li.index) / 3:
+                li.index.compact()
+    _info(f"removed {removed} entries from {a.index}; it now holds {len(li.index)} {li.kind} hashes")
     if missing:
         _warn(f"{missing} rows matched no entry in the index")
     return EXIT_OK

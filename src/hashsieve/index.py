@@ -167,6 +167,11 @@ class HashIndex:
     def __len__(self):
         return sum(part.live for part in self._parts)
 
+    @property
+    def tombstones(self):
+        """Entries removed but still stored until compact() (or the next merge)."""
+        return sum(len(part.segment) - part.live for part in self._parts)
+
     # ---------------------------------------------------------------- queries
     def range_search(self, queries, radius, threads=None):
         """Every entry within Hamming distance <= radius of each query.
