@@ -331,7 +331,13 @@ class Provenance:
             if e.kind == "perceptual":
                 ids.append(start + k)
                 codes.append(int(e.hash, 16))
+        # A bulk load into a small table: build the hash index once afterwards, not row by row.
+        bulk = len(rows) > max(50_000, start)
+        if bulk:
+            self.db.execute("DROP INDEX IF EXISTS entries_hash")
         self.db.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+        if bulk:
+            self.db.execute("CREATE INDEX entries_hash ON entries(hash)")
         self.db.execute("UPDATE meta SET value=? WHERE key='next_id'", (str(start + len(rows)),))
         return ids, codes
 
