@@ -396,8 +396,28 @@ def main(argv):
                     "details and plots in [docs/benchmarks.md](docs/benchmarks.md)."]
     with open(SUMMARY, "w") as f:
         f.write("\n".join(summary) + "\n")
+    _update_readme(summary)
     print(f"wrote {os.path.relpath(DOC, ROOT)}, {os.path.relpath(SUMMARY, ROOT)} and "
           f"{', '.join(made) or 'no plots'} in {os.path.relpath(PLOTS, ROOT)}")
+
+
+README = os.path.join(ROOT, "README.md")
+README_START, README_END = "<!-- bench-summary:start -->", "<!-- bench-summary:end -->"
+
+
+def _update_readme(summary):
+    """Put the summary table and the latency plot between the README's markers (atomically)."""
+    with open(README) as f:
+        text = f.read()
+    if README_START not in text or README_END not in text:
+        return
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    block = "\n".join(summary + ["", "![latency vs radius](bench/results/plots/latency_vs_radius.png)"])
+    tmp = README + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{head}{README_START}\n{block}\n{README_END}{tail}")
+    os.replace(tmp, README)
 
 
 if __name__ == "__main__":
