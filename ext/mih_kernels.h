@@ -5,6 +5,18 @@
  * match8_fp(); the rest of the code is identical in every copy so the
  * compiler can inline them into the loops. No include guard on purpose. */
 
+#if defined(HS_USE_AVX2)
+/* Per-byte popcounts: Mula's nibble lookup. */
+static inline __m256i HS_FN(popcnt_bytes)(__m256i x)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
+}
+#endif
+
 /* Bit j of the result is set when popcount(p[j] ^ q) <= r, for j < 8. */
 static inline uint32_t HS_FN(match8)(const uint64_t *p, uint64_t q, int r)
 {
@@ -12,17 +24,13 @@ static inline uint32_t HS_FN(match8)(const uint64_t *p, uint64_t q, int r)
     __m512i x = _mm512_xor_si512(_mm512_loadu_si512((const void *)p), _mm512_set1_epi64((long long)q));
     return (uint32_t)_mm512_cmple_epu64_mask(_mm512_popcnt_epi64(x), _mm512_set1_epi64(r));
 #elif defined(HS_USE_AVX2)
-    /* Nibble lookup popcount (Mula), byte sums folded per lane by SAD. */
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low = _mm256_set1_epi8(0x0f);
+    /* Byte popcounts folded per 64-bit lane by SAD. */
     const __m256i qq = _mm256_set1_epi64x((long long)q);
     const __m256i rr = _mm256_set1_epi64x(r);
     uint32_t mask = 0;
     for (int h = 0; h < 2; h++) {
         __m256i x = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 4 * h)), qq);
-        __m256i cnt = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
-                                      _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
+        __m256i cnt = HS_FN(popcnt_bytes)(x);
         __m256i gt = _mm256_cmpgt_epi64(_mm256_sad_epu8(cnt, _mm256_setzero_si256()), rr);
         mask |= (uint32_t)(~_mm256_movemask_pd(_mm256_castsi256_pd(gt)) & 0xf) << (4 * h);
     }
@@ -42,12 +50,8 @@ static inline uint32_t HS_FN(match8_fp)(const uint32_t *p, uint32_t q, int r)
     __m256i x = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi32((int)q));
     return (uint32_t)_mm256_cmple_epu32_mask(_mm256_popcnt_epi32(x), _mm256_set1_epi32(r));
 #elif defined(HS_USE_AVX2)
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low = _mm256_set1_epi8(0x0f);
     __m256i x = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi32((int)q));
-    __m256i cnt = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
-                                  _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
+    __m256i cnt = HS_FN(popcnt_bytes)(x);
     /* bytes -> 16-bit pair sums -> 32-bit lane sums */
     __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(cnt, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
     __m256i gt = _mm256_cmpgt_epi32(sums, _mm256_set1_epi32(r));
