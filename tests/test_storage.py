@@ -662,7 +662,11 @@ def test_sigkill_during_save(tmp_path, rng, mode):
         del index
         leftovers += len(list(tmp_path.glob(".live.hsi.*.tmp")))
     assert mid_save >= kills // 2, f"only {mid_save} of {kills} kills landed inside save(); the test proves little"
-    assert leftovers >= 1
+    if mode == "full":
+        # A full save writes tens of MB, so some kill lands while its temporary file exists.
+        # An incremental save writes a few kB in about a millisecond: whether a kill leaves a
+        # temporary file behind is luck, so it is not required there.
+        assert leftovers >= 1
     # the next save removes the temporary files that killed savers left behind
     save_index(versions["B"], path)
     assert list(tmp_path.glob(".live.hsi.*.tmp")) == []
