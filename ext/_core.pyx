@@ -12,7 +12,6 @@ import numpy as np
 cnp.import_array()
 
 ISA_NAMES = ("generic", "popcnt", "avx2", "avx512")
-SEGMENT_ARRAYS = ("codes", "group_start", "ids")
 
 # Probe masks depend only on the substring width: computed once per width.
 _mask_cache = {}

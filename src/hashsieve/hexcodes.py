@@ -5,7 +5,7 @@ int(hex, 16) is the uint64 stored in the index.
 """
 import numpy as np
 
-from ._validate import hashes_array
+from ._validate import _is_int, hashes_array
 
 HEX_DIGITS = 16
 _DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -18,7 +18,7 @@ for _i, _c in enumerate(b"0123456789abcdef"):
 
 def to_hex(hashes):
     """One uint64 (int) -> a 16-digit lower-case hex str; an array -> a list of them."""
-    single = isinstance(hashes, (int, np.integer)) and not isinstance(hashes, bool)
+    single = _is_int(hashes)
     codes = hashes_array(hashes)
     shifts = np.arange(60, -4, -4, dtype=np.uint64)
     nibbles = ((codes[:, None] >> shifts) & np.uint64(15)).astype(np.uint8)
