@@ -28,6 +28,8 @@ directives = {
 core = Extension(
     "hashsieve._core",
     sources=["ext/_core.pyx", "ext/mih.c"],
+    # Headers too, so editing a kernel rebuilds the extension.
+    depends=["ext/mih.h", "ext/mih_kernels.h", "ext/mih.pxd"],
     include_dirs=["ext", np.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")] + ([] if debug else [("NDEBUG", "1")]),
     extra_compile_args=compile_args,
