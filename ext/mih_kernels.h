@@ -87,9 +87,6 @@ static inline uint32_t HS_FN(match8_fp)(const uint32_t *p, uint32_t q, int r)
     } while (0)
 #define HS_SCAN(codes, lo, hi, q, r, ON_MATCH) \
     HS_SCAN_WITH(HS_FN(match8), __builtin_popcountll, codes, lo, hi, q, r, ON_MATCH)
-#define HS_SCAN_FP(fps, lo, hi, q, r, ON_MATCH) \
-    HS_SCAN_WITH(HS_FN(match8_fp), __builtin_popcount, fps, lo, hi, q, r, ON_MATCH)
-
 /* Verifies bucket slots [a, b) of table k for a probe at substring distance
  * tp: the 32-bit fingerprints filter first (distance >= tp + fingerprint
  * distance), and only survivors read their full code. ON_HIT runs with the
@@ -99,14 +96,30 @@ static inline uint32_t HS_FN(match8_fp)(const uint32_t *p, uint32_t q, int r)
         const uint32_t *fp_ = (s)->fps[k];                                                  \
         const uint32_t *tg_ = (s)->table_groups[k];                                         \
         int rr_ = (r) - (tp);                                                               \
-        if (rr_ >= 0)                                                                       \
-            HS_SCAN_FP(fp_, a, b, qfp, rr_, {                                               \
+        /* Blocks of 8 with the last one masked, not a scalar tail: buckets are short       \
+         * (~48 at 100M), so the tail and its loop exits were a good part of the cost.      \
+         * A block may read past the bucket, never past the array. */                      \
+        for (uint64_t j_ = (a), e_ = (b); rr_ >= 0 && j_ < e_; j_ += 8) {                    \
+            const uint64_t left_ = e_ - j_;                                                 \
+            uint32_t m_;                                                                    \
+            if (j_ + 8 <= (s)->n_unique) {                                                  \
+                m_ = HS_FN(match8_fp)(fp_ + j_, (qfp), rr_);                                \
+                m_ &= left_ >= 8 ? 0xffu : (1u << left_) - 1u;                              \
+            } else {                                                                        \
+                m_ = 0;                                                                     \
+                for (uint64_t t_ = 0; t_ < left_ && t_ < 8; t_++)                           \
+                    m_ |= (uint32_t)(__builtin_popcount(fp_[j_ + t_] ^ (qfp)) <= rr_) << t_; \
+            }                                                                               \
+            while (m_) {                                                                    \
+                uint64_t j = j_ + (uint64_t)__builtin_ctz(m_);                              \
+                m_ &= m_ - 1;                                                               \
                 uint64_t g = (k) ? tg_[j] : j;                                              \
                 /* g is in range unless a damaged file was opened without verify() */      \
                 uint64_t x = g < (s)->n_unique ? (s)->codes[g] ^ (q) : ~0ull;               \
                 int d = __builtin_popcountll(x);                                            \
                 if (d <= (r) && g < (s)->n_unique) { ON_HIT; }                              \
-            });                                                                             \
+            }                                                                               \
+        }                                                                                   \
     } while (0)
 
 /* Range search of nq queries (the same radius) in one segment. All their
@@ -174,9 +187,11 @@ static int HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, 
             const uint32_t a = off[P[p].key], b = off[P[p].key + 1];
             lo[p % HS_RING] = a;
             hi[p % HS_RING] = b;
-            /* Whole bucket, up to HS_PF_LINES cache lines of 16 fingerprints. */
-            for (uint32_t x = a; x < b && x < a + 16 * HS_PF_LINES; x += 16)
-                __builtin_prefetch(fp + x);
+            /* Every cache line the bucket touches, up to HS_PF_LINES: stepping
+             * from fp + a by 16 would miss the tail line of an unaligned bucket. */
+            const char *line = (const char *)((uintptr_t)(fp + a) & ~(uintptr_t)63);
+            for (int l = 0; l < HS_PF_LINES && line < (const char *)(fp + b); l++, line += 64)
+                __builtin_prefetch(line);
         }
     }
     return 1;
