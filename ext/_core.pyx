@@ -251,3 +251,10 @@ def set_strategy(name):
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
     hs_set_strategy(STRATEGIES.index(name))
+
+
+def set_split_min_ns(ns):
+    """Estimated single-thread cost (ns) from which one query's table probes are
+    shared between threads; returns the previous value.  0 shares every query:
+    for tests, which check that shared and unshared queries agree."""
+    return hs_set_split_min_ns(int(ns))

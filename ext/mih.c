@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define HS_PF 16          /* probes in flight */
 #define HS_RING 32       /* >= HS_PF, power of two */
@@ -162,8 +163,8 @@ static inline double probe_cost_ns(const hs_segment *s, int k, uint64_t nprobes)
 }
 
 typedef struct {
-    int (*mih_range)(const hs_segment *, int, const uint64_t *, int, int, const int *, hs_scratch *, hs_stats *,
-                     uint64_t);
+    int (*mih_probes)(const hs_segment *, int, const uint64_t *, int, int, const int *, const hs_probe *, size_t,
+                      hs_scratch *, hs_stats *, uint64_t, uint64_t *);
     int (*mih_knn)(const hs_segment *, int, uint64_t, uint64_t, hs_scratch *, hs_stats *, double);
     void (*brute_range)(const hs_segment *, int, const uint64_t *, int, int, uint64_t, uint64_t, hs_scratch *,
                         hs_stats *);
@@ -608,19 +609,26 @@ static uint64_t max_candidates(const hs_segment *s, int g)
     return c < 0 ? 0 : c > 1e18 ? UINT64_MAX : (uint64_t)c;
 }
 
+/* Estimated cost of probing the tables with radii t, or -1 when they cannot. */
+static double tables_cost_ns(const hs_segment *s, const int *t)
+{
+    double cost = 0;
+    for (int k = 0; k < s->m; k++) {
+        if (t[k] > HS_MAX_RING || t[k] > s->bits[k])
+            return -1;
+        if (t[k] >= 0)
+            cost += probe_cost_ns(s, k, s->ring_start[k][t[k] + 1]);
+    }
+    return cost;
+}
+
 static int use_mih_range(const hs_segment *s, int r, int *t)
 {
     if (s->m == 0)
         return 0;
     split_radius(s, r, t);
-    double cost = 0;
-    for (int k = 0; k < s->m; k++) {
-        if (t[k] > HS_MAX_RING || t[k] > s->bits[k])
-            return 0;
-        if (t[k] >= 0)
-            cost += probe_cost_ns(s, k, s->ring_start[k][t[k] + 1]);
-    }
-    return cost < scan_cost_ns(s);
+    double cost = tables_cost_ns(s, t);
+    return cost >= 0 && cost < scan_cost_ns(s);
 }
 
 typedef struct {
@@ -689,6 +697,241 @@ static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, ui
     }
 }
 
+/* ======================= one query on several cores ======================= */
+
+/* The probes of nq queries into w->probes: every key within t[k] of each
+ * query's substring, ring by ring. Returns how many, or SIZE_MAX when out of
+ * memory (w->oom is set). */
+static size_t build_probes(const hs_segment *s, const uint64_t *qs, int nq, const int *t, hs_scratch *w,
+                           hs_stats *st)
+{
+    size_t need = 0, n = 0;
+    for (int k = 0; k < s->m; k++)
+        if (t[k] >= 0)
+            need += s->ring_start[k][t[k] + 1];
+    if (grow((void **)&w->probes, &w->cap_probes, need * (size_t)nq + 1, sizeof(hs_probe))) {
+        w->oom = 1;
+        return SIZE_MAX;
+    }
+    hs_probe *P = w->probes;
+    for (int slot = 0; slot < nq; slot++) {
+        for (int k = 0; k < s->m; k++) {
+            if (t[k] < 0)
+                continue;
+            const uint32_t qk = (uint32_t)((qs[slot] >> s->shift[k]) & sub_mask(s->bits[k]));
+            const uint32_t *mk = s->masks[k];
+            for (int ring = 0; ring <= t[k]; ring++) {
+                for (uint32_t i = s->ring_start[k][ring], e = s->ring_start[k][ring + 1]; i < e; i++) {
+                    hs_probe pr = {qk ^ mk[i], (uint8_t)k, (uint8_t)ring, (uint16_t)slot};
+                    P[n++] = pr;
+                }
+            }
+        }
+        st[slot].probes += need;
+    }
+    return n;
+}
+
+/* A big query's probes are shared out between cores: one core keeps ~HS_PF
+ * probes in flight, and at 100M codes that, not the arithmetic, bounds it.
+ * Starting a thread costs 35-220 us on the development VM, more than the query,
+ * so helper threads persist: after a job they spin HS_SPIN_NS for the next one
+ * (as OpenMP runtimes do) and then sleep. A query never waits for a helper: it
+ * claims chunks of probes itself, and a helper that comes late finds none. */
+#define HS_MAX_HELPERS 15
+#define HS_SPIN_NS 200000
+#define HS_SPLIT_CHUNK 64           /* probes claimed at a time */
+static int64_t split_min_ns = 20000;   /* estimated cost from which a query is shared */
+/* pool.ticket: job generation << 32 | open << 31 | helpers wanted << 8 | joined */
+#define TICKET_OPEN (1ull << 31)
+
+typedef struct {
+    const hs_kernels *K;
+    const hs_segment *s;
+    const uint64_t *qs;
+    const int *t;
+    const hs_probe *P;
+    int segno, nq, r;
+    size_t n;
+    size_t next;                    /* first probe nobody has claimed */
+    uint64_t candidates, max_candidates;
+    int abort;                      /* over the candidate budget: the caller scans */
+} split_job;
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int busy;                       /* a query owns the helpers */
+    int started;                    /* helper threads running */
+    int sleeping;
+    uint64_t ticket;
+    uint32_t left;                  /* helpers that joined the job and finished */
+    split_job *job;
+    uint64_t joined_gen[HS_MAX_HELPERS];
+    hs_scratch w[HS_MAX_HELPERS];
+    hs_stats st[HS_MAX_HELPERS][HS_GROUP];
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void split_work(split_job *J, hs_scratch *w, hs_stats *st)
+{
+    while (!__atomic_load_n(&J->abort, __ATOMIC_RELAXED)) {
+        size_t a = __atomic_fetch_add(&J->next, HS_SPLIT_CHUNK, __ATOMIC_RELAXED);
+        if (a >= J->n)
+            return;
+        size_t b = a + HS_SPLIT_CHUNK < J->n ? a + HS_SPLIT_CHUNK : J->n;
+        uint64_t used = __atomic_load_n(&J->candidates, __ATOMIC_RELAXED), cand = 0;
+        uint64_t room = used < J->max_candidates ? J->max_candidates - used : 0;
+        int ok = J->K->mih_probes(J->s, J->segno, J->qs, J->nq, J->r, J->t, J->P + a, b - a, w, st, room, &cand);
+        if (!ok || __atomic_add_fetch(&J->candidates, cand, __ATOMIC_RELAXED) > J->max_candidates)
+            __atomic_store_n(&J->abort, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static void *helper_main(void *arg)
+{
+    const int id = (int)(intptr_t)arg;
+    uint64_t seen = __atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST) >> 32;
+    uint64_t idle_since = now_ns();
+    for (;;) {
+        uint64_t t = __atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST);
+        if ((t >> 32) != seen) {
+            /* Join only an open job that wants more helpers; once joined, the
+             * query waits for us, so the job stays valid while we work on it. */
+            if ((t & TICKET_OPEN) && (t & 0xff) < ((t >> 8) & 0x7f)) {
+                if (!__atomic_compare_exchange_n(&pool.ticket, &t, t + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+                    continue;
+                hs_scratch *w = &pool.w[id];
+                w->nhits = 0;
+                w->oom = 0;
+                memset(pool.st[id], 0, sizeof pool.st[id]);
+                pool.joined_gen[id] = t >> 32;
+                split_work(pool.job, w, pool.st[id]);
+                __atomic_add_fetch(&pool.left, 1, __ATOMIC_SEQ_CST);
+            }
+            seen = t >> 32;
+            idle_since = now_ns();
+            continue;
+        }
+        if (now_ns() - idle_since < HS_SPIN_NS) {
+            _mm_pause();
+            continue;
+        }
+        pthread_mutex_lock(&pool.mu);
+        __atomic_add_fetch(&pool.sleeping, 1, __ATOMIC_SEQ_CST);
+        while (__atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST) >> 32 == seen)
+            pthread_cond_wait(&pool.cv, &pool.mu);
+        __atomic_sub_fetch(&pool.sleeping, 1, __ATOMIC_SEQ_CST);
+        pthread_mutex_unlock(&pool.mu);
+        idle_since = now_ns();
+    }
+    return NULL;
+}
+
+/* A forked child has none of the parent's threads: start afresh. */
+static void pool_after_fork(void)
+{
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    pool.busy = pool.started = pool.sleeping = 0;
+    pool.ticket = 0;
+    pool.left = 0;
+    memset(pool.joined_gen, 0, sizeof pool.joined_gen);
+}
+
+static void pool_register_fork_handler(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
+
+/* Takes the helpers for one query and returns how many it may ask for
+ * (0: they serve another query, or none could start). */
+static int pool_take(int want)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    if (__atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE))
+        return 0;
+    pthread_once(&once, pool_register_fork_handler);
+    if (want > HS_MAX_HELPERS)
+        want = HS_MAX_HELPERS;
+    while (pool.started < want) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&th, &attr, helper_main, (void *)(intptr_t)pool.started);
+        pthread_attr_destroy(&attr);
+        if (rc)
+            break;
+        pool.started++;
+    }
+    if (want > pool.started)
+        want = pool.started;
+    if (!want)
+        __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+    return want;
+}
+
+int64_t hs_set_split_min_ns(int64_t ns)
+{
+    return __atomic_exchange_n(&split_min_ns, ns < 0 ? 0 : ns, __ATOMIC_RELAXED);
+}
+
+/* Probes the tables for nq queries on this thread and up to `helpers` others.
+ * Returns 0 when the candidates exceed the budget (the caller scans). */
+static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, const uint64_t *qs, int nq, int r,
+                        const int *t, hs_scratch *w, hs_stats *st, int helpers)
+{
+    size_t n = build_probes(s, qs, nq, t, w, st);
+    if (n == SIZE_MAX)
+        return 1;
+    split_job J = {K, s, qs, t, w->probes, segno, nq, r, n, 0, 0, max_candidates(s, nq), 0};
+    if (helpers > 0 && tables_cost_ns(s, t) * nq >= (double)__atomic_load_n(&split_min_ns, __ATOMIC_RELAXED))
+        helpers = pool_take(helpers);
+    else
+        helpers = 0;
+    if (!helpers) {
+        uint64_t cand = 0;
+        return K->mih_probes(s, segno, qs, nq, r, t, w->probes, n, w, st, J.max_candidates, &cand);
+    }
+    pool.job = &J;
+    __atomic_store_n(&pool.left, 0, __ATOMIC_SEQ_CST);
+    const uint64_t gen = (__atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST) >> 32) + 1;
+    __atomic_store_n(&pool.ticket, gen << 32 | TICKET_OPEN | (uint64_t)helpers << 8, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&pool.sleeping, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&pool.mu);
+        pthread_cond_broadcast(&pool.cv);
+        pthread_mutex_unlock(&pool.mu);
+    }
+    split_work(&J, w, st);
+    /* Close the job, then wait for the helpers that joined it. */
+    uint64_t tk = __atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST);
+    while (!__atomic_compare_exchange_n(&pool.ticket, &tk, tk & ~TICKET_OPEN, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST))
+        ;
+    const uint32_t joined = (uint32_t)(tk & 0xff);
+    while (__atomic_load_n(&pool.left, __ATOMIC_SEQ_CST) < joined)
+        _mm_pause();
+    for (int id = 0; id < pool.started; id++) {
+        if (pool.joined_gen[id] != gen)
+            continue;
+        hs_scratch *h = &pool.w[id];
+        if (h->oom || grow((void **)&w->hits, &w->cap_hits, w->nhits + h->nhits, sizeof(hs_hit))) {
+            w->oom = 1;
+        } else {
+            memcpy(w->hits + w->nhits, h->hits, h->nhits * sizeof(hs_hit));
+            w->nhits += h->nhits;
+        }
+        for (int slot = 0; slot < nq; slot++)
+            st[slot].candidates += pool.st[id][slot].candidates;
+    }
+    __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+    return !J.abort;
+}
+
 /* Range search of g <= HS_GROUP queries; query i's results are appended to
  * w's result buffer at res_start[i], res_count[i] of them. */
 static int query_range_group(const hs_kernels *K, const hs_segment *const *segs, int nseg, const uint64_t *qs,
@@ -702,7 +945,7 @@ static int query_range_group(const hs_kernels *K, const hs_segment *const *segs,
         if (s->n_unique == 0)
             continue;
         size_t seg_begin = w->nhits;
-        if (use_mih_range(s, r, t) && K->mih_range(s, si, qs, g, r, t, w, st, max_candidates(s, g)))
+        if (use_mih_range(s, r, t) && probe_tables(K, s, si, qs, g, r, t, w, st, inner - 1))
             continue;
         w->nhits = seg_begin;   /* the tables gave up (or were never worth it): scan */
         if (g == 1)

@@ -88,6 +88,9 @@ int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queri
 /* ---- planner override, for tests and benchmarks ---- */
 enum { HS_STRATEGY_AUTO = 0, HS_STRATEGY_SCAN = 1, HS_STRATEGY_TABLES = 2 };
 int hs_set_strategy(int strategy);
+/* Estimated single-thread cost (ns) from which one query's probes are shared
+ * between threads (default 20000); returns the previous value. */
+int64_t hs_set_split_min_ns(int64_t ns);
 
 /* ---- SIMD dispatch ---- */
 enum { HS_ISA_GENERIC = 0, HS_ISA_POPCNT = 1, HS_ISA_AVX2 = 2, HS_ISA_AVX512 = 3 };

@@ -55,6 +55,7 @@ cdef extern from "mih.h" nogil:
         HS_STRATEGY_SCAN
         HS_STRATEGY_TABLES
     int hs_set_strategy(int strategy)
+    int64_t hs_set_split_min_ns(int64_t ns)
 
     int hs_isa_supported(int isa)
     int hs_get_isa()

@@ -67,11 +67,11 @@ static inline uint32_t HS_FN(match8_fp)(const uint32_t *p, uint32_t q, int r)
 /* Runs ON_MATCH with `j` set for every j in [lo, hi) where
  * popcount(codes[j] ^ q) <= r, 8 codes at a time. r is re-read per block,
  * so a shrinking k-NN threshold takes effect during the scan. */
-#define HS_SCAN_WITH(MATCH8, POPCNT, codes, lo, hi, q, r, ON_MATCH)             \
+#define HS_SCAN(codes, lo, hi, q, r, ON_MATCH)                                  \
     do {                                                                        \
         uint64_t j_ = (lo), e_ = (hi);                                          \
         for (; j_ + 8 <= e_; j_ += 8) {                                         \
-            uint32_t m_ = MATCH8((codes) + j_, (q), (r));                       \
+            uint32_t m_ = HS_FN(match8)((codes) + j_, (q), (r));                \
             while (m_) {                                                        \
                 uint64_t j = j_ + (uint64_t)__builtin_ctz(m_);                  \
                 m_ &= m_ - 1;                                                   \
@@ -79,14 +79,13 @@ static inline uint32_t HS_FN(match8_fp)(const uint32_t *p, uint32_t q, int r)
             }                                                                   \
         }                                                                       \
         for (; j_ < e_; j_++) {                                                 \
-            if (POPCNT((codes)[j_] ^ (q)) <= (r)) {                             \
+            if (__builtin_popcountll((codes)[j_] ^ (q)) <= (r)) {               \
                 uint64_t j = j_;                                                \
                 ON_MATCH;                                                       \
             }                                                                   \
         }                                                                       \
     } while (0)
-#define HS_SCAN(codes, lo, hi, q, r, ON_MATCH) \
-    HS_SCAN_WITH(HS_FN(match8), __builtin_popcountll, codes, lo, hi, q, r, ON_MATCH)
+
 /* Verifies bucket slots [a, b) of table k for a probe at substring distance
  * tp: the 32-bit fingerprints filter first (distance >= tp + fingerprint
  * distance), and only survivors read their full code. ON_HIT runs with the
@@ -96,9 +95,8 @@ static inline uint32_t HS_FN(match8_fp)(const uint32_t *p, uint32_t q, int r)
         const uint32_t *fp_ = (s)->fps[k];                                                  \
         const uint32_t *tg_ = (s)->table_groups[k];                                         \
         int rr_ = (r) - (tp);                                                               \
-        /* Blocks of 8 with the last one masked, not a scalar tail: buckets are short       \
-         * (~48 at 100M), so the tail and its loop exits were a good part of the cost.      \
-         * A block may read past the bucket, never past the array. */                      \
+        /* Blocks of 8, the last one masked (buckets are short: one loop, no scalar       \
+         * tail). A block may read past the bucket, never past the array. */               \
         for (uint64_t j_ = (a), e_ = (b); rr_ >= 0 && j_ < e_; j_ += 8) {                    \
             const uint64_t left_ = e_ - j_;                                                 \
             uint32_t m_;                                                                    \
@@ -122,40 +120,20 @@ static inline uint32_t HS_FN(match8_fp)(const uint32_t *p, uint32_t q, int r)
         }                                                                                   \
     } while (0)
 
-/* Range search of nq queries (the same radius) in one segment. All their
- * probes go through one pipeline, so offsets and buckets of HS_PF probes are
- * in flight at once, across table and query boundaries. Returns 0 when the
- * candidates exceed max_candidates (the caller scans instead), else 1. */
-static int HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
-                            hs_scratch *w, hs_stats *st, uint64_t max_candidates)
+/* Runs the probes P[0, n) of queries qs (radius r, per-table radii t) through
+ * one software pipeline, so offsets and buckets of HS_PF probes are in flight
+ * at once, across table and query boundaries. Adds the bucket entries read to
+ * *candidates; returns 0 once they exceed max_candidates (the caller then
+ * scans), else 1. */
+static int HS_FN(mih_probes)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
+                             const hs_probe *P, size_t n, hs_scratch *w, hs_stats *st, uint64_t max_candidates,
+                             uint64_t *candidates)
 {
-    uint64_t candidates = 0;
-    size_t need = 0, n = 0;
-    for (int k = 0; k < s->m; k++)
-        if (t[k] >= 0)
-            need += s->ring_start[k][t[k] + 1];
-    if (grow((void **)&w->probes, &w->cap_probes, need * (size_t)nq + 1, sizeof(hs_probe))) {
-        w->oom = 1;
-        return 1;
-    }
-    hs_probe *P = w->probes;
     uint32_t qfp[HS_GROUP][HS_MAX_TABLES];
-    for (int slot = 0; slot < nq; slot++) {
-        for (int k = 0; k < s->m; k++) {
+    for (int slot = 0; slot < nq; slot++)
+        for (int k = 0; k < s->m; k++)
             qfp[slot][k] = fingerprint(qs[slot], s->shift[k], s->bits[k]);
-            if (t[k] < 0)
-                continue;
-            const uint32_t qk = (uint32_t)((qs[slot] >> s->shift[k]) & sub_mask(s->bits[k]));
-            const uint32_t *mk = s->masks[k];
-            for (int ring = 0; ring <= t[k]; ring++) {
-                for (uint32_t i = s->ring_start[k][ring], e = s->ring_start[k][ring + 1]; i < e; i++) {
-                    hs_probe pr = {qk ^ mk[i], (uint8_t)k, (uint8_t)ring, (uint16_t)slot};
-                    P[n++] = pr;
-                }
-            }
-        }
-        st[slot].probes += need;
-    }
+    uint64_t cand = 0;
     uint32_t lo[HS_RING], hi[HS_RING];
     for (size_t i = 0; i < n + HS_PF; i++) {
         if (i >= HS_PF) {
@@ -166,9 +144,11 @@ static int HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, 
             st[slot].candidates += b - a;
             /* Skewed data (a dense cluster near the query in some table): past
              * the budget a scan is cheaper, so give up on the tables. */
-            candidates += b - a;
-            if (candidates > max_candidates)
+            cand += b - a;
+            if (cand > max_candidates) {
+                *candidates += cand;
                 return 0;
+            }
             HS_VERIFY(s, k, a, b, q, qfp[slot][k], P[p].ring, r, {
                 /* Report each code from the first table that qualifies it. */
                 int dup = 0;
@@ -194,6 +174,7 @@ static int HS_FN(mih_range)(const hs_segment *s, int segno, const uint64_t *qs, 
                 __builtin_prefetch(line);
         }
     }
+    *candidates += cand;
     return 1;
 }
 
@@ -285,5 +266,5 @@ static void HS_FN(brute_knn)(const hs_segment *s, int segno, uint64_t q, uint64_
 }
 
 static const hs_kernels HS_FN(kernels) = {
-    HS_FN(mih_range), HS_FN(mih_knn), HS_FN(brute_range), HS_FN(brute_knn),
+    HS_FN(mih_probes), HS_FN(mih_knn), HS_FN(brute_range), HS_FN(brute_knn),
 };

@@ -240,6 +240,74 @@ def test_parallel_scan_of_one_query_matches(rng, strategy):
     np.testing.assert_array_equal(np.bitwise_count(codes[ids] ^ queries[0]), dist)
 
 
+@pytest.fixture
+def share_every_query():
+    """Make every single query share its table probes with helper threads."""
+    before = _core.set_split_min_ns(0)
+    yield
+    _core.set_split_min_ns(before)
+
+
+@pytest.mark.parametrize("name", ["uniform", "skewed", "structured"])
+def test_shared_query_matches_oracle(rng, name, strategy, share_every_query):
+    """One query's probes split over threads (helpers join late, or not at all,
+    and skewed data can abort to a scan midway): same answers as the oracle."""
+    codes = datasets(rng)[name]
+    ids = rng.permutation(len(codes)).astype(np.int64)
+    index = build(codes, ids)
+    queries = queries_for(rng, codes, 25)
+    for radius in (0, 3, 6, 8, 11):
+        expected = range_oracle(codes, ids, queries, radius)
+        for threads in (2, 4):
+            got = [index.range_search(q, radius, threads=threads) for q in queries]
+            lims = np.concatenate([[0], np.cumsum([len(g[2]) for g in got])])
+            assert_range_equal((lims, np.concatenate([g[1] for g in got]), np.concatenate([g[2] for g in got])),
+                               expected)
+        for q in queries[:4]:
+            shared, alone = index.explain(q, radius=radius, threads=2), index.explain(q, radius=radius, threads=1)
+            for key in ("probes", "hits", "scanned") if alone["scanned"][0] else alone:
+                np.testing.assert_array_equal(shared[key], alone[key], err_msg=key)
+
+
+def test_shared_queries_from_many_threads(rng, share_every_query):
+    """Python threads all sharing their queries: one owns the helpers, the
+    others run alone; every answer is right."""
+    codes = skewed_codes(rng, 40_000)
+    index = build(codes)
+    queries = queries_for(rng, codes, 40)
+    expected = [index.range_search(q, 7, threads=1) for q in queries]
+    errors = []
+
+    def worker():
+        for _ in range(5):
+            for q, e in zip(queries, expected):
+                got = index.range_search(q, 7, threads=2)
+                if not all(np.array_equal(a, b) for a, b in zip(got, e)):
+                    errors.append(q)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_shared_query_after_fork(rng, share_every_query):
+    """A forked child has no helper threads; its shared queries still answer."""
+    import os
+    codes = rng.integers(0, 2**64, 30_000, dtype=np.uint64)
+    index = build(codes)
+    q = codes[:1] ^ np.uint64(5)
+    expected = index.range_search(q, 8, threads=2)       # starts the helpers here
+    pid = os.fork()
+    if pid == 0:
+        ok = all(np.array_equal(a, b) for a, b in zip(index.range_search(q, 8, threads=2), expected))
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 def test_concurrent_queries_while_changing(rng):
     """Python threads query while another adds and removes: every answer is one whole version."""
     codes = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
