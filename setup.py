@@ -1,4 +1,4 @@
-"""Build the native core (hashsieve._core) from ext/.
+"""Build the native core (hashsieve._core) and the resize (hashsieve._resample) from ext/.
 
 Set HASHSIEVE_DEBUG=1 to build with bounds checks, assertions and
 AddressSanitizer for debugging.
@@ -36,4 +36,18 @@ core = Extension(
     extra_link_args=link_args,
 )
 
-setup(ext_modules=cythonize([core], compiler_directives=directives))
+# Pillow-exact LANCZOS resize for the hashes.  -ffp-contract=off: the filter
+# coefficients must round exactly as Pillow's (no fused multiply-adds).  Its
+# generated C goes to build/ instead of ext/.
+resample = Extension(
+    "hashsieve._resample",
+    sources=["ext/_resample.pyx", "ext/resample.c"],
+    depends=["ext/resample.h"],
+    include_dirs=["ext", np.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")] + ([] if debug else [("NDEBUG", "1")]),
+    extra_compile_args=compile_args + ["-ffp-contract=off"],
+    extra_link_args=link_args,
+)
+
+setup(ext_modules=cythonize([core], compiler_directives=directives)
+      + cythonize([resample], compiler_directives=directives, build_dir="build/cython"))

@@ -1,7 +1,9 @@
 """Perceptual image hashes (pHash, dHash, aHash, wHash), bit-exact with imagehash 4.3.
 
 The default path repeats imagehash's steps exactly: ``Image.open`` ->
-``convert("L")`` -> LANCZOS resize -> transform -> threshold.  The transforms are
+``convert("L")`` -> LANCZOS resize -> transform -> threshold.  The resize is
+hashsieve._resample's C/AVX2 copy of Pillow's integer LANCZOS (same bytes,
+checked against the installed Pillow on first use).  The transforms are
 re-implemented in numpy with the *same floating-point operations* as the code
 imagehash calls (scipy's pocketfft DCT-II, PyWavelets' Haar filters), because
 synthetic and symmetric images produce exact ties at the median that are broken
@@ -25,6 +27,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ._validate import available_cores
+
+try:
+    from . import _resample
+except ImportError:         # built without it: Pillow does every resize
+    _resample = None
 
 __all__ = ["HASH_KINDS", "DEFAULT_MAX_PIXELS", "ImageHashError", "HashResults",
            "hash_image", "hash_images", "iter_hash_images", "image_detail"]
@@ -357,12 +364,51 @@ def _greyscale(img):
 
 
 def _resize(grey, size, fast, need):
+    """The LANCZOS thumbnail of the mode "L" image as a (height, width) uint8 array."""
     if fast and min(grey.size) >= 4 * need:
         # Box-reduce by an integer factor first, keeping >= need pixels a side,
         # so LANCZOS runs over far fewer pixels.  Only for big images: on a
         # 256-511 px PNG it saved ~10% and cost flat images up to 26 bits.
-        return grey.resize(size, _LANCZOS, reducing_gap=max(1.0, need / min(size)))
-    return grey.resize(size, _LANCZOS)
+        return np.asarray(grey.resize(size, _LANCZOS, reducing_gap=max(1.0, need / min(size))))
+    return _lanczos(grey, size)
+
+
+# Pillow's LANCZOS resize, redone by hashsieve._resample with the same integer
+# arithmetic (byte-identical, several times faster, coefficients cached per
+# size).  Which pass runs first changes the bytes and depends on the Pillow
+# release, so it is found by resizing a few probe images both ways; if neither
+# way matches (a Pillow we do not know), Pillow keeps doing the resizes.
+_UNPROBED = object()
+_c_order = _UNPROBED
+_PROBES = (((7, 16), (8, 8)), ((16, 7), (8, 8)), ((31, 33), (32, 32)), ((45, 61), (9, 8)),
+           ((61, 45), (32, 32)), ((3, 2), (8, 8)), ((200, 90), (32, 32)))
+
+
+def _probe_order():
+    if _resample is None:
+        return None
+    rng = np.random.default_rng(20240611)
+    cases = []
+    for (w, h), size in _PROBES:
+        grey = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L")
+        cases.append((grey, size, np.asarray(grey.resize(size, _LANCZOS))))
+    for order in _resample.PASS_ORDERS:
+        try:
+            if all(np.array_equal(_resample.lanczos_image(g, *size, order=order), ref)
+                   for g, size, ref in cases):
+                return order
+        except Exception:
+            return None
+    return None
+
+
+def _lanczos(grey, size):
+    global _c_order
+    if _c_order is _UNPROBED:
+        _c_order = _probe_order()
+    if _c_order is None:
+        return np.asarray(grey.resize(size, _LANCZOS))
+    return _resample.lanczos_image(grey, size[0], size[1], order=_c_order)
 
 
 def _is_fully_transparent(img):
@@ -394,13 +440,13 @@ def _hash_pil(img, kind, fast, exif_transpose, with_detail, owned=True):
         thumb32 = _resize(grey, (_PHASH_SIZE, _PHASH_SIZE), fast, need)
         bits = _phash_bits(thumb32)
     elif kind == "dhash":
-        px = np.asarray(_resize(grey, (_HASH_SIZE + 1, _HASH_SIZE), fast, need))
+        px = _resize(grey, (_HASH_SIZE + 1, _HASH_SIZE), fast, need)
         bits = px[:, 1:] > px[:, :-1]
     elif kind == "ahash":
-        px = np.asarray(_resize(grey, (_HASH_SIZE, _HASH_SIZE), fast, need))
+        px = _resize(grey, (_HASH_SIZE, _HASH_SIZE), fast, need)
         bits = px > px.sum(dtype=np.int64) / px.size     # np.mean: exact sum / 64
     elif kind == "whash":
-        px = np.asarray(_resize(grey, (scale, scale), fast, need)) / 255.
+        px = _resize(grey, (scale, scale), fast, need) / 255.
         bits = _whash_bits(px, scale)
     else:
         raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
