@@ -28,10 +28,7 @@ from PIL import Image, ImageOps
 
 from ._validate import available_cores
 
-try:
-    from . import _resample
-except ImportError:         # built without it: Pillow does every resize
-    _resample = None
+from . import _resample
 
 __all__ = ["HASH_KINDS", "DEFAULT_MAX_PIXELS", "ImageHashError", "HashResults",
            "hash_image", "hash_images", "iter_hash_images", "image_detail"]
@@ -378,15 +375,13 @@ def _resize(grey, size, fast, need):
 # size).  Which pass runs first changes the bytes and depends on the Pillow
 # release, so it is found by resizing a few probe images both ways; if neither
 # way matches (a Pillow we do not know), Pillow keeps doing the resizes.
-_UNPROBED = object()
-_c_order = _UNPROBED
 _PROBES = (((7, 16), (8, 8)), ((16, 7), (8, 8)), ((31, 33), (32, 32)), ((45, 61), (9, 8)),
            ((61, 45), (32, 32)), ((3, 2), (8, 8)), ((200, 90), (32, 32)))
+_UNPROBED = object()
+_c_order = _UNPROBED
 
 
 def _probe_order():
-    if _resample is None:
-        return None
     rng = np.random.default_rng(20240611)
     cases = []
     for (w, h), size in _PROBES:
@@ -402,13 +397,19 @@ def _probe_order():
     return None
 
 
-def _lanczos(grey, size):
+def _lanczos_order():
+    """The pass order that reproduces the installed Pillow, or None (use Pillow)."""
     global _c_order
     if _c_order is _UNPROBED:
         _c_order = _probe_order()
-    if _c_order is None:
+    return _c_order
+
+
+def _lanczos(grey, size):
+    order = _lanczos_order()
+    if order is None:
         return np.asarray(grey.resize(size, _LANCZOS))
-    return _resample.lanczos_image(grey, size[0], size[1], order=_c_order)
+    return _resample.lanczos_image(grey, size[0], size[1], order=order)
 
 
 def _is_fully_transparent(img):
@@ -596,8 +597,8 @@ def _mp_context(name):
         name = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(name)
     if name == "forkserver":
-        # Import numpy/Pillow once in the server instead of once per worker.
-        ctx.set_forkserver_preload(["__main__", __name__])
+        # Import and warm up once in the server instead of once per worker.
+        ctx.set_forkserver_preload(["__main__", "hashsieve._worker"])
     return ctx
 
 
@@ -620,20 +621,28 @@ def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_tra
         for image in images:
             yield _hash_chunk([image], *args)[0]
         return
-    if chunksize is None:
-        # Small chunks keep both workers busy to the end; 16 amortises the IPC cost.
-        chunksize = 16 if n is None else max(1, min(16, n // (workers * 4)))
-    yield from _pool_results(images, args, workers, chunksize, _mp_context(mp_context))
+    if chunksize is not None:
+        sizes = lambda done: chunksize          # noqa: E731
+    elif n is None:
+        sizes = lambda done: 16                 # noqa: E731  (16 amortises the IPC cost)
+    else:
+        # Chunks shrink as the input runs out, so both workers finish together:
+        # with fixed chunks one worker idled for up to a chunk at the end, a
+        # tenth of a 120-photo batch.
+        sizes = lambda done: max(1, min(64, (n - done) // (workers * 4)))   # noqa: E731
+    yield from _pool_results(images, args, workers, sizes, _mp_context(mp_context))
 
 
-def _chunks(images, size):
-    chunk = []
+def _chunks(images, sizes):
+    """Lists of jobs; sizes(done) is the length of the chunk after `done` images."""
+    chunk, done = [], 0
     for image in images:
         try:
             chunk.append(_job(image))
         except Exception as e:      # unreadable file object, wrong type: this image only
             chunk.append(_Failed(f"cannot hash {_describe(image)}: {e}"))
-        if len(chunk) == size:
+        if len(chunk) >= sizes(done):
+            done += len(chunk)
             yield chunk
             chunk = []
     if chunk:
@@ -658,9 +667,9 @@ def _merge(chunk, results):
         yield (0, None, j.message) if isinstance(j, _Failed) else next(it)
 
 
-def _pool_results(images, args, workers, chunksize, ctx):
+def _pool_results(images, args, workers, sizes, ctx):
     from collections import deque
-    chunks = _chunks(images, chunksize)
+    chunks = _chunks(images, sizes)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     pending = deque()               # (chunk, future), in input order
     try:

@@ -388,7 +388,7 @@ def _mp_context():
     name = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(name)
     if name == "forkserver":
-        ctx.set_forkserver_preload(["hashsieve.scan"])
+        ctx.set_forkserver_preload(["hashsieve._worker"])
     return ctx
 
 
