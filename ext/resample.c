@@ -229,6 +229,19 @@ static inline __m128i finish8(__m256i s) {
     return _mm_packus_epi16(w, w);
 }
 
+/* The weighted taps of output pixel x over four rows, as 8-lane partial sums. */
+__attribute__((target("avx2")))
+static inline void taps4(const hcoeffs *h, int x, const uint8_t *const r[4], int np, __m256i acc[4]) {
+    const int32_t *k = h->k + (size_t)x * h->kstride;
+    const int s = h->start[x];
+    acc[0] = acc[1] = acc[2] = acc[3] = _mm256_setzero_si256();
+    for (int i = 0; i < np; i += 8) {
+        __m256i kv = _mm256_load_si256((const __m256i *)(k + i));
+        for (int j = 0; j < 4; j++)
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_mullo_epi32(load8_u8(r[j] + s + i), kv));
+    }
+}
+
 /* Four rows at once, two outputs at once: every coefficient vector is loaded
  * once per four rows, and the eight partial-sum vectors are reduced together. */
 __attribute__((target("avx2")))
@@ -256,32 +269,11 @@ static void horiz_avx2(const uint8_t *src, ptrdiff_t stride, int rows, uint8_t *
                 }
                 continue;
             }
-            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-            __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            {
-                const int32_t *k = h->k + (size_t)xx * h->kstride;
-                int s = h->start[xx];
-                const uint8_t *p0 = r[0] + s, *p1 = r[1] + s, *p2 = r[2] + s, *p3 = r[3] + s;
-                for (int i = 0; i < np0; i += 8) {
-                    __m256i kv = _mm256_load_si256((const __m256i *)(k + i));
-                    a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(load8_u8(p0 + i), kv));
-                    a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(load8_u8(p1 + i), kv));
-                    a2 = _mm256_add_epi32(a2, _mm256_mullo_epi32(load8_u8(p2 + i), kv));
-                    a3 = _mm256_add_epi32(a3, _mm256_mullo_epi32(load8_u8(p3 + i), kv));
-                }
-            }
-            {
-                const int32_t *k = h->k + (size_t)x1 * h->kstride;
-                int s = h->start[x1];
-                const uint8_t *p0 = r[0] + s, *p1 = r[1] + s, *p2 = r[2] + s, *p3 = r[3] + s;
-                for (int i = 0; i < np1; i += 8) {
-                    __m256i kv = _mm256_load_si256((const __m256i *)(k + i));
-                    b0 = _mm256_add_epi32(b0, _mm256_mullo_epi32(load8_u8(p0 + i), kv));
-                    b1 = _mm256_add_epi32(b1, _mm256_mullo_epi32(load8_u8(p1 + i), kv));
-                    b2 = _mm256_add_epi32(b2, _mm256_mullo_epi32(load8_u8(p2 + i), kv));
-                    b3 = _mm256_add_epi32(b3, _mm256_mullo_epi32(load8_u8(p3 + i), kv));
-                }
-            }
+            __m256i sa[4], sb[4];
+            taps4(h, xx, r, np0, sa);
+            taps4(h, x1, r, np1, sb);
+            __m256i a0 = sa[0], a1 = sa[1], a2 = sa[2], a3 = sa[3];
+            __m256i b0 = sb[0], b1 = sb[1], b2 = sb[2], b3 = sb[3];
             /* Horizontal sums of a0..a3, b0..b3 -> one vector, in that order. */
             __m256i t0 = _mm256_hadd_epi32(a0, a1);
             __m256i t1 = _mm256_hadd_epi32(a2, a3);
