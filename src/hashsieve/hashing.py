@@ -26,9 +26,8 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 from PIL import Image, ImageOps
 
-from ._validate import available_cores
-
 from . import _resample
+from ._validate import available_cores
 
 __all__ = ["HASH_KINDS", "DEFAULT_MAX_PIXELS", "ImageHashError", "HashResults",
            "hash_image", "hash_images", "iter_hash_images", "image_detail"]
@@ -626,9 +625,8 @@ def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_tra
     elif n is None:
         sizes = lambda done: 16                 # noqa: E731  (16 amortises the IPC cost)
     else:
-        # Chunks shrink as the input runs out, so both workers finish together:
-        # with fixed chunks one worker idled for up to a chunk at the end, a
-        # tenth of a 120-photo batch.
+        # Chunks shrink as the input runs out, so the workers finish together
+        # (with fixed chunks one could idle for a whole chunk at the end).
         sizes = lambda done: max(1, min(64, (n - done) // (workers * 4)))   # noqa: E731
     yield from _pool_results(images, args, workers, sizes, _mp_context(mp_context))
 
