@@ -741,6 +741,7 @@ static size_t build_probes(const hs_segment *s, const uint64_t *qs, int nq, cons
 #define HS_MAX_HELPERS 15
 #define HS_SPIN_NS 200000
 #define HS_SPLIT_CHUNK 64           /* probes claimed at a time */
+#define HS_HELPER_KEEP_HITS 65536   /* hit buffer a helper keeps between queries */
 static int64_t split_min_ns = 20000;   /* estimated cost from which a query is shared */
 /* pool.ticket: job generation << 32 | open << 31 | helpers wanted << 8 | joined */
 #define TICKET_OPEN (1ull << 31)
@@ -927,6 +928,13 @@ static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, con
         }
         for (int slot = 0; slot < nq; slot++)
             st[slot].candidates += pool.st[id][slot].candidates;
+        /* Helpers live as long as the process: do not let one odd query's
+         * hits stay allocated with them. */
+        if (h->cap_hits > HS_HELPER_KEEP_HITS) {
+            free(h->hits);
+            h->hits = NULL;
+            h->cap_hits = 0;
+        }
     }
     __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
     return !J.abort;

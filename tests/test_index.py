@@ -269,6 +269,22 @@ def test_shared_query_matches_oracle(rng, name, strategy, share_every_query):
                 np.testing.assert_array_equal(shared[key], alone[key], err_msg=key)
 
 
+def test_shared_query_with_many_hits(share_every_query):
+    """A shared query whose helpers collect 100K+ hits (their buffers are then
+    released), and queries after it: same answers as the oracle."""
+    codes = np.arange(200_000, dtype=np.uint64) << np.uint64(40)    # all within 18 bits of 0
+    ids = np.arange(len(codes), dtype=np.int64)
+    index = build(codes, ids)
+    _core.set_strategy("tables")
+    try:
+        for q, radius in ((0, 17), (1 << 40, 3), (0, 18)):
+            queries = np.array([q], dtype=np.uint64)
+            assert_range_equal(index.range_search(queries, radius, threads=2),
+                               range_oracle(codes, ids, queries, radius))
+    finally:
+        _core.set_strategy("auto")
+
+
 def test_shared_queries_from_many_threads(rng, share_every_query):
     """Python threads all sharing their queries: one owns the helpers, the
     others run alone; every answer is right."""
