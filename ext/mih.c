@@ -609,9 +609,13 @@ static uint64_t max_candidates(const hs_segment *s, int g)
     return c < 0 ? 0 : c > 1e18 ? UINT64_MAX : (uint64_t)c;
 }
 
-/* Estimated cost of probing the tables with radii t, or -1 when they cannot. */
-static double tables_cost_ns(const hs_segment *s, const int *t)
+/* Sets the per-table radii t for radius r and returns the estimated cost (ns)
+ * of probing the tables with them, or -1 when a scan is the better plan. */
+static double plan_tables(const hs_segment *s, int r, int *t)
 {
+    if (s->m == 0)
+        return -1;
+    split_radius(s, r, t);
     double cost = 0;
     for (int k = 0; k < s->m; k++) {
         if (t[k] > HS_MAX_RING || t[k] > s->bits[k])
@@ -619,16 +623,7 @@ static double tables_cost_ns(const hs_segment *s, const int *t)
         if (t[k] >= 0)
             cost += probe_cost_ns(s, k, s->ring_start[k][t[k] + 1]);
     }
-    return cost;
-}
-
-static int use_mih_range(const hs_segment *s, int r, int *t)
-{
-    if (s->m == 0)
-        return 0;
-    split_radius(s, r, t);
-    double cost = tables_cost_ns(s, t);
-    return cost >= 0 && cost < scan_cost_ns(s);
+    return cost < scan_cost_ns(s) ? cost : -1;
 }
 
 typedef struct {
@@ -881,16 +876,17 @@ int64_t hs_set_split_min_ns(int64_t ns)
     return __atomic_exchange_n(&split_min_ns, ns < 0 ? 0 : ns, __ATOMIC_RELAXED);
 }
 
-/* Probes the tables for nq queries on this thread and up to `helpers` others.
- * Returns 0 when the candidates exceed the budget (the caller scans). */
+/* Probes the tables for nq queries on this thread and up to `helpers` others;
+ * cost is plan_tables()'s estimate for one query. Returns 0 when the
+ * candidates exceed the budget (the caller scans). */
 static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, const uint64_t *qs, int nq, int r,
-                        const int *t, hs_scratch *w, hs_stats *st, int helpers)
+                        const int *t, double cost, hs_scratch *w, hs_stats *st, int helpers)
 {
     size_t n = build_probes(s, qs, nq, t, w, st);
     if (n == SIZE_MAX)
         return 1;
     split_job J = {K, s, qs, t, w->probes, segno, nq, r, n, 0, 0, max_candidates(s, nq), 0};
-    if (helpers > 0 && tables_cost_ns(s, t) * nq >= (double)__atomic_load_n(&split_min_ns, __ATOMIC_RELAXED))
+    if (helpers > 0 && cost * nq >= (double)__atomic_load_n(&split_min_ns, __ATOMIC_RELAXED))
         helpers = pool_take(helpers);
     else
         helpers = 0;
@@ -953,7 +949,8 @@ static int query_range_group(const hs_kernels *K, const hs_segment *const *segs,
         if (s->n_unique == 0)
             continue;
         size_t seg_begin = w->nhits;
-        if (use_mih_range(s, r, t) && probe_tables(K, s, si, qs, g, r, t, w, st, inner - 1))
+        double cost = plan_tables(s, r, t);
+        if (cost >= 0 && probe_tables(K, s, si, qs, g, r, t, cost, w, st, inner - 1))
             continue;
         w->nhits = seg_begin;   /* the tables gave up (or were never worth it): scan */
         if (g == 1)
