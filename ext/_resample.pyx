@@ -101,7 +101,7 @@ cdef _Axis _axis(int n_in, int n_out):
     while _cache and _cache_bytes + ax.nbytes > CACHE_BYTES:
         old = _cache.pop(next(iter(_cache)))
         _cache_bytes -= (<_Axis>old).nbytes
-    if key not in _cache and ax.nbytes <= CACHE_BYTES:
+    if ax.nbytes <= CACHE_BYTES:
         _cache[key] = ax
         _cache_bytes += ax.nbytes
     return ax
