@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_hashing.py neardup    [--originals 120]
     .venv/bin/python bench/bench_hashing.py fastcost   [--jpegs 40]
     .venv/bin/python bench/bench_hashing.py resize     [--rounds 3]
+    .venv/bin/python bench/bench_hashing.py poolstart  [--rounds 3]
     .venv/bin/python bench/bench_hashing.py all
 
 Every image is synthetic (tests/imagegen.py), written to a temporary folder so
@@ -254,9 +255,25 @@ def resize(args):
     print()
 
 
+def poolstart(args):
+    """What a hash_images call costs before any real work: 2 workers on 4 tiny PNGs."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "tiny.png")
+        imagegen.scene("shapes", 16, 16, 0).save(path)
+        hash_images([path] * 4, workers=2)            # starts the fork server
+        times = []
+        for _ in range(args.rounds * 3):
+            t = time.perf_counter()
+            hash_images([path] * 4, workers=2)
+            times.append(time.perf_counter() - t)
+    ms = sorted(round(t * 1e3, 1) for t in times)
+    print(f"# hash_images(4 tiny PNGs, workers=2) with a warm fork server: median "
+          f"{statistics.median(times) * 1e3:.1f} ms, all {ms}\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("throughput", "neardup", "fastcost", "resize", "all"))
+    ap.add_argument("what", choices=("throughput", "neardup", "fastcost", "resize", "poolstart", "all"))
     ap.add_argument("--jpegs", type=int, default=24)
     ap.add_argument("--pngs", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
@@ -270,6 +287,8 @@ def main(argv=None):
         neardup(args)
     if args.what in ("resize", "all"):
         resize(args)
+    if args.what in ("poolstart", "all"):
+        poolstart(args)
 
 
 if __name__ == "__main__":
