@@ -1,9 +1,10 @@
 """The ``hashsieve`` command line; see docs/cli.md and ``hashsieve COMMAND --help``.
 
 Exit status: 0 nothing matched / success, 1 something matched (scan, query) or
-some files could not be hashed (hash), 2 usage, list or index error,
-130 / 143 scan interrupted by Ctrl-C / SIGTERM (the report is complete up to the
-last finished file; continue with --resume).
+some files could not be hashed (hash), 2 usage, list, index or file error (one
+line on stderr naming the fix), 3 internal error (a bug; one line, the traceback
+with HASHSIEVE_TRACEBACK=1), 130 / 143 scan interrupted by Ctrl-C / SIGTERM (the
+report is complete up to the last finished file; continue with --resume).
 """
 import argparse
 import contextlib
@@ -12,7 +13,8 @@ import os
 import signal
 import sys
 
-EXIT_OK, EXIT_MATCH, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_MATCH, EXIT_ERROR, EXIT_INTERNAL = 0, 1, 2, 3
+MAX_QUERY_K = 10_000      # neighbours one `query -k` prints per hash
 
 
 class CliError(Exception):
@@ -32,33 +34,51 @@ def _info(msg):
 
 
 # ====================================================================== lists -> index
-def _parse_lists(specs, skip_bad):
-    from .lists import ListError, is_degenerate, list_spec, parse_list
-    parsed = []
+def _hash_lists(specs, skip_bad):
+    """HashList per NAME=PATH spec; two lists of one name in one command are refused, naming both files."""
+    from .lists import HashList, list_spec
+    out, by_name = [], {}
     for spec in specs:
         name, path = list_spec(spec)
+        if name in by_name:
+            raise CliError(f"lists {by_name[name]} and {path} are both named {name!r}; name them apart with "
+                           f"NAME=PATH (e.g. {name}-2={path})")
+        by_name[name] = path
+        out.append(HashList(path, name=name, skip_bad=skip_bad))
+    return out
+
+
+def _report_list(hl, already):
+    """The one-line account of a list just read, and its warnings."""
+    c = hl.counts
+    _info(f"list {hl.name} ({hl.path}): {c['perceptual']} perceptual, {c['md5']} MD5, {c['sha1']} SHA-1 entries"
+          + (f", {hl.skipped} bad rows skipped" if hl.skipped else "")
+          + (f", {already} already present (skipped)" if already else ""))
+    for line, reason in hl.skipped_examples:
+        _warn(f"{hl.path}:{line}: skipped: {reason}")
+    if hl.skipped > len(hl.skipped_examples):
+        _warn(f"{hl.path}: ... and {hl.skipped - len(hl.skipped_examples)} more bad rows skipped")
+    if hl.degenerate:
+        line, h = hl.degenerate_example
+        _warn(f"{hl.path}: {hl.degenerate} entries have degenerate hashes (almost all bits equal, e.g. line "
+              f"{line}: {h}): blank, solid or transparent images; they would match any such upload. "
+              "`scan` ignores low-detail files unless --match-low-detail")
+    if not hl.rows:
+        _warn(f"{hl.path}: no entries")
+
+
+def _add_lists(prov, hash_lists):
+    """Stream every list into the provenance table; returns the rows added."""
+    from .lists import ListError
+    added = 0
+    for hl in hash_lists:
         try:
-            pl = parse_list(path, name=name, skip_bad=skip_bad)
+            already = prov.add_list(hl)
         except ListError as e:
             raise CliError(str(e)) from None
-        c = pl.counts()
-        _info(f"list {pl.name} ({path}): {c['perceptual']} perceptual, {c['md5']} MD5, {c['sha1']} SHA-1 entries"
-              + (f", {len(pl.skipped)} bad rows skipped" if pl.skipped else "")
-              + (f", {pl.duplicates} duplicate rows dropped" if pl.duplicates else ""))
-        for line, reason in pl.skipped[:5]:
-            _warn(f"{path}:{line}: skipped: {reason}")
-        if len(pl.skipped) > 5:
-            _warn(f"{path}: ... and {len(pl.skipped) - 5} more bad rows skipped")
-        degenerate = [e for e in pl.entries if e.kind == "perceptual" and is_degenerate(int(e.hash, 16))]
-        if degenerate:
-            e = degenerate[0]
-            _warn(f"{path}: {len(degenerate)} entries have degenerate hashes (almost all bits equal, e.g. line "
-                  f"{e.line}: {e.hash}): blank, solid or transparent images; they would match any such upload. "
-                  "`scan` ignores low-detail files unless --match-low-detail")
-        if not pl.entries:
-            _warn(f"{path}: no entries")
-        parsed.append(pl)
-    return parsed
+        _report_list(hl, already)
+        added += hl.rows - already
+    return added
 
 
 def _check_kind(kind):
@@ -68,47 +88,49 @@ def _check_kind(kind):
 
 
 def cmd_build(a):
-    import numpy as np
-
     from .index import HashIndex
-    from .lists import Provenance, write_index, IndexLock
-    parsed = _parse_lists(a.lists, a.skip_bad)
-    total = sum(len(p.entries) for p in parsed)
-    if total == 0:
-        raise CliError("the lists hold no entries; nothing to build (nothing written)")
+    from .lists import IndexLock, Provenance, write_index
+    hash_lists = _hash_lists(a.lists, a.skip_bad)
     if os.path.isdir(a.output):
         raise CliError(f"-o {a.output} is a folder; give the index file name, e.g. {a.output}/lists.hsi")
     folder = os.path.dirname(os.path.abspath(a.output))
     if not os.path.isdir(folder):
         raise CliError(f"folder {folder} does not exist; create it first")
-    old_prov = _old_provenance(a.output)
     with IndexLock(a.output):
+        old_prov = _old_provenance(a.output)
         prov = Provenance.new_file(a.output)
         try:
-            ids, codes = [], []
-            for pl in parsed:
-                i, c = prov.add_list(pl)
-                ids += i
-                codes += c
+            total = _add_lists(prov, hash_lists)
+            if total == 0:
+                raise CliError("the lists hold no entries; nothing to build (nothing written)")
             index = HashIndex()
-            index.add(np.array(codes, dtype=np.uint64), np.array(ids, dtype=np.int64))
+            ids, codes = prov.perceptual_rows()
+            index.add(codes, ids)
+            del ids, codes          # the index holds its own sorted copies; keep the save's peak down
         except BaseException:
             prov.discard()
             raise
         write_index(a.output, index, prov, a.kind, old_prov)
     _info(f"wrote {a.output}: {len(index)} {a.kind} hashes, {total - len(index)} MD5/SHA-1 digests "
-          f"from {len(parsed)} list(s)")
+          f"from {len(hash_lists)} list(s)")
     return EXIT_OK
 
 
 def _old_provenance(path):
-    from .lists import META_KEY
-    from .storage import read_metadata
+    """The provenance table of the index being replaced (deleted after the new one is saved), or None.
+
+    A file that is not a readable index has none; one whose metadata names a table unsafely is refused.
+    """
+    from .lists import provenance_path
+    from .storage import IndexFormatError, read_metadata
     try:
-        info = read_metadata(path)["metadata"].get(META_KEY) or {}
-        return os.path.join(os.path.dirname(os.path.abspath(path)), info["provenance"])
-    except Exception:
+        meta = read_metadata(path)["metadata"]
+    except (IndexFormatError, OSError):
         return None
+    try:
+        return provenance_path(path, meta)
+    except IndexFormatError as e:
+        raise CliError(f"{e}; or delete {path} yourself before building over it") from None
 
 
 def _open(path):
@@ -142,35 +164,31 @@ def _updating(index_path):
 
 
 def cmd_add(a):
-    import numpy as np
-
-    parsed = _parse_lists(a.lists, a.skip_bad)
+    hash_lists = _hash_lists(a.lists, a.skip_bad)
     with _updating(a.index) as (li, prov):
-        ids, codes = [], []
-        for pl in parsed:
-            i, c = prov.add_list(pl)
-            ids += i
-            codes += c
-        if codes:
-            li.index.add(np.array(codes, dtype=np.uint64), np.array(ids, dtype=np.int64))
-    _info(f"added {sum(len(p.entries) for p in parsed)} entries to {a.index}; it now holds {len(li.index)} "
-          f"{li.kind} hashes")
+        since = prov.next_id()
+        added = _add_lists(prov, hash_lists)
+        ids, codes = prov.perceptual_rows(since)
+        if len(ids):
+            li.index.add(codes, ids)
+    _info(f"added {added} entries to {a.index}; it now holds {len(li.index)} {li.kind} hashes")
     return EXIT_OK
 
 
 def cmd_remove(a):
     import numpy as np
 
-    parsed = _parse_lists(a.lists, a.skip_bad)
+    hash_lists = _hash_lists(a.lists, a.skip_bad)
     with _updating(a.index) as (li, prov):
         ids, removed, missing = [], 0, 0
-        for pl in parsed:
-            i, r, m = prov.remove_list_rows(pl, a.list)
-            ids += i
+        for hl in hash_lists:
+            i, r, m = prov.remove_list_rows(hl, a.list)
+            ids.append(i)
             removed += r
             missing += m
-        if ids:
-            li.index.remove(np.array(ids, dtype=np.int64))
+        ids = np.concatenate(ids)
+        if len(ids):
+            li.index.remove(ids)
             # Fold the tombstones in once they are a quarter of what is stored.
             if li.index.tombstones > len(li.index) / 3:
                 li.index.compact()
@@ -219,6 +237,10 @@ def cmd_query(a):
         except ValueError as e:
             raise CliError(f"query {e}") from None
     radius = DEFAULT_RADIUS.get(li.kind, 8) if a.radius is None else a.radius
+    if not 0 <= radius <= li.index.bits:
+        raise CliError(f"--radius must be from 0 to {li.index.bits} bits, got {radius}")
+    if a.k is not None and not 1 <= a.k <= MAX_QUERY_K:
+        raise CliError(f"-k must be from 1 to {MAX_QUERY_K}, got {a.k}")
     any_match = False
     for text, kind, h in parsed:
         matches = []
@@ -295,8 +317,8 @@ def cmd_scan(a):
     li = _open(a.index)
     if a.kind is not None and a.kind != li.kind:
         raise CliError(f"--kind {a.kind} but {a.index} holds {li.kind} hashes; scan with --kind {li.kind}")
-    if a.radius is not None and not 0 <= a.radius <= 64:
-        raise CliError("--radius must be between 0 and 64")
+    if a.radius is not None and not 0 <= a.radius <= li.index.bits:
+        raise CliError(f"--radius must be from 0 to {li.index.bits} bits, got {a.radius}")
     if a.resume and not a.report:
         raise CliError("--resume needs --report OUT.jsonl (the report of the interrupted scan)")
     opts = ScanOptions(radius=a.radius, kind=li.kind, workers=a.workers, fast=a.fast,
@@ -344,6 +366,9 @@ def cmd_scan(a):
           f"hashed, {d['matched_files']} matched ({d['matches']} matches), {d['low_detail']} low-detail, "
           f"{d['errors']} errors; {d['seconds']} s, {rate}"
           + (f"; report {a.report}" if a.report else ""))
+    if d["files"] and d["errors"] == d["files"]:
+        _warn(f"every file failed ({d['errors']} errors): nothing was matched against the lists; "
+              "see the error lines" + (f" in {a.report}" if a.report else ""))
     if a.summary_json:
         print(json.dumps(d), file=sys.stderr)
     if s.interrupted:
@@ -363,8 +388,8 @@ def build_parser():
         prog="hashsieve",
         description="Match images against lists of perceptual hashes (and MD5/SHA-1 digests).",
         epilog="Exit status: 0 nothing matched / success; 1 something matched (scan, query) or some files "
-               "could not be hashed (hash); 2 usage, list or index error; 130/143 scan interrupted by "
-               "Ctrl-C/SIGTERM (continue with --resume). See docs/cli.md.")
+               "could not be hashed (hash); 2 usage, list, index or file error; 3 internal error (a bug); "
+               "130/143 scan interrupted by Ctrl-C/SIGTERM (continue with --resume). See docs/cli.md.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     list_help = ("hash list files: plain text (one hex hash per line, # comments) or CSV with a 'hash' column "
                  "and optional 'id', 'label' and more; 16 hex digits = perceptual hash, 32 = MD5, 40 = SHA-1. "
@@ -412,7 +437,8 @@ def build_parser():
     q.add_argument("hashes", nargs="+", metavar="HEX", help="16-digit perceptual hash, or 32/40-digit MD5/SHA-1")
     g = q.add_mutually_exclusive_group()
     g.add_argument("--radius", "-r", type=int, help=f"largest Hamming distance, inclusive (default per kind: {radii})")
-    g.add_argument("-k", type=int, help="the k nearest entries instead of a radius")
+    g.add_argument("-k", type=int, help=f"the k nearest entries instead of a radius (1 to {MAX_QUERY_K}); the exit "
+                                         "status is 1 only if one of them is within the kind's default radius")
     q.add_argument("--json", action="store_true", help="one JSON line per query")
     q.set_defaults(func=cmd_query)
 
@@ -457,6 +483,17 @@ def main(argv=None):
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as e:        # a file we were told to read or write: name it
+        where = f"{e.filename}: " if e.filename else ""
+        _err(f"{where}{e.strerror or e}; check the path and its permissions")
+        return EXIT_ERROR
+    except Exception as e:      # a bug: one line, never the 'match' status
+        _err(f"internal error ({type(e).__name__}: {e}); this is a bug in hashsieve, please report it "
+             "(set HASHSIEVE_TRACEBACK=1 to print the traceback)")
+        if os.environ.get("HASHSIEVE_TRACEBACK") == "1":
+            import traceback
+            traceback.print_exc()
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -1,45 +1,59 @@
 """Hash lists and their provenance: what a match traces back to.
 
-A hash list is a text file:
+A hash list is a text file (UTF-8; a line ends at ``\\n``, so line numbers are
+what an editor shows):
 
 * plain text: one hex hash per line; ``#`` starts a comment (whole line or the
   rest of a line); blank lines are ignored.
 * CSV: a header row with a ``hash`` column and optional ``id``, ``label`` and
   further columns (kept as ``extra``).  A file is read as CSV when its name ends
-  in ``.csv`` or its first line (after comments) holds a comma.
+  in ``.csv`` or ``.tsv`` or its first line (after comments) holds a comma,
+  semicolon or tab; the header's delimiter is used for the whole file.  Every
+  record is one line: a quoted field that runs past the end of its line is an
+  error (it is almost always an unterminated quote that would swallow the rows
+  after it).
 
 A hash is 16 hex digits (a 64-bit perceptual hash, imagehash's form), 32 (MD5)
 or 40 (SHA-1) of the file's bytes; an optional ``0x`` prefix and upper case are
 accepted.  Every entry keeps its list name (the file name without extension,
-or ``NAME=PATH`` on the command line), its id, label and line number.
+or ``NAME=PATH`` on the command line), its id, label and line number.  A list
+is read as a stream straight into the provenance table, so memory does not grow
+with its length.
 
 An index built by the command line has a *provenance table* beside it: an
 SQLite file ``INDEX.lists-<token>.db`` in the index's folder, named in the
-index metadata (``metadata["hashsieve"]["provenance"]``).  Row ``id`` of its
+index metadata (``metadata["hashsieve"]["provenance"]``; nothing but a plain
+file name of that form is ever opened or deleted).  Row ``id`` of its
 ``entries`` table is the int64 id of the entry in the HashIndex; MD5/SHA-1
-entries live only in the table (looked up by digest).  Every update writes a
-new table under a new token, then saves the index atomically pointing at it,
-then deletes the old table: a crash leaves the old pair or the new pair
-intact, at worst plus an orphan table file.
+entries live only in the table (looked up by digest).  A row whose list, hash
+and id are already in the table is skipped, so running an update twice is
+harmless.  Every update writes a new table under a new token, then saves the
+index atomically pointing at it, then deletes the old table: a crash leaves the
+old pair or the new pair intact, at worst plus an orphan table file.
 """
 import csv
 import hashlib
-import io
+import itertools
 import json
 import os
 import re
 import secrets
 import shutil
 import sqlite3
+import stat
 import time
 
-__all__ = ["ListError", "Entry", "ParsedList", "parse_list", "list_spec", "Provenance",
+import numpy as np
+
+__all__ = ["ListError", "Entry", "HashList", "list_spec", "parse_hash", "Provenance", "provenance_path",
            "DIGEST_KINDS", "is_degenerate"]
 
 DIGEST_KINDS = {16: "perceptual", 32: "md5", 40: "sha1"}
 _HEX = re.compile(r"^[0-9a-f]+$")
 META_KEY = "hashsieve"
 SCHEMA_VERSION = 1
+# The only provenance file names an index may point at: what Provenance.new_file writes.
+_PROVENANCE_NAME = re.compile(r"[^/\\\x00]+\.lists-[0-9a-f]{12}\.db\Z")
 
 
 class ListError(ValueError):
@@ -61,20 +75,6 @@ class Entry:
 
     def __repr__(self):
         return f"Entry({self.kind}, {self.hash}, id={self.row_id!r}, label={self.label!r}, line={self.line})"
-
-
-class ParsedList:
-    """A parsed list: name, path, sha256 of the file, entries, skipped [(line, reason)], duplicates."""
-
-    def __init__(self, name, path, sha256, entries, skipped, duplicates):
-        self.name, self.path, self.sha256 = name, path, sha256
-        self.entries, self.skipped, self.duplicates = entries, skipped, duplicates
-
-    def counts(self):
-        out = {"perceptual": 0, "md5": 0, "sha1": 0}
-        for e in self.entries:
-            out[e.kind] += 1
-        return out
 
 
 def is_degenerate(code):
@@ -121,101 +121,153 @@ def parse_hash(text):
     return kind, s
 
 
-def _decode(path, data):
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ListError(path, line, f"not UTF-8 text (byte {data[e.start]:#04x}); save the list as UTF-8") from None
+class HashList:
+    """One hash list file, read as a stream: iterating yields its rows as Entry objects, one at a time.
 
+    Nothing is kept per row.  A bad row raises ListError (FILE:LINE: reason) unless
+    skip_bad, which counts it instead.  After a complete iteration: ``sha256`` (of
+    the file's bytes), ``rows`` (good rows), ``skipped`` (bad rows) with the first
+    few in ``skipped_examples`` [(line, reason)], ``counts`` by kind, and
+    ``degenerate`` (perceptual hashes with almost all bits equal) with the first
+    in ``degenerate_example`` (line, hex).
+    """
 
-def parse_list(path, name=None, skip_bad=False):
-    """Parse one list file; ListError on the first bad row unless skip_bad (then counted in .skipped)."""
-    path = os.fspath(path)
-    if name is None:
-        name = list_spec(path)[0]
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ListError(path, 0, f"cannot read the list ({e.strerror or e}); check the path") from None
-    sha = hashlib.sha256(data).hexdigest()
-    text = _decode(path, data)
-    lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
-    is_csv = path.lower().endswith(".csv") or "," in first
-    entries, skipped = [], []
+    EXAMPLES = 5
 
-    def bad(line, reason):
-        if not skip_bad:
-            raise ListError(path, line, reason + "; fix the row or pass --skip-bad to skip bad rows")
-        skipped.append((line, reason))
+    def __init__(self, path, name=None, skip_bad=False):
+        self.path = os.fspath(path)
+        self.name = list_spec(self.path)[0] if name is None else name
+        self.skip_bad = skip_bad
+        self.sha256 = None
+        self.rows = self.skipped = self.degenerate = 0
+        self.skipped_examples, self.degenerate_example = [], None
+        self.counts = {"perceptual": 0, "md5": 0, "sha1": 0}
 
-    if is_csv:
-        _parse_csv(path, text, entries, bad)
-    else:
-        for no, raw in enumerate(lines, 1):
-            s = raw.split("#", 1)[0].strip()
+    def _lines(self):
+        """(line number, text) of every line, decoded one at a time; hashes the bytes on the way."""
+        try:
+            f = open(self.path, "rb")
+        except OSError as e:
+            raise ListError(self.path, 0, f"cannot read the list ({e.strerror or e}); check the path") from None
+        sha = hashlib.sha256()
+        with f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ListError(self.path, 0, "not a regular file; give the path of a hash list file")
+            for no, raw in enumerate(f, 1):      # binary lines end at b"\n" only
+                sha.update(raw)
+                if no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                try:
+                    yield no, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ListError(self.path, no, f"not UTF-8 text (byte {raw[e.start]:#04x}); save the list "
+                                                   "as UTF-8") from None
+        self.sha256 = sha.hexdigest()
+
+    def _bad(self, line, reason):
+        if not self.skip_bad:
+            raise ListError(self.path, line, reason + "; fix the row or pass --skip-bad to skip bad rows")
+        self.skipped += 1
+        if len(self.skipped_examples) < self.EXAMPLES:
+            self.skipped_examples.append((line, reason))
+
+    def _entry(self, kind, h, row_id, label, line, extra):
+        self.rows += 1
+        self.counts[kind] += 1
+        if kind == "perceptual" and is_degenerate(int(h, 16)):
+            self.degenerate += 1
+            if self.degenerate_example is None:
+                self.degenerate_example = (line, h)
+        return Entry(kind, h, row_id, label, line, extra)
+
+    def __iter__(self):
+        lines = self._lines()
+        for no, text in lines:
+            s = text.split("#", 1)[0].strip()
             if not s:
                 continue
-            if no == 1 and s.lower() == "hash":
+            delimiter = next((d for d in ",;\t" if d in s), None)
+            if delimiter is not None or self.path.lower().endswith((".csv", ".tsv")):
+                yield from self._csv(itertools.chain([(no, text)], lines), delimiter or ",")
+            else:
+                yield from self._plain(itertools.chain([(no, text)], lines))
+            return
+        if self.path.lower().endswith((".csv", ".tsv")):
+            raise ListError(self.path, 0, "empty CSV list: no header row with a 'hash' column")
+
+    def _plain(self, lines):
+        for no, text in lines:
+            s = text.split("#", 1)[0].strip()
+            if not s or (no == 1 and s.lower() == "hash"):
                 continue
             parts = s.split()
             if len(parts) != 1:
-                bad(no, f"expected one hex hash per line, got {len(parts)} fields {s[:60]!r}")
+                self._bad(no, f"expected one hex hash per line, got {len(parts)} fields {s[:60]!r}")
                 continue
             try:
                 kind, h = parse_hash(parts[0])
             except ValueError as e:
-                bad(no, str(e))
+                self._bad(no, str(e))
                 continue
-            entries.append(Entry(kind, h, None, None, no))
-    seen, unique, dups = set(), [], 0
-    for e in entries:
-        key = (e.hash, e.row_id)
-        if key in seen:
-            dups += 1
-            continue
-        seen.add(key)
-        unique.append(e)
-    return ParsedList(name, path, sha, unique, skipped, dups)
+            yield self._entry(kind, h, None, None, no, None)
 
+    def _csv(self, lines, delimiter):
+        first = [None]
 
-def _parse_csv(path, text, entries, bad):
-    rows = csv.reader(io.StringIO(text, newline=""))
-    header, header_line = None, 0
-    try:
-        for row in rows:
-            line = rows.line_num
+        def texts():
+            for no, text in lines:
+                if first[0] is None:
+                    first[0] = no - 1       # line number = first[0] + the reader's line_num
+                yield text
+
+        rows = csv.reader(texts(), delimiter=delimiter, strict=True)
+        header = None
+        end = 0                             # reader line_num after the previous record
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                start = first[0] + end + 1
+                if "end of data" in str(e):
+                    raise ListError(self.path, start, "unterminated quote: the quoted field that starts on this "
+                                                      "line is never closed; close the quote") from None
+                raise ListError(self.path, start, f"malformed CSV ({e}); check the quoting") from None
+            line, last = first[0] + end + 1, first[0] + rows.line_num
+            end = rows.line_num
+            if last != line:
+                self._bad(line, f"a quoted field runs from line {line} to line {last}; every record must be "
+                                "on one line (an unterminated quote?)")
+                continue
             if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
                 continue
             if header is None:
                 header = [c.strip().lower() for c in row]
                 header_line = line
                 if "hash" not in header:
-                    raise ListError(path, line, f"CSV header has no 'hash' column (columns: {', '.join(header)}); "
-                                                "name the column holding the hex hashes 'hash'")
+                    raise ListError(self.path, line, f"CSV header has no 'hash' column (columns: "
+                                                     f"{', '.join(header)}); name the column holding the hex "
+                                                     "hashes 'hash'")
                 hi = header.index("hash")
                 ii = header.index("id") if "id" in header else None
                 li = header.index("label") if "label" in header else None
                 others = [(i, c) for i, c in enumerate(header) if i not in (hi, ii, li) and c]
                 continue
             if len(row) != len(header):
-                bad(line, f"{len(row)} columns, the header (line {header_line}) has {len(header)}")
+                self._bad(line, f"{len(row)} columns, the header (line {header_line}) has {len(header)}")
                 continue
             try:
                 kind, h = parse_hash(row[hi])
             except ValueError as e:
-                bad(line, str(e))
+                self._bad(line, str(e))
                 continue
             row_id = row[ii].strip() if ii is not None and row[ii].strip() else None
             label = row[li].strip() if li is not None and row[li].strip() else None
             extra = {c: row[i] for i, c in others if row[i] != ""} or None
-            entries.append(Entry(kind, h, row_id, label, line, extra))
-    except csv.Error as e:
-        raise ListError(path, rows.line_num, f"malformed CSV ({e}); check quoting") from None
-    if header is None:
-        raise ListError(path, 0, "empty CSV list: no header row with a 'hash' column")
+            yield self._entry(kind, h, row_id, label, line, extra)
+        if header is None:
+            raise ListError(self.path, 0, "empty CSV list: no header row with a 'hash' column")
 
 
 # ====================================================================== provenance table
@@ -306,45 +358,67 @@ class Provenance:
                 except OSError:
                     pass
 
-    def _list_no(self, parsed):
+    def _list_no(self, hash_list):
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        row = self.db.execute("SELECT list_no FROM lists WHERE name=?", (parsed.name,)).fetchone()
+        source = os.path.abspath(hash_list.path)
+        row = self.db.execute("SELECT list_no FROM lists WHERE name=?", (hash_list.name,)).fetchone()
         if row:
-            self.db.execute("UPDATE lists SET source=?, sha256=?, updated=? WHERE list_no=?",
-                            (os.path.abspath(parsed.path), parsed.sha256, now, row[0]))
+            self.db.execute("UPDATE lists SET source=?, updated=? WHERE list_no=?", (source, now, row[0]))
             return row[0]
-        cur = self.db.execute("INSERT INTO lists(name, source, sha256, added, updated) VALUES (?,?,?,?,?)",
-                              (parsed.name, os.path.abspath(parsed.path), parsed.sha256, now, now))
+        cur = self.db.execute("INSERT INTO lists(name, source, added, updated) VALUES (?,?,?,?)",
+                              (hash_list.name, source, now, now))
         return cur.lastrowid
 
     def next_id(self):
         return int(self.db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0])
 
-    def add_list(self, parsed):
-        """Insert a parsed list's entries; returns (ids, codes) of its perceptual entries."""
-        list_no = self._list_no(parsed)
+    def add_list(self, hash_list):
+        """Stream a HashList's rows into the table; returns how many were already present and skipped.
+
+        A row is already present when its list already holds the same hash with the same id
+        (or both without an id): a repeated row of the file, or a row of an earlier update.
+        The perceptual rows added get ids from next_id() on; read them with perceptual_rows().
+        """
+        list_no = self._list_no(hash_list)
         start = self.next_id()
-        rows, ids, codes = [], [], []
-        for k, e in enumerate(parsed.entries):
-            rows.append((start + k, list_no, e.kind, e.hash, e.row_id, e.label, e.line,
-                         json.dumps(e.extra, ensure_ascii=False) if e.extra else None))
-            if e.kind == "perceptual":
-                ids.append(start + k)
-                codes.append(int(e.hash, 16))
         # A bulk load into a small table: build the hash index once afterwards, not row by row.
-        bulk = len(rows) > max(50_000, start)
+        bulk = os.path.getsize(hash_list.path) > 20 * max(50_000, start)
         if bulk:
             self.db.execute("DROP INDEX IF EXISTS entries_hash")
+        rows = ((start + k, list_no, e.kind, e.hash, e.row_id, e.label, e.line,
+                 json.dumps(e.extra, ensure_ascii=False) if e.extra else None)
+                for k, e in enumerate(hash_list))
         self.db.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
         if bulk:
             self.db.execute("CREATE INDEX entries_hash ON entries(hash)")
-        self.db.execute("UPDATE meta SET value=? WHERE key='next_id'", (str(start + len(rows)),))
-        return ids, codes
+        present = self.db.execute(
+            "DELETE FROM entries WHERE id >= ? AND EXISTS (SELECT 1 FROM entries AS e WHERE e.hash = entries.hash "
+            "AND e.list_no = entries.list_no AND e.row_id IS entries.row_id AND e.id < entries.id)",
+            (start,)).rowcount
+        self.db.execute("UPDATE lists SET sha256=? WHERE list_no=?", (hash_list.sha256, list_no))
+        self.db.execute("UPDATE meta SET value=? WHERE key='next_id'", (str(start + hash_list.rows),))
+        return present
 
-    def remove_list_rows(self, parsed, only_list=None):
+    def perceptual_rows(self, since=0):
+        """(ids int64 (n,), hashes uint64 (n,)) of the perceptual entries with id >= since, in id order."""
+        from .hexcodes import from_hex
+        cur = self.db.execute("SELECT id, hash FROM entries WHERE id >= ? AND kind = 'perceptual' ORDER BY id",
+                              (since,))
+        ids, codes = [], []
+        while True:
+            batch = cur.fetchmany(8192)
+            if not batch:
+                break
+            ids.append(np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch)))
+            codes.append(from_hex([r[1] for r in batch]))
+        if not ids:
+            return np.empty(0, np.int64), np.empty(0, np.uint64)
+        return np.concatenate(ids), np.concatenate(codes)
+
+    def remove_list_rows(self, hash_list, only_list=None):
         """Delete entries with the hash (and id, when the row has one) of each row.
 
-        only_list: restrict to that list name.  Returns (ids of removed perceptual entries,
+        only_list: restrict to that list name.  Returns (ids int64 of removed perceptual entries,
         number of entries removed, number of rows that matched nothing).
         """
         where_list = ""
@@ -352,11 +426,11 @@ class Provenance:
         if only_list is not None:
             row = self.db.execute("SELECT list_no FROM lists WHERE name=?", (only_list,)).fetchone()
             if row is None:
-                raise ListError(parsed.path, 0, f"the index has no list named {only_list!r} "
-                                                f"(it has: {', '.join(self.list_names().values())})")
+                raise ListError(hash_list.path, 0, f"the index has no list named {only_list!r} "
+                                                   f"(it has: {', '.join(self.list_names().values())})")
             where_list, args_list = " AND list_no=?", (row[0],)
         removed_ids, removed, missing = [], 0, 0
-        for e in parsed.entries:
+        for e in hash_list:
             q = "SELECT id, kind FROM entries WHERE hash=?" + where_list
             args = (e.hash,) + args_list
             if e.row_id is not None:
@@ -369,7 +443,7 @@ class Provenance:
             self.db.executemany("DELETE FROM entries WHERE id=?", [(i,) for i, _ in found])
             removed += len(found)
             removed_ids += [i for i, kind in found if kind == "perceptual"]
-        return removed_ids, removed, missing
+        return np.array(removed_ids, dtype=np.int64), removed, missing
 
     # ------------------------------------------------------------ reading
     def list_names(self):
@@ -442,6 +516,29 @@ class ListIndex:
             self.prov.close()
 
 
+def provenance_path(index_path, metadata):
+    """Path of the provenance table an index's metadata names; IndexFormatError unless it is safe.
+
+    Safe means what Provenance.new_file writes: a plain file name NAME.lists-<12 hex digits>.db,
+    taken in the index's own folder, and not a symbolic link.  A forged index must not make an
+    update open or delete any other file.  None when the metadata names no table.
+    """
+    from .storage import IndexFormatError
+    info = metadata.get(META_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(info, dict) or "provenance" not in info:
+        return None
+    name = info["provenance"]
+    if not isinstance(name, str) or not _PROVENANCE_NAME.match(name):
+        raise IndexFormatError(f"{index_path}: its metadata names the provenance table {name!r}, which is not a "
+                               "file name of the form INDEX.lists-<token>.db (a forged or damaged index); "
+                               "nothing was opened or deleted. Rebuild the index from its hash lists")
+    path = os.path.join(os.path.dirname(os.path.abspath(index_path)), name)
+    if os.path.islink(path):
+        raise IndexFormatError(f"{index_path}: its provenance table {path} is a symbolic link; nothing was "
+                               "opened or deleted. Replace the link with the file, or rebuild the index")
+    return path
+
+
 def open_index(path, mmap=True):
     """ListIndex for an index written by the command line; IndexOpenError with the fix otherwise."""
     from .index import HashIndex
@@ -451,14 +548,13 @@ def open_index(path, mmap=True):
         raise IndexOpenError(f"{path}: no such index file; build one with `hashsieve build LIST... -o {path}`")
     try:
         meta = read_metadata(path)["metadata"]
+        prov_path = provenance_path(path, meta)
         index = HashIndex.load(path, mmap=mmap)
     except (IndexFormatError, OSError) as e:
         raise IndexOpenError(f"cannot open index {path}: {e}") from None
-    info = meta.get(META_KEY)
-    if not isinstance(info, dict) or "provenance" not in info:
+    if prov_path is None:
         raise IndexOpenError(f"{path}: this index has no list provenance (it was not written by "
                              "`hashsieve build`); rebuild it from the hash lists with `hashsieve build`")
-    prov_path = os.path.join(os.path.dirname(os.path.abspath(path)), info["provenance"])
     try:
         prov = Provenance(prov_path)
         prov.next_id()

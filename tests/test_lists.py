@@ -1,0 +1,241 @@
+"""Hash lists, the provenance table and the commands that update an index from lists."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import hashsieve as hs
+from hashsieve import cli
+from hashsieve.lists import HashList, ListError, list_spec, parse_hash
+
+CLI = [sys.executable, "-m", "hashsieve.cli"]
+
+
+def run(*args, cwd=None, check=None):
+    p = subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    if check is not None:
+        assert p.returncode == check, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    return p
+
+
+def one_line_error(p):
+    """The command failed with exit 2 and one 'hashsieve: error:' line, no traceback."""
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hashsieve: error:"), p.stderr
+    return lines[0]
+
+
+# ====================================================================== parsing
+def test_parse_hash_kinds_and_errors():
+    assert parse_hash("0xABCDEF0123456789") == ("perceptual", "abcdef0123456789")
+    assert parse_hash("d41d8cd98f00b204e9800998ecf8427e")[0] == "md5"
+    assert parse_hash("da39a3ee5e6b4b0d3255bfef95601890afd80709")[0] == "sha1"
+    with pytest.raises(ValueError, match="PDQ"):
+        parse_hash("ab" * 32)
+    with pytest.raises(ValueError, match="'g'"):
+        parse_hash("g123456789abcdef")
+
+
+def test_plain_list_comments_and_line_numbers(tmp_path):
+    p = tmp_path / "hl.txt"
+    p.write_text("# header\n\n0123456789abcdef  # trailing, with a comma\nFEDCBA9876543210\n0123456789abcdef\n"
+                 "not-a-hash\n")
+    with pytest.raises(ListError) as e:
+        list(HashList(p))
+    assert e.value.line == 6 and str(p) in str(e.value) and "--skip-bad" in str(e.value)
+    hl = HashList(p, skip_bad=True)
+    rows = list(hl)
+    assert [x.hash for x in rows] == ["0123456789abcdef", "fedcba9876543210", "0123456789abcdef"]
+    assert [x.line for x in rows] == [3, 4, 5] and hl.skipped == 1 and hl.skipped_examples[0][0] == 6
+    assert hl.name == "hl" and hl.rows == 3 and len(hl.sha256) == 64
+
+
+def test_csv_list_columns_quoting_bom(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_bytes('\ufeffHash,ID,Label,Source\n0123456789abcdef,7,"a, quoted label",s1\n'
+                  'd41d8cd98f00b204e9800998ecf8427e,,md5 row,\n'.encode("utf-8"))
+    hl = HashList(p, name="custom")
+    a, b = list(hl)
+    assert (a.kind, a.row_id, a.label, a.extra, a.line) == ("perceptual", "7", "a, quoted label", {"source": "s1"}, 2)
+    assert (b.kind, b.row_id, b.label) == ("md5", None, "md5 row")
+    assert hl.name == "custom" and hl.counts == {"perceptual": 1, "md5": 1, "sha1": 0}
+
+
+def test_csv_errors_name_the_line(tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_text("hash,id\n0123456789abcdef,1\n0123456789abcdef,2,extra\n")
+    with pytest.raises(ListError, match=r"bad.csv:3: 3 columns"):
+        list(HashList(p))
+    p.write_bytes(b"hash\n0123456789abcdef\n\xff\xfe\n")
+    with pytest.raises(ListError, match=r"bad.csv:3: not UTF-8"):
+        list(HashList(p))
+
+
+def test_unterminated_quote_is_an_error_at_the_record_start(tmp_path):
+    """Item 8: an unterminated quote used to swallow the rest of the file into one label."""
+    p = tmp_path / "q.csv"
+    p.write_text('hash,id,label\n0123456789abcdef,1,"never closed\n1123456789abcdef,2,x\n2123456789abcdef,3,y\n')
+    with pytest.raises(ListError, match=r"q.csv:2: unterminated quote"):
+        list(HashList(p))
+    # Closed again later: the record spans lines 2-3, which is refused too (it swallowed a row).
+    p.write_text('hash,id,label\n0123456789abcdef,1,"opens\n1123456789abcdef,2,closes"\n2123456789abcdef,3,y\n')
+    with pytest.raises(ListError, match=r"q.csv:2: a quoted field runs from line 2 to line 3"):
+        list(HashList(p))
+    hl = HashList(p, skip_bad=True)
+    assert [e.line for e in hl] == [4] and hl.skipped == 1
+
+
+def test_line_numbers_count_newlines_only(tmp_path):
+    """Item 8: \\x0b, \\x1c and \\u2028 inside a row are not line breaks (str.splitlines thinks so)."""
+    p = tmp_path / "odd.csv"
+    p.write_text("hash,id,label\n0123456789abcdef,1,a\x0bb\x1cc\u2028d\n1123456789abcdef,2,ok\nnothex,3,x\n",
+                 encoding="utf-8")
+    with pytest.raises(ListError, match=r"odd.csv:4: "):
+        list(HashList(p))
+    p = tmp_path / "odd.txt"
+    p.write_text("# comment \x0b\u2028 still a comment\n0123456789abcdef\nnothex\n", encoding="utf-8")
+    with pytest.raises(ListError, match=r"odd.txt:3: "):
+        list(HashList(p))
+
+
+def test_semicolon_csv_is_read(tmp_path):
+    p = tmp_path / "semi.csv"
+    p.write_text("hash;id;label\n0123456789abcdef;7;first\n")
+    (e,) = list(HashList(p))
+    assert (e.hash, e.row_id, e.label) == ("0123456789abcdef", "7", "first")
+
+
+def test_list_spec():
+    assert list_spec("hotline=/x/y.csv") == ("hotline", "/x/y.csv")
+    assert list_spec("/data/industry.txt") == ("industry", "/data/industry.txt")
+
+
+# ====================================================================== provenance safety (item 1)
+def _forged_index(path, provenance):
+    index = hs.HashIndex()
+    index.add(np.array([1, 2], dtype=np.uint64))
+    index.save(path, metadata={"hashsieve": {"kind": "phash", "provenance": provenance, "schema": 1}})
+
+
+@pytest.mark.parametrize("name", ["../victim.txt", "ABSOLUTE", "x.lists-0123456789ab.db/../../victim.txt",
+                                  "i.hsi.lists-zzzzzzzzzzzz.db"])
+def test_provenance_path_cannot_leave_index_folder(tmp_path, name):
+    work = tmp_path / "work"
+    work.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    if name == "ABSOLUTE":
+        name = str(victim)
+    _forged_index(work / "i.hsi", name)
+    (work / "l.txt").write_text("0123456789abcdef\n")
+    for args in (["build", "l.txt", "-o", "i.hsi"], ["add", "i.hsi", "l.txt"], ["remove", "i.hsi", "l.txt"],
+                 ["info", "i.hsi"], ["query", "i.hsi", "0123456789abcdef"],
+                 ["scan", "l.txt", "--index", "i.hsi"]):
+        p = run(*args, cwd=work)
+        assert "provenance" in one_line_error(p), args
+        assert victim.read_text() == "precious", args
+    assert sorted(os.listdir(work)) == ["i.hsi", "i.hsi.lock", "l.txt"]
+
+
+def test_provenance_symlink_is_refused(tmp_path):
+    victim = tmp_path / "victim.db"
+    victim.write_text("precious")
+    work = tmp_path / "work"
+    work.mkdir()
+    name = "i.hsi.lists-0123456789ab.db"
+    os.symlink(victim, work / name)
+    _forged_index(work / "i.hsi", name)
+    (work / "l.txt").write_text("0123456789abcdef\n")
+    for args in (["build", "l.txt", "-o", "i.hsi"], ["add", "i.hsi", "l.txt"]):
+        assert "symbolic link" in one_line_error(run(*args, cwd=work))
+    assert victim.read_text() == "precious" and os.path.islink(work / name)
+
+
+# ====================================================================== updates (issue 11 item 3)
+def test_rerunning_an_update_is_harmless(tmp_path):
+    (tmp_path / "base.csv").write_text("hash,id,label\n00000000ffffffff,A1,first\n")
+    (tmp_path / "today.csv").write_text("hash,id,label\n0f0f0f0f0f0f0f0f,B1,new\n0f0f0f0f0f0f0f0f,B1,repeat\n"
+                                        "0f0f0f0f0f0f0f0f,B2,same hash other id\n")
+    run("build", "hotline=base.csv", "-o", "i.hsi", cwd=tmp_path, check=0)
+    p = run("add", "i.hsi", "hotline=today.csv", cwd=tmp_path, check=0)
+    assert "1 already present" in p.stderr and "added 2 entries" in p.stderr
+    p = run("add", "i.hsi", "hotline=today.csv", cwd=tmp_path, check=0)
+    assert "3 already present" in p.stderr and "added 0 entries" in p.stderr
+    p = run("query", "i.hsi", "0f0f0f0f0f0f0f0f", "-r", "0", "--json", cwd=tmp_path, check=1)
+    assert sorted(m["id"] for m in json.loads(p.stdout)["matches"]) == ["B1", "B2"]
+    info = json.loads(run("info", "i.hsi", "--json", cwd=tmp_path, check=0).stdout)
+    assert info["count"] == 3
+    # The same list under another name is another list: its rows are added.
+    p = run("add", "i.hsi", "industry=today.csv", cwd=tmp_path, check=0)
+    assert "added 2 entries" in p.stderr
+
+
+def test_two_lists_of_one_name_are_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "hotline.txt").write_text("00000000ffffffff\n")
+    (tmp_path / "b" / "hotline.csv").write_text("hash\n0f0f0f0f0f0f0f0f\n")
+    line = one_line_error(run("build", "a/hotline.txt", "b/hotline.csv", "-o", "i.hsi", cwd=tmp_path))
+    assert "a/hotline.txt" in line and "b/hotline.csv" in line and "NAME=PATH" in line
+    assert not (tmp_path / "i.hsi").exists()
+
+
+# ====================================================================== exit statuses (item 13)
+def test_query_usage_errors_exit_2(tmp_path):
+    (tmp_path / "a.txt").write_text("00000000ffffffff\n")
+    run("build", "a.txt", "-o", "i.hsi", cwd=tmp_path, check=0)
+    for args, word in ((["-r", "70"], "--radius"), (["-r", "-1"], "--radius"), (["-k", "0"], "-k"),
+                       (["-k", str(2**31)], "-k")):
+        assert word in one_line_error(run("query", "i.hsi", "00000000ffffffff", *args, cwd=tmp_path)), args
+    assert "--radius" in one_line_error(run("scan", "a.txt", "--index", "i.hsi", "-r", "65", cwd=tmp_path))
+    line = one_line_error(run("scan", "a.txt", "--index", "i.hsi", "--report", "no/such/dir/r.jsonl",
+                              cwd=tmp_path))
+    assert "no/such/dir/r.jsonl" in line
+
+
+def test_internal_error_exits_3_with_one_line(monkeypatch, capsys):
+    def broken(a):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    assert cli.main(["info", "whatever.hsi"]) == cli.EXIT_INTERNAL == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "internal error" in err[0] and "boom" in err[0]
+
+
+def test_scan_where_every_file_failed_says_so(tmp_path):
+    (tmp_path / "a.txt").write_text("00000000ffffffff\n")
+    run("build", "a.txt", "-o", "i.hsi", cwd=tmp_path, check=0)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.jpg").write_bytes(b"not an image")
+    (tmp_path / "in" / "y.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    p = run("scan", "in", "--index", "i.hsi", "--workers", "1", "--report", "r.jsonl", cwd=tmp_path, check=0)
+    assert "every file failed (2 errors)" in p.stderr
+
+
+# ====================================================================== bounded memory (item 12)
+def _build_peak_kib(tmp_path, n):
+    rng = np.random.default_rng(n)
+    lst = tmp_path / f"l{n}.csv"
+    with open(lst, "w") as f:
+        f.write("hash,id,label\n")
+        for k, h in enumerate(hs.to_hex(rng.integers(0, 2**64, n, dtype=np.uint64))):
+            f.write(f"{h},ID{k},label {k}\n")
+    # VmHWM, not ru_maxrss: the latter keeps the forking parent's (pytest's) RSS across exec.
+    code = ("import sys; from hashsieve.cli import main; "
+            f"rc = main(['build', {str(lst)!r}, '-o', {str(tmp_path / f'i{n}.hsi')!r}]); "
+            "print(next(ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM'))); "
+            "sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return int(p.stdout.split()[-1])
+
+
+def test_build_memory_per_entry_is_bounded(tmp_path):
+    """Item 12: build used ~600 B per list entry (Python objects per row); the bound is 100 B plus a constant."""
+    small, big = _build_peak_kib(tmp_path, 100_000), _build_peak_kib(tmp_path, 400_000)
+    per_entry = (big - small) * 1024 / 300_000
+    assert per_entry < 100, f"{per_entry:.0f} bytes of peak RSS per list entry"
