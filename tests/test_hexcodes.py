@@ -16,7 +16,8 @@ def test_imagehash_form():
 
 @pytest.mark.parametrize("bad, match", [
     ("abc", r"\[0\] 'abc' must be exactly 16 hex digits"),
-    ("0x0000000000000000", "must be exactly 16"),
+    ("0x000000000000000", "must be exactly 16"),
+    ("0x0x00000000000000", "not a hex digit"),
     ("000000000000000g", "not a hex digit"),
     ("00000000 0000000", "not a hex digit"),
 ])
@@ -30,3 +31,11 @@ def test_malformed_hex_names_the_item(bad, match):
 def test_non_string_hex_is_a_type_error():
     with pytest.raises(TypeError, match="must be a str"):
         hs.from_hex([123])
+
+
+def test_from_hex_accepts_what_hash_lists_accept():
+    """Issue 11 item 7: from_hex refused the 0x prefix that hash lists accept; one parser reads both."""
+    from hashsieve.lists import parse_hash
+    for text in ("0x8F0F3F7F0F0F0F00", "0X8f0f3f7f0f0f0f00", " 8F0F3F7F0F0F0F00\n", "8f0f3f7f0f0f0f00"):
+        assert hs.from_hex(text) == int(parse_hash(text)[1], 16) == 0x8F0F3F7F0F0F0F00
+    assert hs.from_hex(["0x0000000000000001", b"0X00000000000000FF"]).tolist() == [1, 255]

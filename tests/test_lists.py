@@ -239,3 +239,64 @@ def test_build_memory_per_entry_is_bounded(tmp_path):
     small, big = _build_peak_kib(tmp_path, 100_000), _build_peak_kib(tmp_path, 400_000)
     per_entry = (big - small) * 1024 / 300_000
     assert per_entry < 100, f"{per_entry:.0f} bytes of peak RSS per list entry"
+
+
+def test_max_pixels_option(tmp_path):
+    """Issue 11 item 8: the refusal told users to pass max_pixels=, which the command line had no way to."""
+    from PIL import Image
+    Image.new("RGB", (300, 200), (10, 200, 30)).save(tmp_path / "big.png")
+    p = run("hash", "big.png", "--max-pixels", "50000", "--workers", "1", cwd=tmp_path)
+    assert p.returncode == 1 and "60,000 pixels" in p.stderr
+    run("hash", "big.png", "--max-pixels", "60000", "--workers", "1", cwd=tmp_path, check=0)
+    assert "--max-pixels" in one_line_error(run("hash", "big.png", "--max-pixels", "0", cwd=tmp_path))
+    assert "--workers" in run("hash", "big.png", "--workers", "100000", cwd=tmp_path).stderr
+
+
+# ====================================================================== copies and the Python API (issue 11 items 4, 5)
+def test_copy_of_an_updated_index_is_self_contained(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    rng = np.random.default_rng(4)
+    with open(src / "base.csv", "w") as f:
+        f.write("hash,id\n" + "".join(f"{h},B{k}\n" for k, h in
+                                      enumerate(hs.to_hex(rng.integers(0, 2**64, 5000, dtype=np.uint64)))))
+    (src / "today.csv").write_text("hash,id,label\n0f0f0f0f0f0f0f0f,T1,today\n")
+    run("build", "hotline=base.csv", "-o", "i.hsi", cwd=src, check=0)
+    run("add", "i.hsi", "hotline=today.csv", cwd=src, check=0)
+    info = json.loads(run("info", "i.hsi", "--json", cwd=src, check=0).stdout)
+    assert len(info["files"]) == 3 and ".base-" in info["files"][1], info["files"]   # the daily update's base
+    assert all(os.path.exists(os.path.join(src, f)) for f in info["files"])
+    run("copy", "i.hsi", dst, cwd=src, check=0)
+    assert "exists" in one_line_error(run("copy", "i.hsi", dst, cwd=src))
+    for f in os.listdir(src):
+        os.unlink(src / f)
+    names = sorted(n for n in os.listdir(dst) if not n.endswith(".lock"))
+    assert len(names) == 2 and names[0] == "i.hsi" and ".lists-" in names[1]
+    copied = json.loads(run("info", "i.hsi", "--json", cwd=dst, check=0).stdout)
+    assert copied["count"] == 5001 and len(copied["files"]) == 2
+    p = run("query", "i.hsi", "0f0f0f0f0f0f0f0f", "-r", "0", "--json", cwd=dst, check=1)
+    assert [m["id"] for m in json.loads(p.stdout)["matches"]] == ["T1"]
+
+
+def test_open_lists_gives_the_scan_records_from_many_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    (tmp_path / "l.csv").write_text("hash,id,label,source\n00000000ffffffff,A1,first,s1\n"
+                                    "00000000fffffff0,A2,second,\nd41d8cd98f00b204e9800998ecf8427e,M1,empty file,\n")
+    run("build", "l.csv", "-o", "i.hsi", cwd=tmp_path, check=0)
+    want = json.loads(run("query", "i.hsi", "00000000ffffffff", "-r", "8", "--json", cwd=tmp_path).stdout)["matches"]
+    with hs.open_lists(tmp_path / "i.hsi") as li:
+        codes = hs.from_hex(["00000000ffffffff", "ffffffff00000000"])
+        with ThreadPoolExecutor(8) as pool:      # a service's threads share one ListIndex
+            results = list(pool.map(lambda _: li.match(codes), range(64)))
+        assert all(r == [want, []] for r in results)
+        assert [m["id"] for m in want] == ["A1", "A2"] and want[1]["distance"] == 4
+        assert li.nearest(codes[:1], 1) == [want[:1]]
+        (md5,) = li.match_digests(["D41D8CD98F00B204E9800998ECF8427E"], "md5")
+        assert [m["id"] for m in md5] == ["M1"]
+        prov = li.provenance([0, 1, 99])
+        assert sorted(prov) == [0, 1]
+        assert prov[0] == {"list": "l", "id": "A1", "label": "first", "kind": "perceptual",
+                           "hash": "00000000ffffffff", "line": 2, "extra": {"source": "s1"}}
+    with pytest.raises(hs.IndexOpenError, match="no such index"):
+        hs.open_lists(tmp_path / "missing.hsi")

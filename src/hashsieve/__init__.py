@@ -3,12 +3,14 @@
     index = hashsieve.HashIndex()           exact Hamming index (hashsieve.index)
     hashsieve.hash_image(path, "phash")     imagehash-compatible hashes (hashsieve.hashing)
     index.save(path) / HashIndex.load(path) durable memory-mapped files (hashsieve.storage)
+    hashsieve.open_lists(path).match(h)     an index built from hash lists, matches with provenance (hashsieve.lists)
 """
 from ._core import get_isa, supported_isas
 from .hashing import (HASH_KINDS, HashResults, ImageHashError, hash_image, hash_images, image_detail,
                       iter_hash_images)
 from .hexcodes import from_hex, to_hex
 from .index import HashIndex
+from .lists import IndexOpenError, ListIndex, open_lists
 from .storage import IndexFormatError, IndexHandle, read_metadata
 
 __all__ = [
@@ -16,5 +18,6 @@ __all__ = [
     "HASH_KINDS", "HashResults", "ImageHashError", "hash_image", "hash_images", "image_detail",
     "iter_hash_images",
     "IndexFormatError", "IndexHandle", "read_metadata",
+    "IndexOpenError", "ListIndex", "open_lists",
 ]
 __version__ = "0.1.0"

@@ -134,9 +134,9 @@ def _old_provenance(path):
 
 
 def _open(path):
-    from .lists import IndexOpenError, open_index
+    from .lists import IndexOpenError, open_lists
     try:
-        return open_index(path)
+        return open_lists(path)
     except IndexOpenError as e:
         raise CliError(str(e)) from None
 
@@ -150,7 +150,7 @@ def _updating(index_path):
     from .lists import IndexLock, ListError, Provenance, write_index
     with IndexLock(index_path):
         li = _open(index_path)
-        prov = Provenance.new_file(index_path, copy_from=li.prov.path)
+        prov = Provenance.new_file(index_path, copy_from=li.prov)
         try:
             yield li, prov
         except ListError as e:
@@ -198,6 +198,15 @@ def cmd_remove(a):
     return EXIT_OK
 
 
+def _files_of(li, meta):
+    """Every file the index needs, index first: the base file of an incremental save, the provenance table."""
+    folder = os.path.dirname(os.path.abspath(li.path))
+    files = [li.path]
+    if meta["base"] is not None:
+        files.append(os.path.join(folder, meta["base"]["name"]))
+    return files + [li.prov.path]
+
+
 def cmd_info(a):
     from .storage import read_metadata
     li = _open(a.index)
@@ -206,7 +215,7 @@ def cmd_info(a):
     out = {"path": a.index, "format_version": meta["format_version"], "code_bits": meta["code_bits"],
            "kind": li.kind, "count": meta["count"], "entries": meta["entries"],
            "file_size": meta["file_size"], "created": meta["created_iso"],
-           "provenance": li.prov.path, "lists": lists,
+           "provenance": li.prov.path, "files": _files_of(li, meta), "lists": lists,
            "digests": sum(x["md5"] + x["sha1"] for x in lists)}
     if a.json:
         print(json.dumps(out, indent=2))
@@ -217,6 +226,8 @@ def cmd_info(a):
     print(f"digests      {out['digests']:,} MD5/SHA-1")
     print(f"file         {out['file_size']:,} bytes, written {out['created']}")
     print(f"provenance   {out['provenance']}")
+    print(f"files        {len(out['files'])} (copy them together, or use `hashsieve copy`): "
+          + ", ".join(out["files"]))
     print(f"lists        {len(lists)}")
     for x in lists:
         print(f"  {x['name']}: {x['perceptual']:,} perceptual, {x['md5']:,} MD5, {x['sha1']:,} SHA-1; "
@@ -224,9 +235,24 @@ def cmd_info(a):
     return EXIT_OK
 
 
-def cmd_query(a):
-    import numpy as np
+def cmd_copy(a):
+    from .lists import IndexLock, Provenance, write_index
+    li = _open(a.index)
+    dest = os.path.join(a.dest, os.path.basename(a.index)) if os.path.isdir(a.dest) else a.dest
+    if os.path.lexists(dest):
+        raise CliError(f"{dest} already exists; remove it first or copy to another name")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dest))):
+        raise CliError(f"folder {os.path.dirname(os.path.abspath(dest))} does not exist; create it first")
+    with IndexLock(dest):
+        prov = Provenance.new_file(dest, copy_from=li.prov)
+        final = write_index(dest, li.index, prov, li.kind, incremental=False)
+    li.close()
+    _info(f"wrote {dest} ({len(li.index)} {li.kind} hashes) and its provenance table {final}; "
+          "the two files are all the copy needs")
+    return EXIT_OK
 
+
+def cmd_query(a):
     from .lists import parse_hash
     from .scan import DEFAULT_RADIUS
     li = _open(a.index)
@@ -243,24 +269,12 @@ def cmd_query(a):
         raise CliError(f"-k must be from 1 to {MAX_QUERY_K}, got {a.k}")
     any_match = False
     for text, kind, h in parsed:
-        matches = []
         if kind == "perceptual":
-            code = np.array([int(h, 16)], dtype=np.uint64)
-            if a.k is not None:
-                dist, ids = li.index.search(code, a.k)
-                pairs = [(int(d), int(i)) for d, i in zip(dist[0], ids[0]) if i >= 0]
-            else:
-                lims, dist, ids = li.index.range_search(code, radius)
-                pairs = [(int(d), int(i)) for d, i in zip(dist, ids)]
-            rows = li.prov.lookup_ids([i for _, i in pairs])
-            for d, i in pairs:
-                if i in rows:
-                    m = li.prov._match(rows[i], d)
-                    m["kind"] = li.kind
-                    matches.append(m)
+            code = int(h, 16)
+            matches = li.nearest(code, a.k)[0] if a.k is not None else li.match(code, radius)[0]
         else:
-            matches = [li.prov._match(row, 0) for row in li.prov.lookup_digest(h) if row[2] == kind]
-        any_match |= bool(matches) and (a.k is None or any(m["distance"] <= radius for m in matches))
+            matches = li.match_digests([h], kind)[0]
+        any_match |= any(m["distance"] <= radius for m in matches)
         if a.json:
             print(json.dumps({"hash": h, "matches": matches}), flush=True)
         elif not matches:
@@ -274,7 +288,20 @@ def cmd_query(a):
 
 def _limits(a):
     from .scan import Limits
-    return Limits(max_file_bytes=int(a.max_file_mb * (1 << 20)))
+    if not a.max_file_mb > 0:
+        raise CliError(f"--max-file-mb must be a positive number of MiB, got {a.max_file_mb}")
+    if not a.max_pixels >= 1:
+        raise CliError(f"--max-pixels must be at least 1, got {a.max_pixels}")
+    return Limits(max_file_bytes=int(a.max_file_mb * (1 << 20)), max_pixels=a.max_pixels)
+
+
+def _add_limit_options(p):
+    from .hashing import DEFAULT_MAX_PIXELS
+    p.add_argument("--max-file-mb", type=float, default=256,
+                   help="largest file or archive member read, decompressed (default 256)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"largest image decoded, in pixels (default {DEFAULT_MAX_PIXELS:,}, Pillow's "
+                        "decompression-bomb guard); raise it only for files you trust")
 
 
 def cmd_hash(a):
@@ -424,12 +451,20 @@ def build_parser():
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
 
+    c = sub.add_parser("copy", help="write a self-contained copy of an index (and its provenance) elsewhere",
+                       description="Write DEST: the index as one self-contained file (no base file) and a copy of "
+                                   "its provenance table beside it, each written atomically. DEST is a new file "
+                                   "name or an existing folder.")
+    c.add_argument("index", metavar="INDEX")
+    c.add_argument("dest", metavar="DEST")
+    c.set_defaults(func=cmd_copy)
+
     h = sub.add_parser("hash", help='print "HEX<TAB>PATH" per image (recurses into folders and archives)')
     h.add_argument("paths", nargs="+", metavar="PATH")
-    h.add_argument("--kind", default="phash", choices=HASH_KINDS)
+    h.add_argument("--kind", default="phash", choices=HASH_KINDS, help="which hash to print (default phash)")
     h.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     h.add_argument("--fast", action="store_true", help="faster, about 1 bit less exact (see docs/hashing.md)")
-    h.add_argument("--max-file-mb", type=float, default=256, help="largest file read (default 256)")
+    _add_limit_options(h)
     h.set_defaults(func=cmd_hash)
 
     q = sub.add_parser("query", help="look hex hashes up in an index")
@@ -461,8 +496,7 @@ def build_parser():
                    help="also match low-detail (blank, solid, transparent) images")
     s.add_argument("--low-detail-threshold", type=float, default=LOW_DETAIL_THRESHOLD, metavar="D",
                    help=f"detail score below which an image is low-detail (default {LOW_DETAIL_THRESHOLD})")
-    s.add_argument("--max-file-mb", type=float, default=256,
-                   help="largest file or archive member read, decompressed (default 256)")
+    _add_limit_options(s)
     s.add_argument("--summary-json", action="store_true", help="also print the summary as JSON on stderr")
     s.set_defaults(func=cmd_scan)
     return p
@@ -471,8 +505,9 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     a = parser.parse_args(argv)
-    if getattr(a, "workers", None) is not None and a.workers < 1:
-        parser.error("--workers must be at least 1")
+    most = 4 * len(os.sched_getaffinity(0))     # more worker processes than that only thrash
+    if getattr(a, "workers", None) is not None and not 1 <= a.workers <= most:
+        parser.error(f"--workers must be from 1 to {most} (4 per core), got {a.workers}")
     try:
         return a.func(a)
     except CliError as e:

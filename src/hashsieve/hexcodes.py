@@ -27,26 +27,37 @@ def to_hex(hashes):
     return out[0] if single else out
 
 
+def hex_digits(text):
+    """The digits of one hex string: surrounding whitespace and a 0x / 0X prefix removed, case kept.
+
+    The one place the text form is read, for from_hex() and for hash lists alike.
+    """
+    s = text.strip()
+    return s[2:] if s[:2] in ("0x", "0X") else s
+
+
 def from_hex(strings):
     """A 16-digit hex str -> int; a sequence of them -> a uint64 array.
 
-    Surrounding whitespace is ignored; anything else that is not exactly 16
-    hex digits raises ValueError naming the item.
+    Surrounding whitespace, a 0x prefix and upper case are accepted (as in hash
+    lists); anything else that is not exactly 16 hex digits raises ValueError
+    naming the item.
     """
     single = isinstance(strings, (str, bytes))
     items = [strings] if single else list(strings)
     raw = []
     for i, s in enumerate(items):
-        if isinstance(s, str):
-            s = s.strip().encode("ascii", "replace")
-        elif isinstance(s, bytes):
-            s = s.strip()
-        else:
+        if isinstance(s, bytes):
+            s = s.decode("ascii", "replace")
+        elif not isinstance(s, str):
             raise TypeError(f"hex hash [{i}] must be a str, got {type(s).__name__}")
+        s = hex_digits(s).encode("ascii", "replace")
         if len(s) != HEX_DIGITS:
             raise ValueError(f"hex hash [{i}] {s.decode('ascii', 'replace')!r} must be exactly "
                              f"{HEX_DIGITS} hex digits (a 64-bit imagehash), got {len(s)} characters")
         raw.append(s)
+    if not raw:
+        return np.empty(0, dtype=np.uint64)
     nib = _NIBBLE[np.frombuffer(b"".join(raw), dtype=np.uint8)].reshape(-1, HEX_DIGITS)
     bad = np.flatnonzero((nib == 255).any(axis=1))
     if bad.size:

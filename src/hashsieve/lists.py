@@ -38,12 +38,14 @@ import json
 import os
 import re
 import secrets
-import shutil
 import sqlite3
 import stat
+import threading
 import time
 
 import numpy as np
+
+from .hexcodes import hex_digits
 
 __all__ = ["ListError", "Entry", "HashList", "list_spec", "parse_hash", "Provenance", "provenance_path",
            "DIGEST_KINDS", "is_degenerate"]
@@ -103,9 +105,7 @@ def list_spec(arg):
 
 def parse_hash(text):
     """(kind, normalised hex) or raise ValueError with a reason a person can act on."""
-    s = text.strip().lower()
-    if s.startswith("0x"):
-        s = s[2:]
+    s = hex_digits(text).lower()
     if not s:
         raise ValueError("empty hash")
     if not _HEX.match(s):
@@ -310,25 +310,35 @@ class Provenance:
         if writable:
             self.db = sqlite3.connect(path)
         else:
-            if not os.path.exists(path):
-                raise FileNotFoundError(path)
-            self.db = sqlite3.connect(f"file:{_uri(path)}?mode=ro", uri=True)
+            self.db = self._read_only(path)
         self._list_names = None
+        self._lock = threading.Lock()       # one connection, shared by the threads of a service
+
+    @staticmethod
+    def _read_only(path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(path)
+        return sqlite3.connect(f"file:{_uri(path)}?mode=ro", uri=True, check_same_thread=False)
 
     # ------------------------------------------------------------ writing
     @classmethod
     def new_file(cls, index_path, copy_from=None):
-        """A writable table at a fresh temporary path beside index_path (a copy of copy_from if given)."""
+        """A writable table at a fresh temporary path beside index_path.
+
+        copy_from: an open Provenance to start from, copied through its open connection
+        (SQLite's backup), so a concurrent update that replaces its file cannot break the copy.
+        """
         folder, base = os.path.split(os.path.abspath(index_path))
         token = secrets.token_hex(6)
         tmp = os.path.join(folder, f".{base}.lists-{token}.db.tmp")
-        if copy_from:
-            shutil.copyfile(copy_from, tmp)
         prov = cls(tmp, writable=True)
         try:
+            if copy_from is not None:
+                with copy_from._lock:
+                    copy_from.db.backup(prov.db)
             prov.db.execute("PRAGMA journal_mode=OFF")      # a temp file: published whole or deleted
             prov.db.execute("PRAGMA synchronous=OFF")       # publish() fsyncs it
-            if not copy_from:
+            if copy_from is None:
                 prov.db.executescript(_SCHEMA)
                 prov.db.execute("INSERT INTO meta VALUES ('schema', ?), ('next_id', '0')", (str(SCHEMA_VERSION),))
         except BaseException:
@@ -345,7 +355,7 @@ class Provenance:
         os.replace(self.path, self.final_path)
         _fsync_dir(os.path.dirname(self.final_path))
         self.path = self.final_path
-        self.db = sqlite3.connect(f"file:{_uri(self.path)}?mode=ro", uri=True)
+        self.db = self._read_only(self.path)
         return self.path
 
     def discard(self):
@@ -448,30 +458,33 @@ class Provenance:
     # ------------------------------------------------------------ reading
     def list_names(self):
         if self._list_names is None:
-            self._list_names = dict(self.db.execute("SELECT list_no, name FROM lists"))
+            with self._lock:
+                self._list_names = dict(self.db.execute("SELECT list_no, name FROM lists"))
         return self._list_names
 
-    def _match(self, row, distance):
-        _id, list_no, kind, h, row_id, label, line = row
+    def _record(self, row, distance):
+        _id, list_no, kind, h, row_id, label, line, extra = row
         return {"list": self.list_names().get(list_no), "id": row_id, "label": label, "distance": distance,
                 "kind": kind, "line": line}
 
-    def lookup_ids(self, ids):
-        """{index id: row tuple} for the given perceptual entry ids."""
+    def rows_of(self, ids):
+        """{index id: row tuple (id, list_no, kind, hash, row_id, label, line, extra)} of these entry ids."""
         out = {}
         ids = [int(i) for i in ids]
-        for k in range(0, len(ids), 500):
-            part = ids[k:k + 500]
-            q = ("SELECT id, list_no, kind, hash, row_id, label, line FROM entries WHERE id IN (%s)"
-                 % ",".join("?" * len(part)))
-            for row in self.db.execute(q, part):
-                out[row[0]] = row
+        with self._lock:
+            for k in range(0, len(ids), 500):
+                part = ids[k:k + 500]
+                q = ("SELECT id, list_no, kind, hash, row_id, label, line, extra FROM entries WHERE id IN (%s)"
+                     % ",".join("?" * len(part)))
+                for row in self.db.execute(q, part):
+                    out[row[0]] = row
         return out
 
-    def lookup_digest(self, hexdigest):
-        """[row tuple] of md5/sha1 entries equal to this digest."""
-        return self.db.execute("SELECT id, list_no, kind, hash, row_id, label, line FROM entries WHERE hash=?",
-                               (hexdigest,)).fetchall()
+    def digest_rows(self, hexdigest, kind):
+        """[row tuple] of the kind's ('md5' or 'sha1') entries equal to this lower-case digest."""
+        with self._lock:
+            return self.db.execute("SELECT id, list_no, kind, hash, row_id, label, line, extra FROM entries "
+                                   "WHERE hash=? AND kind=? ORDER BY id", (hexdigest, kind)).fetchall()
 
     def has_digests(self):
         return self.db.execute("SELECT 1 FROM entries WHERE kind != 'perceptual' LIMIT 1").fetchone() is not None
@@ -504,16 +517,78 @@ class IndexOpenError(ValueError):
 
 
 class ListIndex:
-    """An index file opened with its provenance table: .index, .prov, .kind, .metadata, .path."""
+    """An index file opened with its provenance table: what a match traces back to.
+
+    ``open_lists(path)`` opens one.  ``match(hashes)`` gives, per hash, the same match
+    records that ``hashsieve scan`` reports; ``match_digests`` does the same for MD5/SHA-1;
+    ``provenance(ids)`` gives the full row (with the list's extra columns) of index ids.
+    Attributes: index (HashIndex), prov (its Provenance), kind, metadata, path.  Safe to
+    use from many threads.  Use as a context manager, or call close().
+    """
 
     def __init__(self, path, index, prov, metadata):
         self.path, self.index, self.prov, self.metadata = path, index, prov, metadata
         self.info = metadata.get(META_KEY, {})
         self.kind = self.info.get("kind", "phash")
 
+    def match(self, hashes, radius=None, threads=None):
+        """Match records of each hash, in input order.
+
+        hashes: uint64 array (n,) or one int; radius: inclusive Hamming radius (default: the
+        kind's, as scan uses).  Returns a list of n lists of dicts {list, id, label, distance,
+        kind, line}, each sorted by (distance, index id).  Perceptual entries only; see
+        match_digests() for MD5/SHA-1.
+        """
+        from .scan import DEFAULT_RADIUS
+        radius = DEFAULT_RADIUS.get(self.kind, 8) if radius is None else radius
+        lims, dist, ids = self.index.range_search(hashes, radius, threads=threads)
+        rows = self.prov.rows_of(ids) if len(ids) else {}
+        return [self._records(dist[lims[j]:lims[j + 1]], ids[lims[j]:lims[j + 1]], rows)
+                for j in range(len(lims) - 1)]
+
+    def nearest(self, hashes, k, threads=None):
+        """Match records of the k nearest entries of each hash (fewer if the index holds fewer), in input order."""
+        dist, ids = self.index.search(hashes, k, threads=threads)
+        rows = self.prov.rows_of(ids[ids >= 0])
+        return [self._records(d[i >= 0], i[i >= 0], rows) for d, i in zip(dist, ids)]
+
+    def _records(self, dists, ids, rows):
+        found = []
+        for d, i in zip(dists.tolist(), ids.tolist()):
+            row = rows.get(i)
+            if row is not None:            # removed from the table but not yet from the index
+                rec = self.prov._record(row, d)
+                rec["kind"] = self.kind
+                found.append(rec)
+        return found
+
+    def match_digests(self, digests, kind):
+        """Match records (distance 0) of each MD5 or SHA-1 hex digest (kind 'md5' or 'sha1'), in input order."""
+        if kind not in ("md5", "sha1"):
+            raise ValueError(f"kind must be 'md5' or 'sha1', got {kind!r}")
+        return [[self.prov._record(row, 0) for row in self.prov.digest_rows(hex_digits(d).lower(), kind)]
+                for d in digests]
+
+    def provenance(self, ids):
+        """{index id: {list, id, label, kind, hash, line, extra}} for these index ids (absent ids are left out)."""
+        out = {}
+        for i, row in self.prov.rows_of(np.ravel(ids)).items():
+            rec = self.prov._record(row, None)
+            del rec["distance"]
+            rec["hash"] = row[3]
+            rec["extra"] = json.loads(row[7]) if row[7] else None
+            out[i] = rec
+        return out
+
     def close(self):
         if self.prov is not None:
             self.prov.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def provenance_path(index_path, metadata):
@@ -539,8 +614,8 @@ def provenance_path(index_path, metadata):
     return path
 
 
-def open_index(path, mmap=True):
-    """ListIndex for an index written by the command line; IndexOpenError with the fix otherwise."""
+def open_lists(path, mmap=True):
+    """ListIndex of an index written by the command line; IndexOpenError naming the fix otherwise."""
     from .index import HashIndex
     from .storage import IndexFormatError, read_metadata
     path = os.fspath(path)
@@ -564,11 +639,13 @@ def open_index(path, mmap=True):
     return ListIndex(path, index, prov, meta)
 
 
-def write_index(path, index, prov_tmp, kind, old_prov_path=None, extra_meta=None):
+def write_index(path, index, prov_tmp, kind, old_prov_path=None, extra_meta=None, incremental=True):
     """Publish prov_tmp, save index atomically pointing at it, then delete the old table.
 
     On any failure the new table is removed and the old index and table are untouched.
+    incremental=False always writes a self-contained index file (no base file).
     """
+    from .storage import save_index
     try:
         final = prov_tmp.publish()
     except BaseException:
@@ -579,7 +656,7 @@ def write_index(path, index, prov_tmp, kind, old_prov_path=None, extra_meta=None
                       for s in prov_tmp.summary()]}
     info.update(extra_meta or {})
     try:
-        index.save(path, metadata={META_KEY: info})
+        save_index(index, path, metadata={META_KEY: info}, incremental=incremental)
     except BaseException:
         prov_tmp.discard()
         raise

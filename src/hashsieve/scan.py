@@ -488,12 +488,7 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
         done.add((rec.get("path"), rec.get("member")))
         summary.count(rec, now=False)
     summary.resumed = len(done)
-    if lindex is not None:
-        prov, index = lindex.prov, lindex.index
-        want_digests = prov.has_digests()
-    else:
-        prov = index = None
-        want_digests = False
+    want_digests = lindex is not None and lindex.prov.has_digests()
     stop = stop or _Stop()
     t0 = time.monotonic()
     items = walk(paths, opts.limits, done, exclude)
@@ -521,24 +516,15 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
         recs = [record(it, *res) for it, res in zip(metas, results)]
         queries = [k for k, r in enumerate(recs) if r["hash"] is not None
                    and (opts.match_low_detail or not r["low_detail"])]
-        if queries and index is not None:
+        if queries and lindex is not None:
             codes = np.array([int(recs[k]["hash"], 16) for k in queries], dtype=np.uint64)
-            lims, dist, ids = index.range_search(codes, opts.radius)
-            rows = prov.lookup_ids(ids) if len(ids) else {}
-            for j, k in enumerate(queries):
-                for d, i in zip(dist[lims[j]:lims[j + 1]], ids[lims[j]:lims[j + 1]]):
-                    row = rows.get(int(i))
-                    if row is not None:
-                        m = prov._match(row, int(d))
-                        m["kind"] = lindex.kind
-                        recs[k]["matches"].append(m)
+            for k, found in zip(queries, lindex.match(codes, opts.radius)):
+                recs[k]["matches"] += found
         if want_digests:
             for r in recs:
                 for kind in ("md5", "sha1"):
                     if r[kind]:
-                        for row in prov.lookup_digest(r[kind]):
-                            if row[2] == kind:
-                                r["matches"].append(prov._match(row, 0))
+                        r["matches"] += lindex.match_digests([r[kind]], kind)[0]
         for r in recs:
             emit(r)
 
