@@ -392,7 +392,10 @@ class Provenance:
         list_no = self._list_no(hash_list)
         start = self.next_id()
         # A bulk load into a small table: build the hash index once afterwards, not row by row.
-        bulk = os.path.getsize(hash_list.path) > 20 * max(50_000, start)
+        try:
+            bulk = os.path.getsize(hash_list.path) > 20 * max(50_000, start)    # ~20+ bytes a row
+        except OSError:
+            bulk = False            # reading it will say what is wrong
         if bulk:
             self.db.execute("DROP INDEX IF EXISTS entries_hash")
         rows = ((start + k, list_no, e.kind, e.hash, e.row_id, e.label, e.line,
