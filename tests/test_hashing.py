@@ -8,19 +8,21 @@ import os
 import pickle
 import sys
 import time
+import tracemalloc
 from collections import Counter
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 sys.path.insert(0, os.path.dirname(__file__))
 import imagegen  # noqa: E402
 
 from hashsieve import to_hex  # noqa: E402
 from hashsieve.hashing import (HASH_KINDS, HashResults, ImageHashError, _dct_low8, _dwt2,  # noqa: E402
-                               _idwt2, _median64, _phash_bits, hash_image, hash_images, image_detail, iter_hash_images)
+                               _idwt2, _median64, _phash_bits, _whash_low, hash_image, hash_images, image_detail,
+                               iter_hash_images)
 
 imagehash = pytest.importorskip("imagehash")
 scipy_fftpack = pytest.importorskip("scipy.fftpack")
@@ -101,6 +103,42 @@ def test_haar_is_bit_identical_to_pywt():
             assert np.array_equal(a2, ref[0])
             assert all(np.array_equal(m, r) for m, r in zip(d2 + d1, ref[1] + ref[2]))
             assert np.array_equal(_idwt2(_idwt2(a2, d2), d1), pywt.waverec2(ref, "haar"))
+
+
+def _pywt_whash_low(px):
+    """What imagehash.whash thresholds, computed with pywt as imagehash does."""
+    levels = int(np.log2(px.shape[0]))
+    coeffs = list(pywt.wavedec2(px / 255., "haar", level=levels))
+    coeffs[0] *= 0
+    return pywt.wavedec2(pywt.waverec2(coeffs, "haar"), "haar", level=levels - 3)[0]
+
+
+def test_whash_in_blocks_is_bit_identical_to_pywt():
+    rng = np.random.default_rng(9)
+    for scale in (8, 16, 64, 256, 1024):
+        for px in (rng.integers(0, 256, (scale, scale), dtype=np.uint8),
+                   np.tile(rng.integers(0, 256, scale, dtype=np.uint8), (scale, 1)),
+                   rng.integers(0, 3, (scale, scale), dtype=np.uint8) * 127):
+            ref = _pywt_whash_low(px)
+            for block in (1, 16, 4096, 1 << 20):        # one tile at a time ... the whole image at once
+                assert np.array_equal(_whash_low(px, scale, block), ref), (scale, block)
+
+
+def test_whash_memory_does_not_grow_with_the_image(tmp_path):
+    # 4100x4100: imagehash (and our copy of it until issue 10) works on 4096x4096 float64
+    # arrays, 128 MiB each, several at once; numpy's allocations are traced by tracemalloc.
+    img = Image.new("L", (4100, 4100), 90)
+    ImageDraw.Draw(img).ellipse((300, 500, 3000, 3900), fill=200)
+    img.save(tmp_path / "big.png")
+    tracemalloc.start()
+    try:
+        code = hash_image(tmp_path / "big.png", "whash")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB traced"
+    small = img.resize((1100, 1100), Image.Resampling.LANCZOS)    # a cheap check that it is a whash
+    assert bin(code ^ hash_image(small, "whash")).count("1") <= 4
 
 
 # --- the corpus: every kind agrees with imagehash ---------------------------
