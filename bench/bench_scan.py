@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_scan.py throughput [--jpegs 32 --copies 3 --workers 2 --rounds 2]
     .venv/bin/python bench/bench_scan.py detail
-    .venv/bin/python bench/bench_scan.py memory [--workers 2 --members 12 --cases zip png rgbpng]
+    .venv/bin/python bench/bench_scan.py memory [--workers 2 --members 12 --cases zip png rgbpng mix]
 
 throughput: 1-4 megapixel synthetic JPEGs in a temporary folder; `hashsieve scan`
 (the real command, in a subprocess, against an index of 100,000 random hashes plus
@@ -22,7 +22,9 @@ workers) on hostile-but-legal inputs: "zip", a ~30 MB zip of 12 BMP members of
 ~241 MB each (80 MP, ~100:1 deflate: under the 200:1 ratio and the 256 MiB cap);
 "png", a 9400x9400 greyscale PNG of ~150 KB scanned against a wHash index (the
 hash works at 8192x8192); "rgbpng", the same picture as RGB (Pillow decodes RGB
-to 4 bytes a pixel).  Every 20 ms the RSS and PSS (/proc/PID/smaps_rollup) of
+to 4 bytes a pixel); "mix", a zip alternating three such RGB PNGs and three of the
+BMPs, so that both workers decode 80-88 MP images while the walker reads a 241 MB
+member.  Every 20 ms the RSS and PSS (/proc/PID/smaps_rollup) of
 every process in the scan's tree are summed; the peaks of those sums are
 printed, with the largest single worker and the hashes found (to compare code
 versions).  RSS counts pages shared by the fork server and its workers once per
@@ -198,33 +200,41 @@ def detail(a):
               f"{np.median(unrel):.0f} | {degen}/{len(codes)} |")
 
 
-def _make_big_zip(path, members, side=8960, noise=0.0012, seed=11):
-    """members x a side x side 24-bit BMP (~241 MB at 8960), sparse noise on a blocky pattern: ~100:1."""
-    import zipfile
+def _big_bmp(k, rng, side=8960, noise=0.0012):
+    """A side x side 24-bit BMP (~241 MB at 8960): sparse noise on a blocky pattern, ~100:1 deflated."""
     from PIL import Image
-    rng = np.random.default_rng(seed)
     y, x = np.ogrid[0:side, 0:side]
     base = ((x // 97 + y // 89) % 7 * 30).astype(np.uint8)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        for k in range(members):
-            px = np.stack([base, (base // 2 + 16 * k).astype(np.uint8), 255 - base], -1)
-            flat = px.reshape(-1, 3)
-            where = rng.integers(0, side * side, int(noise * side * side))
-            flat[where] = rng.integers(0, 256, (len(where), 3), dtype=np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(px, "RGB").save(buf, "BMP")
-            z.writestr(f"member{k:02d}.bmp", buf.getvalue())
-            del px, flat, buf
+    px = np.stack([base, (base // 2 + 16 * k).astype(np.uint8), 255 - base], -1)
+    flat = px.reshape(-1, 3)
+    where = rng.integers(0, side * side, int(noise * side * side))
+    flat[where] = rng.integers(0, 256, (len(where), 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(px, "RGB").save(buf, "BMP")
+    return buf.getvalue()
 
 
-def _make_big_png(path, mode, side=9400):
+def _big_png(mode, side=9400):
     from PIL import Image, ImageDraw
     im = Image.new("L", (side, side), 200)
     d = ImageDraw.Draw(im)
     for k in range(12):
         d.ellipse((300 + 600 * k, 400 + 500 * k, 1500 + 600 * k, 2200 + 500 * k), fill=20 * k)
     d.rectangle((5000, 1000, 9000, 3000), fill=60)
-    im.convert(mode).save(path, "PNG", optimize=True)
+    buf = io.BytesIO()
+    im.convert(mode).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _write_zip(path, members):
+    import zipfile
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, make in members:
+            z.writestr(name, make())
+    with zipfile.ZipFile(path) as z:
+        sizes = [i.file_size for i in z.infolist()]
+    print(f"{os.path.basename(path)}: {os.path.getsize(path) / 1e6:.1f} MB holding {len(sizes)} members of "
+          f"{min(sizes) / 1e6:.1f}-{max(sizes) / 1e6:.1f} MB (ratio {sum(sizes) / os.path.getsize(path):.0f}:1)")
 
 
 def _tree_memory(pid):
@@ -281,23 +291,24 @@ def memory(a):
             indexes[kind] = os.path.join(tmp, f"{kind}.hsi")
             subprocess.run(cli + ["build", lst, "-o", indexes[kind], "--kind", kind], check=True, capture_output=True)
         cases = {}
+        rng = np.random.default_rng(11)
         if "zip" in a.cases:
-            t = time.perf_counter()
             path = os.path.join(tmp, "big.zip")
-            _make_big_zip(path, a.members)
-            import zipfile
-            with zipfile.ZipFile(path) as z:
-                sizes = [i.file_size for i in z.infolist()]
-            print(f"zip: {os.path.getsize(path) / 1e6:.1f} MB holding {len(sizes)} members of "
-                  f"{min(sizes) / 1e6:.1f} MB (ratio {sum(sizes) / os.path.getsize(path):.0f}:1), "
-                  f"made in {time.perf_counter() - t:.0f} s")
-            cases["zip of 12 BMPs of 241 MB, phash"] = (path, "phash")
+            _write_zip(path, [(f"member{k:02d}.bmp", lambda k=k: _big_bmp(k, rng)) for k in range(a.members)])
+            cases[f"zip of {a.members} BMPs of 241 MB, phash"] = (path, "phash")
         for mode, name in (("L", "png"), ("RGB", "rgbpng")):
             if name in a.cases:
                 path = os.path.join(tmp, f"big-{mode}.png")
-                _make_big_png(path, mode)
+                with open(path, "wb") as f:
+                    f.write(_big_png(mode))
                 print(f"{name}: 9400x9400 {mode} PNG of {os.path.getsize(path) / 1e3:.0f} KB")
                 cases[f"9400x9400 {mode} PNG ({os.path.getsize(path) / 1e3:.0f} KB), whash"] = (path, "whash")
+        if "mix" in a.cases:
+            path = os.path.join(tmp, "mix.zip")
+            rgb = _big_png("RGB")
+            _write_zip(path, [(f"{k}.{ext}", (lambda: rgb) if ext == "png" else (lambda k=k: _big_bmp(k, rng)))
+                              for k in range(3) for ext in ("png", "bmp")])
+            cases["zip of 3 x (9400x9400 RGB PNG, 241 MB BMP), phash"] = (path, "phash")
         print(f"\n| case (--workers {a.workers}) | peak RSS sum | peak PSS sum | parent RSS | largest worker RSS "
               "| wall s | hashes |\n|---|---|---|---|---|---|---|")
         for name, (path, kind) in cases.items():
@@ -325,7 +336,8 @@ def main():
     m = sub.add_parser("memory")
     m.add_argument("--workers", type=int, default=2)
     m.add_argument("--members", type=int, default=12)
-    m.add_argument("--cases", nargs="+", default=["zip", "png", "rgbpng"], choices=["zip", "png", "rgbpng"])
+    m.add_argument("--cases", nargs="+", default=["zip", "png", "rgbpng", "mix"],
+                   choices=["zip", "png", "rgbpng", "mix"])
     m.set_defaults(func=memory)
     a = p.parse_args()
     a.func(a)

@@ -20,9 +20,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 import imagegen  # noqa: E402
 
 from hashsieve import to_hex  # noqa: E402
+import hashsieve.hashing  # noqa: E402
 from hashsieve.hashing import (HASH_KINDS, HashResults, ImageHashError, _dct_low8, _dwt2,  # noqa: E402
-                               _idwt2, _median64, _phash_bits, _whash_low, hash_image, hash_images, image_detail,
-                               iter_hash_images)
+                               _greyscale, _idwt2, _median64, _phash_bits, _whash_low, hash_image, hash_images,
+                               image_detail, iter_hash_images)
 
 imagehash = pytest.importorskip("imagehash")
 scipy_fftpack = pytest.importorskip("scipy.fftpack")
@@ -139,6 +140,22 @@ def test_whash_memory_does_not_grow_with_the_image(tmp_path):
     assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB traced"
     small = img.resize((1100, 1100), Image.Resampling.LANCZOS)    # a cheap check that it is a whash
     assert bin(code ^ hash_image(small, "whash")).count("1") <= 4
+
+
+def test_greyscale_in_bands_equals_convert(monkeypatch):
+    # CMYK and HSV go to L through a whole RGB copy in Pillow, so big ones are converted a
+    # band of rows at a time; forced to 7-row bands here.
+    monkeypatch.setattr(hashsieve.hashing, "_BAND_PIXELS", 7 * 61)
+    rng = np.random.default_rng(11)
+    for mode in ("CMYK", "HSV"):
+        img = Image.frombytes(mode, (61, 45), rng.integers(0, 256, 61 * 45 * 4, dtype=np.uint8).tobytes())
+        assert np.array_equal(np.asarray(_greyscale(img)), np.asarray(img.convert("L")))
+    cmyk = imagegen.encode(imagegen.photo(640, 480, seed=5).convert("CMYK"), "JPEG", quality=90)
+    monkeypatch.setattr(hashsieve.hashing, "_BAND_PIXELS", 1 << 22)
+    want = [hash_image(cmyk, kind) for kind in HASH_KINDS]
+    monkeypatch.setattr(hashsieve.hashing, "_BAND_PIXELS", 640 * 9)
+    assert [hash_image(cmyk, kind) for kind in HASH_KINDS] == want
+    assert want[0] == int(str(imagehash.phash(Image.open(io.BytesIO(cmyk)))), 16)
 
 
 # --- the corpus: every kind agrees with imagehash ---------------------------
@@ -427,3 +444,41 @@ def test_a_worker_crash_costs_only_that_image(corpus_paths):
     assert [i for i, _ in res.failed] == [3]
     assert "worker process died" in res.errors[3]
     assert [int(h) for h in np.delete(res.hashes, 3)] == [hash_image(p, "ahash") for p in paths]
+
+
+class _SlowImage(Image.Image):
+    """Records when a worker decodes it (and takes 0.3 s), to see which decodes overlap."""
+
+    log = None
+
+    def load(self):
+        if os.getpid() != _CrashingImage.parent and self.im is not None and not getattr(self, "_logged", False):
+            self._logged = True
+            start = time.monotonic()
+            time.sleep(0.3)
+            with open(self.log, "a") as f:
+                f.write(f"{start} {time.monotonic()}\n")
+        return super().load()
+
+
+def _decode_intervals(tmp_path, size, monkeypatch):
+    _SlowImage.log = str(tmp_path / f"log-{size}")
+    images = []
+    for k in range(4):
+        img = _SlowImage()
+        img.__setstate__(Image.new("RGB", (size, size), (k, k, k)).__getstate__())
+        images.append(img)
+    res = hash_images(images, "ahash", workers=2, chunksize=1, mp_context="fork")
+    assert not res.failed
+    with open(_SlowImage.log) as f:
+        return sorted(tuple(map(float, line.split())) for line in f)
+
+
+def test_big_images_decode_one_at_a_time_across_the_pool(tmp_path, monkeypatch):
+    # Scaled down: "big" is over 50 pixels and big images may only decode 100 pixels at once.
+    monkeypatch.setattr(hashsieve.hashing, "BIG_IMAGE_PIXELS", 50)
+    monkeypatch.setattr(hashsieve.hashing, "BIG_IMAGES_PIXELS", 100)
+    small = _decode_intervals(tmp_path, 7, monkeypatch)       # 49 pixels: the two workers overlap
+    assert len(small) == 4 and any(b[0] < a[1] for a, b in zip(small, small[1:]))
+    big = _decode_intervals(tmp_path, 10, monkeypatch)        # 100 pixels: one at a time
+    assert len(big) == 4 and all(b[0] >= a[1] for a, b in zip(big, big[1:])), big

@@ -17,6 +17,7 @@ docs/hashing.md.
 Hash layout: the 8x8 bit matrix row-major, first bit most significant, so
 ``int(str(imagehash.phash(im)), 16) == hash_image(im)``.
 """
+import contextlib
 import io
 import math
 import os
@@ -393,12 +394,26 @@ def _draft(img, need):
             img.draft("L", (need, need))
 
 
+# Pillow converts these modes to "L" through a whole RGB copy (4 more bytes a pixel);
+# converting a band of rows at a time gives the same pixels (every conversion to L is
+# pixel by pixel) without it.
+_VIA_RGB = ("CMYK", "HSV")
+_BAND_PIXELS = 1 << 22
+
+
 def _greyscale(img):
-    """The image as mode "L", converted exactly as imagehash does."""
+    """The image as mode "L", converted exactly as imagehash does (Image.convert)."""
     if img.mode == "L":
         img.load()
         return img          # convert("L") would only copy it
-    return img.convert("L")
+    w, h = img.size
+    rows = max(1, _BAND_PIXELS // max(w, 1))
+    if img.mode not in _VIA_RGB or rows >= h:
+        return img.convert("L")
+    grey = Image.new("L", img.size)
+    for y in range(0, h, rows):
+        grey.paste(img.crop((0, y, w, min(h, y + rows))).convert("L"), (0, y))
+    return grey
 
 
 def _resize(grey, size, fast, need):
@@ -454,10 +469,11 @@ def _lanczos(grey, size):
 
 
 def _is_fully_transparent(img):
+    # (getextrema per band: no copy of the alpha channel)
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        return img.getchannel("A").getextrema()[1] == 0
+        return img.getextrema()[-1][1] == 0
     if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1"):
-        return img.convert("RGBA").getchannel("A").getextrema()[1] == 0
+        return img.convert("RGBA").getextrema()[3][1] == 0
     return False
 
 
@@ -473,36 +489,37 @@ def _hash_pil(img, kind, fast, exif_transpose, with_detail, owned=True):
         need = _FAST_MIN_SIDE[kind]
     if fast and owned:              # never change the mode/size of a caller's image
         _draft(img, need)
-    if exif_transpose:
-        img = ImageOps.exif_transpose(img)
-    transparent = with_detail and _is_fully_transparent(img)
-    grey = _greyscale(img)
-    if owned and grey is not img:
-        img.close()     # free the colour pixels now: 4 bytes a pixel, 358 MB at the default max_pixels
+    with _decoding_turn(img):
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
+        transparent = with_detail and _is_fully_transparent(img)
+        grey = _greyscale(img)
+        if owned and grey is not img:
+            img.close()     # free the colour pixels now: 4 bytes a pixel, 358 MB at the default max_pixels
 
-    thumb32 = None
-    if kind == "phash":
-        thumb32 = _resize(grey, (_PHASH_SIZE, _PHASH_SIZE), fast, need)
-        bits = _phash_bits(thumb32)
-    elif kind == "dhash":
-        px = _resize(grey, (_HASH_SIZE + 1, _HASH_SIZE), fast, need)
-        bits = px[:, 1:] > px[:, :-1]
-    elif kind == "ahash":
-        px = _resize(grey, (_HASH_SIZE, _HASH_SIZE), fast, need)
-        bits = px > px.sum(dtype=np.int64) / px.size     # np.mean: exact sum / 64
-    elif kind == "whash":
-        low = _whash_low(_resize(grey, (scale, scale), fast, need), scale)
-        bits = low > _median64(low)
-    else:
-        raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
-    code = _bits_to_int(bits)
-    if not with_detail:
-        return code, None
-    if transparent:
-        return code, 0.0
-    if thumb32 is None:
-        thumb32 = _resize(grey, (_DETAIL_SIZE, _DETAIL_SIZE), fast, need)
-    return code, float(np.asarray(thumb32, dtype=np.float64).std())
+        thumb32 = None
+        if kind == "phash":
+            thumb32 = _resize(grey, (_PHASH_SIZE, _PHASH_SIZE), fast, need)
+            bits = _phash_bits(thumb32)
+        elif kind == "dhash":
+            px = _resize(grey, (_HASH_SIZE + 1, _HASH_SIZE), fast, need)
+            bits = px[:, 1:] > px[:, :-1]
+        elif kind == "ahash":
+            px = _resize(grey, (_HASH_SIZE, _HASH_SIZE), fast, need)
+            bits = px > px.sum(dtype=np.int64) / px.size     # np.mean: exact sum / 64
+        elif kind == "whash":
+            low = _whash_low(_resize(grey, (scale, scale), fast, need), scale)
+            bits = low > _median64(low)
+        else:
+            raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
+        code = _bits_to_int(bits)
+        if not with_detail:
+            return code, None
+        if transparent:
+            return code, 0.0
+        if thumb32 is None:
+            thumb32 = _resize(grey, (_DETAIL_SIZE, _DETAIL_SIZE), fast, need)
+        return code, float(np.asarray(thumb32, dtype=np.float64).std())
 
 
 def _check_kind(kind):
@@ -712,6 +729,28 @@ class _Failed:
 
 CHUNK_BYTES = 8 << 20                   # chunks close before passing this; a bigger job goes alone
 INFLIGHT_BYTES_PER_WORKER = 32 << 20    # data pulled and not yet returned, beyond one chunk
+# Decoding takes 4-8 bytes a pixel (WebP the most), up to ~700 MB at DEFAULT_MAX_PIXELS.
+# A worker decodes an image of more than BIG_IMAGE_PIXELS only once the pool lets it, and
+# the pool lets such images decode together only while their pixels add up to at most
+# BIG_IMAGES_PIXELS (one image always may): their memory does not grow with the workers.
+BIG_IMAGE_PIXELS = 1 << 24
+BIG_IMAGES_PIXELS = DEFAULT_MAX_PIXELS
+
+_pool_conn = None           # in a pool worker: its pipe to the pool
+
+
+@contextlib.contextmanager
+def _decoding_turn(img):
+    pixels = img.size[0] * img.size[1]
+    if _pool_conn is None or pixels <= BIG_IMAGE_PIXELS:
+        yield
+        return
+    _pool_conn.send(("turn", pixels))
+    _pool_conn.recv()               # the pool's go-ahead
+    try:
+        yield
+    finally:
+        _pool_conn.send(("done",))
 
 
 def _mp_context(name=None):
@@ -734,11 +773,16 @@ def _worker_main(conn, parent_pid, fn, args):
     # With forkserver the workers are not the caller's children: if it is killed (SIGKILL,
     # OOM) nobody tells a busy worker to stop, so each watches the caller's pid.
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    global _pool_conn
+    _pool_conn = conn
     while True:
         try:
-            count, head = conn.recv()
+            msg = conn.recv()
+            if msg is None:         # the pool is done with us
+                return
+            count, head = msg
             buffers = [conn.recv_bytes() for _ in range(count)]
-        except EOFError:            # the pool is done with us
+        except EOFError:            # the pool is gone
             return
         jobs = pickle.loads(head, buffers=buffers)
         del buffers
@@ -757,7 +801,7 @@ def _watch_parent(pid):
 
 
 class _Worker:
-    __slots__ = ("proc", "conn", "task", "if_died")
+    __slots__ = ("proc", "conn", "task", "if_died", "turn")
 
     def __init__(self, ctx, fn, args):
         self.conn, child = ctx.Pipe()
@@ -766,6 +810,7 @@ class _Worker:
         child.close()
         self.task = None            # (unit, indices of its jobs) while busy
         self.if_died = None         # the result to report if it dies on a one-job task
+        self.turn = 0               # pixels of the big image it has leave to decode
 
     def send(self, jobs):
         buffers = []
@@ -776,14 +821,48 @@ class _Worker:
             self.conn.send_bytes(b)
 
     def stop(self):
-        """End the process: an idle one exits when its pipe closes, a busy one is terminated."""
-        self.conn.close()
-        if self.task is not None:
+        """End the process: an idle one is told to exit, a busy one is terminated."""
+        if self.task is None:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass                # already gone
+        else:
             self.proc.terminate()
+        self.conn.close()
         self.proc.join(2)
         if self.proc.exitcode is None:
             self.proc.kill()
             self.proc.join()
+
+
+class _Turns:
+    """The pool's side of _decoding_turn: big images decoding (pixels), workers waiting, in order."""
+
+    def __init__(self, budget):
+        self.budget, self.used, self.waiting = budget, 0, deque()
+
+    def ask(self, w, pixels):
+        self.waiting.append((w, pixels))
+        self._grant()
+
+    def done(self, w):
+        self.used -= w.turn
+        w.turn = 0
+        self._grant()
+
+    def lost(self, w):
+        self.waiting = deque(x for x in self.waiting if x[0] is not w)
+        self.done(w)
+
+    def _grant(self):
+        while self.waiting and (not self.used or self.used + self.waiting[0][1] <= self.budget):
+            w, w.turn = self.waiting.popleft()
+            self.used += w.turn
+            try:
+                w.conn.send("go")
+            except OSError:
+                pass                # it died: lost() gives the turn back when that is seen
 
 
 class _Unit:
@@ -818,6 +897,7 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
     ready = deque()             # (unit, indices) waiting for a worker
     held = chunks = 0           # data and number of the units in `order` that have jobs
     more = True
+    turns = _Turns(BIG_IMAGES_PIXELS)
     pool = [_Worker(ctx, fn, args) for _ in range(workers)]
     try:
         while True:
@@ -863,9 +943,16 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
                         raise EOFError  # the sentinel: the process is gone
                     results = w.conn.recv()
                 except (EOFError, OSError):
+                    turns.lost(w)
                     _lost(w, ready)
                     w.stop()
                     pool[pool.index(w)] = _Worker(ctx, fn, args)
+                    continue
+                if isinstance(results, tuple):      # from _decoding_turn
+                    if results[0] == "turn":
+                        turns.ask(w, results[1])
+                    else:
+                        turns.done(w)
                     continue
                 unit, idx = w.task
                 w.task = None
