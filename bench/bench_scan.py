@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_scan.py throughput [--jpegs 32 --copies 3 --workers 2 --rounds 2]
     .venv/bin/python bench/bench_scan.py detail
     .venv/bin/python bench/bench_scan.py memory [--workers 2 --members 12 --cases zip png rgbpng mix]
+    .venv/bin/python bench/bench_scan.py decodecost
 
 throughput: 1-4 megapixel synthetic JPEGs in a temporary folder; `hashsieve scan`
 (the real command, in a subprocess, against an index of 100,000 random hashes plus
@@ -29,6 +30,11 @@ every process in the scan's tree are summed; the peaks of those sums are
 printed, with the largest single worker and the hashes found (to compare code
 versions).  RSS counts pages shared by the fork server and its workers once per
 process, so its sum overstates; PSS splits them.
+
+decodecost: bytes a pixel that opening, decoding and turning to grey take, per
+format (the costs hashing.BIG_DECODE_BYTES counts): a 3000x3000 image in each
+format, opened and made grey as hashing does in a fresh process; the rise of its
+peak RSS (VmHWM) from before Image.open to after the grey copy, over 9 million.
 """
 import argparse
 import io
@@ -200,9 +206,10 @@ def detail(a):
               f"{np.median(unrel):.0f} | {degen}/{len(codes)} |")
 
 
-def _big_bmp(k, rng, side=8960, noise=0.0012):
+def _big_bmp(k, side=8960, noise=0.0012):
     """A side x side 24-bit BMP (~241 MB at 8960): sparse noise on a blocky pattern, ~100:1 deflated."""
     from PIL import Image
+    rng = np.random.default_rng(k)
     y, x = np.ogrid[0:side, 0:side]
     base = ((x // 97 + y // 89) % 7 * 30).astype(np.uint8)
     px = np.stack([base, (base // 2 + 16 * k).astype(np.uint8), 255 - base], -1)
@@ -291,10 +298,9 @@ def memory(a):
             indexes[kind] = os.path.join(tmp, f"{kind}.hsi")
             subprocess.run(cli + ["build", lst, "-o", indexes[kind], "--kind", kind], check=True, capture_output=True)
         cases = {}
-        rng = np.random.default_rng(11)
         if "zip" in a.cases:
             path = os.path.join(tmp, "big.zip")
-            _write_zip(path, [(f"member{k:02d}.bmp", lambda k=k: _big_bmp(k, rng)) for k in range(a.members)])
+            _write_zip(path, [(f"member{k:02d}.bmp", lambda k=k: _big_bmp(k)) for k in range(a.members)])
             cases[f"zip of {a.members} BMPs of 241 MB, phash"] = (path, "phash")
         for mode, name in (("L", "png"), ("RGB", "rgbpng")):
             if name in a.cases:
@@ -306,7 +312,7 @@ def memory(a):
         if "mix" in a.cases:
             path = os.path.join(tmp, "mix.zip")
             rgb = _big_png("RGB")
-            _write_zip(path, [(f"{k}.{ext}", (lambda: rgb) if ext == "png" else (lambda k=k: _big_bmp(k, rng)))
+            _write_zip(path, [(f"{k}.{ext}", (lambda: rgb) if ext == "png" else (lambda k=k: _big_bmp(100 + k)))
                               for k in range(3) for ext in ("png", "bmp")])
             cases["zip of 3 x (9400x9400 RGB PNG, 241 MB BMP), phash"] = (path, "phash")
         print(f"\n| case (--workers {a.workers}) | peak RSS sum | peak PSS sum | parent RSS | largest worker RSS "
@@ -317,6 +323,39 @@ def memory(a):
             mib = lambda v: f"{v / 2**20:,.0f} MiB"   # noqa: E731
             print(f"| {name} | {mib(r['rss'])} | {mib(r['pss'])} | {mib(r['parent'])} | {mib(r['child'])} "
                   f"| {r['wall']:.1f} | {len(r['records'])} lines: {', '.join(hashes)} |")
+
+
+_DECODE_COST = """
+import sys
+from PIL import Image
+from hashsieve.hashing import _greyscale
+
+def hwm():      # this process's peak RSS (not ru_maxrss: Linux carries that over from the parent)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+h0 = hwm()
+img = Image.open(sys.argv[1])
+grey = _greyscale(img)
+print(img.mode, (hwm() - h0) / (img.size[0] * img.size[1]))
+"""
+
+
+def decodecost(a):
+    rgb = imagegen.photo(3000, 3000, seed=3)
+    forms = {"JPEG RGB": ("jpg", rgb, {}), "JPEG CMYK": ("jpg", rgb.convert("CMYK"), {}),
+             "PNG RGB": ("png", rgb, {}), "PNG RGBA": ("png", rgb.convert("RGBA"), {}),
+             "PNG palette": ("png", rgb.convert("P"), {}), "BMP RGB": ("bmp", rgb, {}),
+             "TIFF RGB": ("tif", rgb, {}), "GIF": ("gif", rgb.convert("P"), {}),
+             "WebP lossy": ("webp", rgb, {"quality": 80}), "WebP lossless": ("webp", rgb, {"lossless": True})}
+    print("| format | mode | bytes a pixel |\n|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (ext, img, params) in forms.items():
+            path = os.path.join(tmp, f"x.{ext}")
+            img.save(path, **params)
+            out = subprocess.run([sys.executable, "-c", _DECODE_COST, path], capture_output=True, text=True,
+                                 check=True).stdout.split()
+            print(f"| {name} | {out[0]} | {float(out[1]):.1f} |")
 
 
 def main():
@@ -339,6 +378,7 @@ def main():
     m.add_argument("--cases", nargs="+", default=["zip", "png", "rgbpng", "mix"],
                    choices=["zip", "png", "rgbpng", "mix"])
     m.set_defaults(func=memory)
+    sub.add_parser("decodecost").set_defaults(func=decodecost)
     a = p.parse_args()
     a.func(a)
 

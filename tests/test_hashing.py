@@ -475,9 +475,9 @@ def _decode_intervals(tmp_path, size, monkeypatch):
 
 
 def test_big_images_decode_one_at_a_time_across_the_pool(tmp_path, monkeypatch):
-    # Scaled down: "big" is over 50 pixels and big images may only decode 100 pixels at once.
-    monkeypatch.setattr(hashsieve.hashing, "BIG_IMAGE_PIXELS", 50)
-    monkeypatch.setattr(hashsieve.hashing, "BIG_IMAGES_PIXELS", 100)
+    # Scaled down (5 bytes a pixel): "big" is over 50 pixels, and 100 of them decode at once.
+    monkeypatch.setattr(hashsieve.hashing, "BIG_DECODE_BYTES", 50 * 5)
+    monkeypatch.setattr(hashsieve.hashing, "BIG_DECODES_BYTES", 100 * 5)
     small = _decode_intervals(tmp_path, 7, monkeypatch)       # 49 pixels: the two workers overlap
     assert len(small) == 4 and any(b[0] < a[1] for a, b in zip(small, small[1:]))
     big = _decode_intervals(tmp_path, 10, monkeypatch)        # 100 pixels: one at a time

@@ -398,7 +398,7 @@ def _draft(img, need):
 # converting a band of rows at a time gives the same pixels (every conversion to L is
 # pixel by pixel) without it.
 _VIA_RGB = ("CMYK", "HSV")
-_BAND_PIXELS = 1 << 22
+_BAND_PIXELS = 1 << 20
 
 
 def _greyscale(img):
@@ -729,23 +729,25 @@ class _Failed:
 
 CHUNK_BYTES = 8 << 20                   # chunks close before passing this; a bigger job goes alone
 INFLIGHT_BYTES_PER_WORKER = 32 << 20    # data pulled and not yet returned, beyond one chunk
-# Decoding takes 4-8 bytes a pixel (WebP the most), up to ~700 MB at DEFAULT_MAX_PIXELS.
-# A worker decodes an image of more than BIG_IMAGE_PIXELS only once the pool lets it, and
-# the pool lets such images decode together only while their pixels add up to at most
-# BIG_IMAGES_PIXELS (one image always may): their memory does not grow with the workers.
-BIG_IMAGE_PIXELS = 1 << 24
-BIG_IMAGES_PIXELS = DEFAULT_MAX_PIXELS
+# Decoding an image and making it grey takes up to ~5 bytes a pixel (4 for the decoded
+# colour image, 1 for the grey copy), a WebP 16-18 (libwebp's animation decoder keeps two
+# canvases and Pillow copies the frame twice): `bench_scan.py decodecost`.  A worker
+# decodes an image costing more than BIG_DECODE_BYTES only once the pool lets it, and the
+# pool lets such images decode together only while their costs add up to at most
+# BIG_DECODES_BYTES (one always may): that memory does not grow with the number of workers.
+BIG_DECODE_BYTES = 80 << 20                     # ~16.8 MP of RGB
+BIG_DECODES_BYTES = 5 * DEFAULT_MAX_PIXELS      # one RGB image at the default max_pixels
 
 _pool_conn = None           # in a pool worker: its pipe to the pool
 
 
 @contextlib.contextmanager
 def _decoding_turn(img):
-    pixels = img.size[0] * img.size[1]
-    if _pool_conn is None or pixels <= BIG_IMAGE_PIXELS:
+    cost = img.size[0] * img.size[1] * (18 if img.format == "WEBP" else 5)
+    if _pool_conn is None or cost <= BIG_DECODE_BYTES:
         yield
         return
-    _pool_conn.send(("turn", pixels))
+    _pool_conn.send(("turn", cost))
     _pool_conn.recv()               # the pool's go-ahead
     try:
         yield
@@ -810,7 +812,7 @@ class _Worker:
         child.close()
         self.task = None            # (unit, indices of its jobs) while busy
         self.if_died = None         # the result to report if it dies on a one-job task
-        self.turn = 0               # pixels of the big image it has leave to decode
+        self.turn = 0               # the cost of the big image it has leave to decode
 
     def send(self, jobs):
         buffers = []
@@ -837,13 +839,13 @@ class _Worker:
 
 
 class _Turns:
-    """The pool's side of _decoding_turn: big images decoding (pixels), workers waiting, in order."""
+    """The pool's side of _decoding_turn: the cost of the big images decoding, workers waiting."""
 
     def __init__(self, budget):
         self.budget, self.used, self.waiting = budget, 0, deque()
 
-    def ask(self, w, pixels):
-        self.waiting.append((w, pixels))
+    def ask(self, w, cost):
+        self.waiting.append((w, cost))
         self._grant()
 
     def done(self, w):
@@ -897,7 +899,7 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
     ready = deque()             # (unit, indices) waiting for a worker
     held = chunks = 0           # data and number of the units in `order` that have jobs
     more = True
-    turns = _Turns(BIG_IMAGES_PIXELS)
+    turns = _Turns(BIG_DECODES_BYTES)
     pool = [_Worker(ctx, fn, args) for _ in range(workers)]
     try:
         while True:
