@@ -212,7 +212,7 @@ def _big_bmp(k, side=8960, noise=0.0012):
     rng = np.random.default_rng(k)
     y, x = np.ogrid[0:side, 0:side]
     base = ((x // 97 + y // 89) % 7 * 30).astype(np.uint8)
-    px = np.stack([base, (base // 2 + 16 * k).astype(np.uint8), 255 - base], -1)
+    px = np.stack([base, (base // 2 + 16 * (k % 8)).astype(np.uint8), 255 - base], -1)
     flat = px.reshape(-1, 3)
     where = rng.integers(0, side * side, int(noise * side * side))
     flat[where] = rng.integers(0, 256, (len(where), 3), dtype=np.uint8)

@@ -325,6 +325,16 @@ def test_pixel_limit_refuses_before_decoding():
         hash_image(bomb, max_pixels=10_000_000)
 
 
+def test_pixel_limit_counts_what_webp_costs_to_decode():
+    # Pillow needs 18 bytes a pixel for WebP, 5 for other formats: the limit bounds memory.
+    img = imagegen.photo(300, 200, 1)
+    webp, png = imagegen.encode(img, "WEBP", quality=90), imagegen.encode(img, "PNG")
+    assert hash_image(png, max_pixels=60_000) == hash_image(png)
+    with pytest.raises(ImageHashError, match="WebP.*as much as 216,000 pixels, above max_pixels=60,000"):
+        hash_image(webp, max_pixels=60_000)
+    assert hash_image(webp, max_pixels=216_000) == hash_image(webp)
+
+
 def test_wrong_types_and_kinds_are_caller_errors(tmp_path):
     with pytest.raises(TypeError, match="path, bytes"):
         hash_image(12345)

@@ -367,13 +367,33 @@ def _explain(exc):
     return f"corrupt or unsupported image data ({type(exc).__name__}: {msg})"
 
 
+# Bytes a pixel that decoding an image and making it grey take (4 for the decoded colour image,
+# 1 for the grey copy), and for WebP 16-18: libwebp's animation decoder keeps two canvases and
+# Pillow copies the frame twice (`bench_scan.py decodecost`).  max_pixels bounds that memory,
+# so a WebP pixel counts 18/5 times against it.
+_COST_PER_PIXEL = 5
+_WEBP_COST_PER_PIXEL = 18
+
+
+def _decode_cost(img):
+    return img.size[0] * img.size[1] * (_WEBP_COST_PER_PIXEL if img.format == "WEBP" else _COST_PER_PIXEL)
+
+
 def _check_pixels(img, name, max_pixels):
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageHashError(name, f"image has no pixels (size {w}x{h})")
-    if max_pixels is not None and w * h > max_pixels:
+    if max_pixels is None:
+        return
+    if w * h > max_pixels:
         raise ImageHashError(name, f"image is {w}x{h} = {w * h:,} pixels, above max_pixels={max_pixels:,} "
                                    "(decompression-bomb guard); pass a larger max_pixels= if you trust it")
+    if _decode_cost(img) > _COST_PER_PIXEL * max_pixels:
+        raise ImageHashError(name, f"image is a {w}x{h} = {w * h:,} pixel WebP; Pillow takes {_WEBP_COST_PER_PIXEL} "
+                                   f"bytes a pixel to decode WebP ({_COST_PER_PIXEL} for other formats), as much "
+                                   f"as {_decode_cost(img) // _COST_PER_PIXEL:,} pixels, above max_pixels="
+                                   f"{max_pixels:,} (decompression-bomb guard); pass a larger max_pixels= if you "
+                                   "trust it")
 
 
 # ---------------------------------------------------------------------------
@@ -729,21 +749,18 @@ class _Failed:
 
 CHUNK_BYTES = 8 << 20                   # chunks close before passing this; a bigger job goes alone
 INFLIGHT_BYTES_PER_WORKER = 32 << 20    # data pulled and not yet returned, beyond one chunk
-# Decoding an image and making it grey takes up to ~5 bytes a pixel (4 for the decoded
-# colour image, 1 for the grey copy), a WebP 16-18 (libwebp's animation decoder keeps two
-# canvases and Pillow copies the frame twice): `bench_scan.py decodecost`.  A worker
-# decodes an image costing more than BIG_DECODE_BYTES only once the pool lets it, and the
-# pool lets such images decode together only while their costs add up to at most
-# BIG_DECODES_BYTES (one always may): that memory does not grow with the number of workers.
-BIG_DECODE_BYTES = 80 << 20                     # ~16.8 MP of RGB
-BIG_DECODES_BYTES = 5 * DEFAULT_MAX_PIXELS      # one RGB image at the default max_pixels
+# A worker decodes an image whose _decode_cost is more than BIG_DECODE_BYTES only once the
+# pool lets it, and the pool lets such images decode together only while their costs add up
+# to at most BIG_DECODES_BYTES (one always may): that memory does not grow with the workers.
+BIG_DECODE_BYTES = 80 << 20                                 # 16.8 MP at 5 bytes a pixel
+BIG_DECODES_BYTES = _COST_PER_PIXEL * DEFAULT_MAX_PIXELS    # the largest image allowed by default
 
 _pool_conn = None           # in a pool worker: its pipe to the pool
 
 
 @contextlib.contextmanager
 def _decoding_turn(img):
-    cost = img.size[0] * img.size[1] * (18 if img.format == "WEBP" else 5)
+    cost = _decode_cost(img)
     if _pool_conn is None or cost <= BIG_DECODE_BYTES:
         yield
         return
