@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_scan.py detail
     .venv/bin/python bench/bench_scan.py memory [--workers 2 --members 12 --cases zip png rgbpng mix]
     .venv/bin/python bench/bench_scan.py decodecost
+    .venv/bin/python bench/bench_scan.py zipdir [--entries 200000]
 
 throughput: 1-4 megapixel synthetic JPEGs in a temporary folder; `hashsieve scan`
 (the real command, in a subprocess, against an index of 100,000 random hashes plus
@@ -35,6 +36,10 @@ decodecost: bytes a pixel that opening, decoding and turning to grey take, per
 format (the costs hashing.BIG_DECODE_BYTES counts): a 3000x3000 image in each
 format, opened and made grey as hashing does in a fresh process; the rise of its
 peak RSS (VmHWM) from before Image.open to after the grey copy, over 9 million.
+
+zipdir: what opening a zip of many (empty) members costs the scan process:
+zipfile reads the whole central directory into one ZipInfo per member (the
+walk stops at Limits.max_members, 1,000,000).
 """
 import argparse
 import io
@@ -358,6 +363,30 @@ def decodecost(a):
             print(f"| {name} | {out[0]} | {float(out[1]):.1f} |")
 
 
+_ZIP_DIR = """
+import sys, zipfile
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+h0 = hwm()
+n = len(zipfile.ZipFile(sys.argv[1]).infolist())
+print(n, hwm() - h0)
+"""
+
+
+def zipdir(a):
+    import zipfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "many.zip")
+        with zipfile.ZipFile(path, "w") as z:
+            for k in range(a.entries):
+                z.writestr(f"photos/{k:08d}.jpg", b"")
+        n, peak = map(int, subprocess.run([sys.executable, "-c", _ZIP_DIR, path], capture_output=True, text=True,
+                                          check=True).stdout.split())
+        print(f"zip of {n:,} members ({os.path.getsize(path) / 1e6:.1f} MB): zipfile.ZipFile() raised the peak RSS "
+              f"by {peak / 2**20:.0f} MiB, {peak / n:.0f} bytes a member")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -379,6 +408,9 @@ def main():
                    choices=["zip", "png", "rgbpng", "mix"])
     m.set_defaults(func=memory)
     sub.add_parser("decodecost").set_defaults(func=decodecost)
+    z = sub.add_parser("zipdir")
+    z.add_argument("--entries", type=int, default=200_000)
+    z.set_defaults(func=zipdir)
     a = p.parse_args()
     a.func(a)
 

@@ -368,9 +368,9 @@ def _explain(exc):
 
 
 # Bytes a pixel that decoding an image and making it grey take (4 for the decoded colour image,
-# 1 for the grey copy), and for WebP 16-18: libwebp's animation decoder keeps two canvases and
-# Pillow copies the frame twice (`bench_scan.py decodecost`).  max_pixels bounds that memory,
-# so a WebP pixel counts 18/5 times against it.
+# 1 for the grey copy), and for WebP 16-18: Pillow decodes it through libwebp's animation
+# decoder and then copies the frame (`bench_scan.py decodecost`).  max_pixels bounds that
+# memory, so a WebP pixel counts 18/5 times against it.
 _COST_PER_PIXEL = 5
 _WEBP_COST_PER_PIXEL = 18
 
@@ -581,7 +581,8 @@ def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_de
         transparent images, whose hashes are degenerate (0000000000000000 or
         8000000000000000) and match each other.
     max_pixels: images with more pixels are refused before decoding (None: only
-        Pillow's own PIL.Image.MAX_IMAGE_PIXELS applies).
+        Pillow's own PIL.Image.MAX_IMAGE_PIXELS applies).  It bounds decoding memory, so a
+        WebP pixel, which Pillow needs 18 bytes to decode instead of 5, counts 18/5 times.
 
     Raises ImageHashError (a ValueError) naming the image and the reason when it
     cannot be read or decoded; TypeError if `image` is no kind of image source.
@@ -765,7 +766,8 @@ def _decoding_turn(img):
         yield
         return
     _pool_conn.send(("turn", cost))
-    _pool_conn.recv()               # the pool's go-ahead
+    while (msg := _pool_conn.recv()) != "go":      # the pool's go-ahead; a queued chunk may come first
+        _stashed.append(_receive_chunk(_pool_conn, msg))
     try:
         yield
     finally:
@@ -796,16 +798,24 @@ def _worker_main(conn, parent_pid, fn, args):
     _pool_conn = conn
     while True:
         try:
-            msg = conn.recv()
-            if msg is None:         # the pool is done with us
-                return
-            count, head = msg
-            buffers = [conn.recv_bytes() for _ in range(count)]
+            chunk = _stashed.popleft() if _stashed else _receive_chunk(conn, conn.recv())
         except EOFError:            # the pool is gone
             return
-        jobs = pickle.loads(head, buffers=buffers)
-        del buffers
-        conn.send(fn(jobs, *args))
+        if chunk is None:           # the pool is done with us
+            return
+        conn.send(fn(pickle.loads(chunk[0], buffers=chunk[1]), *args))
+        del chunk
+
+
+_stashed = deque()          # in a pool worker: chunks that came while it waited for a decoding turn
+
+
+def _receive_chunk(conn, msg):
+    """(pickle, buffers) of the chunk whose first message is msg, or None for "stop"."""
+    if msg is None:
+        return None
+    count, head = msg
+    return head, [conn.recv_bytes() for _ in range(count)]
 
 
 def _watch_parent(pid):
@@ -819,36 +829,36 @@ def _watch_parent(pid):
             pass
 
 
+# A worker gets a second chunk while it runs one (so it need not wait for the parent between
+# chunks) only if that chunk fits in the pipe's buffer: a bigger one would block the parent
+# until the worker reads it.
+_QUEUED_CHUNK_BYTES = 32 << 10
+
+
 class _Worker:
-    __slots__ = ("proc", "conn", "task", "if_died", "turn")
+    __slots__ = ("proc", "conn", "tasks", "turn")
 
     def __init__(self, ctx, fn, args):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), fn, args), daemon=True)
         self.proc.start()
         child.close()
-        self.task = None            # (unit, indices of its jobs) while busy
-        self.if_died = None         # the result to report if it dies on a one-job task
+        # [unit, indices of its jobs, result if it dies on this one-job task]: running, then queued
+        self.tasks = deque()
         self.turn = 0               # the cost of the big image it has leave to decode
 
-    def send(self, jobs):
-        buffers = []
-        head = pickle.dumps([pickle.PickleBuffer(j) if isinstance(j, (bytes, bytearray)) else j for j in jobs],
-                            protocol=5, buffer_callback=buffers.append)
-        self.conn.send((len(buffers), head))
-        for b in buffers:
-            self.conn.send_bytes(b)
-
     def stop(self):
-        """End the process: an idle one is told to exit, a busy one is terminated."""
-        if self.task is None:
+        """Start ending the process: an idle one is told to exit, a busy one is terminated."""
+        if self.tasks:
+            self.proc.terminate()
+        else:
             try:
                 self.conn.send(None)
             except OSError:
                 pass                # already gone
-        else:
-            self.proc.terminate()
         self.conn.close()
+
+    def join(self):
         self.proc.join(2)
         if self.proc.exitcode is None:
             self.proc.kill()
@@ -913,7 +923,7 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
     max_bytes = INFLIGHT_BYTES_PER_WORKER * workers if max_bytes is None else max_bytes
     units = iter(units)
     order = deque()             # units pulled and not yet yielded, in input order
-    ready = deque()             # (unit, indices) waiting for a worker
+    ready = deque()             # [unit, indices, None] waiting for a worker
     held = chunks = 0           # data and number of the units in `order` that have jobs
     more = True
     turns = _Turns(BIG_DECODES_BYTES)
@@ -930,13 +940,17 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
                 if unit.jobs:
                     held += unit.nbytes
                     chunks += 1
-                    ready.append((unit, range(len(unit.jobs))))
+                    ready.append([unit, range(len(unit.jobs)), None])
             for k, w in enumerate(pool):
-                if w.task is None and ready:
+                if not w.tasks and ready:
                     if not w.proc.is_alive():
                         w.stop()
+                        w.join()
                         w = pool[k] = _Worker(ctx, fn, args)
-                    _dispatch(w, ready.popleft(), died, ready)
+                    _dispatch(w, ready.popleft(), died)
+            for w in pool:
+                if len(w.tasks) == 1 and ready and _dispatch(w, ready[0], died):
+                    ready.popleft()
             while order and not order[0].missing:
                 if stop is not None and stop.is_set():
                     return
@@ -951,11 +965,11 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
                 return
             busy = {}
             for w in pool:
-                if w.task is not None:
+                if w.tasks:
                     busy[w.conn] = busy[w.proc.sentinel] = w
             for obj in wait(list(busy), timeout=0.2):
                 w = busy[obj]
-                if w.task is None:
+                if not w.tasks:
                     continue            # its pipe and its sentinel were both ready
                 try:
                     if not w.conn.poll():
@@ -963,8 +977,9 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
                     results = w.conn.recv()
                 except (EOFError, OSError):
                     turns.lost(w)
-                    _lost(w, ready)
+                    _lost(w, ready, died)
                     w.stop()
+                    w.join()
                     pool[pool.index(w)] = _Worker(ctx, fn, args)
                     continue
                 if isinstance(results, tuple):      # from _decoding_turn
@@ -973,35 +988,61 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
                     else:
                         turns.done(w)
                     continue
-                unit, idx = w.task
-                w.task = None
+                unit, idx, _ = w.tasks.popleft()
                 _fill(unit, idx, results)
+                if w.tasks:
+                    _started(w, died)
     finally:
         for w in pool:
             w.stop()
+        for w in pool:              # (after all were told: they end together)
+            w.join()
 
 
-def _dispatch(w, task, died, ready):
-    unit, idx = task
-    w.task = task
-    w.if_died = died(unit.jobs[idx[0]]) if len(idx) == 1 else None
+def _message(jobs):
+    """The chunk's pickle (bytes out of band, as raw buffers) and its size in bytes."""
+    buffers = []
+    head = pickle.dumps([pickle.PickleBuffer(j) if isinstance(j, (bytes, bytearray)) else j for j in jobs],
+                        protocol=5, buffer_callback=buffers.append)
+    return head, buffers, len(head) + sum(b.raw().nbytes for b in buffers)
+
+
+def _dispatch(w, task, died):
+    """Send the task to w (idle, or running one task if this chunk is small); False if too big."""
+    unit, idx, _ = task
+    head, buffers, size = _message([unit.jobs[i] for i in idx])
+    if w.tasks and size > _QUEUED_CHUNK_BYTES:
+        return False
+    w.tasks.append(task)
     try:
-        w.send([unit.jobs[i] for i in idx])
-    except OSError:                 # it died before it could take the chunk
-        _lost(w, ready)
-        return
-    if len(idx) == 1:
-        unit.jobs[idx[0]] = None    # the worker has it; if it dies now, this job is the culprit
+        w.conn.send((len(buffers), head))
+        for b in buffers:
+            w.conn.send_bytes(b)
+    except OSError:                 # it died: the wait loop sees it
+        return True
+    if len(w.tasks) == 1:
+        _started(w, died)
+    return True
 
 
-def _lost(w, ready):
-    """The worker died on its task: a one-job task gets its died() result, a chunk is split."""
-    unit, idx = w.task
+def _started(w, died):
+    """w.tasks[0] is running now: a one-job task's data is dropped here, the worker has it."""
+    unit, idx, _ = task = w.tasks[0]
     if len(idx) == 1:
-        _fill(unit, idx, [w.if_died])
+        task[2] = died(unit.jobs[idx[0]])
+        unit.jobs[idx[0]] = None    # if the worker dies now, this job is the culprit
+
+
+def _lost(w, ready, died):
+    """The worker died: its running one-job task gets its died() result, a running chunk is
+    split into one-job tasks, a queued chunk is redone as it was."""
+    (unit, idx, if_died), queued = w.tasks[0], list(w.tasks)[1:]
+    w.tasks.clear()
+    ready.extendleft(reversed(queued))
+    if len(idx) == 1:
+        _fill(unit, idx, [if_died or died(unit.jobs[idx[0]])])     # (its data is here if it never started)
     else:
-        ready.extendleft((unit, [i]) for i in reversed(idx))
-    w.task = None
+        ready.extendleft([unit, [i], None] for i in reversed(idx))
 
 
 def _fill(unit, idx, results):
