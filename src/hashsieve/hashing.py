@@ -742,11 +742,12 @@ class _Failed:
 # ---------------------------------------------------------------------------
 # The worker pool, for hash_images and hashsieve.scan
 # ---------------------------------------------------------------------------
-# Each worker is a process with a pipe of its own and runs one chunk at a time, so a
-# worker that dies (decoder crash, out-of-memory kill) loses only its chunk: that chunk
-# is redone one job per task and only the job that kills a worker alone is reported.
-# bytes travel as raw buffers beside a small pickle (protocol 5, out of band): neither
-# side makes a pickled copy of a 256 MB archive member.
+# Each worker is a process with a pipe of its own and runs one chunk at a time (holding the
+# next one if it is small), so a worker that dies (decoder crash, out-of-memory kill) loses
+# only its own chunks: the one it ran is redone one job per task, so that only the job that
+# kills a worker alone is reported, the one it held is redone as it was.  bytes travel as raw
+# buffers beside a small pickle (protocol 5, out of band): neither side makes a pickled copy
+# of a 256 MB archive member.
 
 CHUNK_BYTES = 8 << 20                   # chunks close before passing this; a bigger job goes alone
 INFLIGHT_BYTES_PER_WORKER = 32 << 20    # data pulled and not yet returned, beyond one chunk
@@ -830,8 +831,8 @@ def _watch_parent(pid):
 
 
 # A worker gets a second chunk while it runs one (so it need not wait for the parent between
-# chunks) only if that chunk fits in the pipe's buffer: a bigger one would block the parent
-# until the worker reads it.
+# chunks) only if that chunk is paths and fits in the pipe's buffer: file data or images
+# would block the parent until the worker reads them.
 _QUEUED_CHUNK_BYTES = 32 << 10
 
 
@@ -1010,7 +1011,10 @@ def _message(jobs):
 def _dispatch(w, task, died):
     """Send the task to w (idle, or running one task if this chunk is small); False if too big."""
     unit, idx, _ = task
-    head, buffers, size = _message([unit.jobs[i] for i in idx])
+    jobs = [unit.jobs[i] for i in idx]
+    if w.tasks and any(isinstance(j, (bytes, bytearray, Image.Image)) for j in jobs):
+        return False
+    head, buffers, size = _message(jobs)
     if w.tasks and size > _QUEUED_CHUNK_BYTES:
         return False
     w.tasks.append(task)

@@ -348,6 +348,7 @@ def walk(paths, limits=None, done=frozenset(), exclude=(), follow_symlinks=False
     links to folders are never followed.
     """
     limits = limits or Limits()
+    paths = [os.fspath(p) for p in paths]
     exclude = {os.path.realpath(p) for p in exclude}
     roots = [os.path.realpath(p) for p in paths]
     seen_dirs = set()
@@ -406,7 +407,7 @@ def walk(paths, limits=None, done=frozenset(), exclude=(), follow_symlinks=False
         yield from _walk_file(path, st, limits, done)
 
     for p in paths:
-        yield from visit(os.fspath(p), True)
+        yield from visit(p, True)
 
 
 # ====================================================================== workers
@@ -645,7 +646,7 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
     JSON line to the text stream out (or calling out(record) if it is callable).
 
     resume_records: records of an earlier run to skip.  Returns a Summary.
-    Memory: see docs/hashing.md ("Memory of a scan"); the worker pool keeps at most
+    Memory: see docs/hashing.md ("Worker pool and memory"); the worker pool keeps at most
     hashing.INFLIGHT_BYTES_PER_WORKER x workers of file data in flight beyond one file.
     """
     opts = options
