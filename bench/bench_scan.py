@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/bench_scan.py throughput [--jpegs 32 --copies 3 --workers 2 --rounds 2]
     .venv/bin/python bench/bench_scan.py detail
+    .venv/bin/python bench/bench_scan.py memory [--workers 2 --members 12 --cases zip png rgbpng mix]
+    .venv/bin/python bench/bench_scan.py decodecost
+    .venv/bin/python bench/bench_scan.py zipdir [--entries 200000]
 
 throughput: 1-4 megapixel synthetic JPEGs in a temporary folder; `hashsieve scan`
 (the real command, in a subprocess, against an index of 100,000 random hashes plus
@@ -15,8 +18,31 @@ thumbnail) of ordinary synthetic scenes and of blank/solid/near-solid images,
 and how stable pHash is at each contrast: images of controlled contrast
 (detail ~ c) are re-encoded (JPEG q75, 90% resize) and the bit distance to the
 original measured, and the distance between unrelated images of that contrast.
+
+memory: peak memory of a whole `hashsieve scan` (the command, its fork server and
+workers) on hostile-but-legal inputs: "zip", a ~30 MB zip of 12 BMP members of
+~241 MB each (80 MP, ~100:1 deflate: under the 200:1 ratio and the 256 MiB cap);
+"png", a 9400x9400 greyscale PNG of ~150 KB scanned against a wHash index (the
+hash works at 8192x8192); "rgbpng", the same picture as RGB (Pillow decodes RGB
+to 4 bytes a pixel); "mix", a zip alternating three such RGB PNGs and three of the
+BMPs, so that both workers decode 80-88 MP images while the walker reads a 241 MB
+member.  Every 20 ms the RSS and PSS (/proc/PID/smaps_rollup) of
+every process in the scan's tree are summed; the peaks of those sums are
+printed, with the largest single worker and the hashes found (to compare code
+versions).  RSS counts pages shared by the fork server and its workers once per
+process, so its sum overstates; PSS splits them.
+
+decodecost: bytes a pixel that opening, decoding and turning to grey take, per
+format (the costs hashing.BIG_DECODE_BYTES counts): a 3000x3000 image in each
+format, opened and made grey as hashing does in a fresh process; the rise of its
+peak RSS (VmHWM) from before Image.open to after the grey copy, over 9 million.
+
+zipdir: what opening a zip of many (empty) members costs the scan process:
+zipfile reads the whole central directory into one ZipInfo per member (the
+walk stops at Limits.max_members, 1,000,000).
 """
 import argparse
+import io
 import json
 import os
 import statistics
@@ -185,6 +211,182 @@ def detail(a):
               f"{np.median(unrel):.0f} | {degen}/{len(codes)} |")
 
 
+def _big_bmp(k, side=8960, noise=0.0012):
+    """A side x side 24-bit BMP (~241 MB at 8960): sparse noise on a blocky pattern, ~100:1 deflated."""
+    from PIL import Image
+    rng = np.random.default_rng(k)
+    y, x = np.ogrid[0:side, 0:side]
+    base = ((x // 97 + y // 89) % 7 * 30).astype(np.uint8)
+    px = np.stack([base, (base // 2 + 16 * (k % 8)).astype(np.uint8), 255 - base], -1)
+    flat = px.reshape(-1, 3)
+    where = rng.integers(0, side * side, int(noise * side * side))
+    flat[where] = rng.integers(0, 256, (len(where), 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(px, "RGB").save(buf, "BMP")
+    return buf.getvalue()
+
+
+def _big_png(mode, side=9400):
+    from PIL import Image, ImageDraw
+    im = Image.new("L", (side, side), 200)
+    d = ImageDraw.Draw(im)
+    for k in range(12):
+        d.ellipse((300 + 600 * k, 400 + 500 * k, 1500 + 600 * k, 2200 + 500 * k), fill=20 * k)
+    d.rectangle((5000, 1000, 9000, 3000), fill=60)
+    buf = io.BytesIO()
+    im.convert(mode).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _write_zip(path, members):
+    import zipfile
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, make in members:
+            z.writestr(name, make())
+    with zipfile.ZipFile(path) as z:
+        sizes = [i.file_size for i in z.infolist()]
+    print(f"{os.path.basename(path)}: {os.path.getsize(path) / 1e6:.1f} MB holding {len(sizes)} members of "
+          f"{min(sizes) / 1e6:.1f}-{max(sizes) / 1e6:.1f} MB (ratio {sum(sizes) / os.path.getsize(path):.0f}:1)")
+
+
+def _tree_memory(pid):
+    """(sum of RSS, sum of PSS, {pid: RSS}) in bytes over pid and its descendants."""
+    import psutil
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0, 0, {}
+    rss_sum = pss_sum = 0
+    each = {}
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/smaps_rollup") as f:
+                fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line[0].isupper()}
+        except (OSError, ValueError, IndexError):
+            continue
+        rss_sum += fields.get("Rss", 0)
+        pss_sum += fields.get("Pss", 0)
+        each[p.pid] = fields.get("Rss", 0)
+    return rss_sum, pss_sum, each
+
+
+def _peak_memory(cmd, interval=0.02):
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_rss = peak_pss = peak_one = peak_parent = 0
+    import threading
+    out = {}
+    reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), proc.communicate())))
+    reader.start()
+    while proc.poll() is None:
+        rss, pss, each = _tree_memory(proc.pid)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        peak_parent = max(peak_parent, each.get(proc.pid, 0))
+        peak_one = max([peak_one] + [v for k, v in each.items() if k != proc.pid])
+        time.sleep(interval)
+    reader.join()
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out['stderr']}")
+    return {"wall": time.perf_counter() - t, "rss": peak_rss, "pss": peak_pss, "parent": peak_parent,
+            "child": peak_one, "records": [json.loads(x) for x in out["stdout"].splitlines()]}
+
+
+def memory(a):
+    cli = [sys.executable, "-m", "hashsieve.cli"]
+    with tempfile.TemporaryDirectory() as tmp:
+        indexes = {}
+        for kind in ("phash", "whash"):
+            lst = os.path.join(tmp, f"{kind}.txt")
+            with open(lst, "w") as f:
+                f.write("0123456789abcdef\n")
+            indexes[kind] = os.path.join(tmp, f"{kind}.hsi")
+            subprocess.run(cli + ["build", lst, "-o", indexes[kind], "--kind", kind], check=True, capture_output=True)
+        cases = {}
+        if "zip" in a.cases:
+            path = os.path.join(tmp, "big.zip")
+            _write_zip(path, [(f"member{k:02d}.bmp", lambda k=k: _big_bmp(k)) for k in range(a.members)])
+            cases[f"zip of {a.members} BMPs of 241 MB, phash"] = (path, "phash")
+        for mode, name in (("L", "png"), ("RGB", "rgbpng")):
+            if name in a.cases:
+                path = os.path.join(tmp, f"big-{mode}.png")
+                with open(path, "wb") as f:
+                    f.write(_big_png(mode))
+                print(f"{name}: 9400x9400 {mode} PNG of {os.path.getsize(path) / 1e3:.0f} KB")
+                cases[f"9400x9400 {mode} PNG ({os.path.getsize(path) / 1e3:.0f} KB), whash"] = (path, "whash")
+        if "mix" in a.cases:
+            path = os.path.join(tmp, "mix.zip")
+            rgb = _big_png("RGB")
+            _write_zip(path, [(f"{k}.{ext}", (lambda: rgb) if ext == "png" else (lambda k=k: _big_bmp(100 + k)))
+                              for k in range(3) for ext in ("png", "bmp")])
+            cases["zip of 3 x (9400x9400 RGB PNG, 241 MB BMP), phash"] = (path, "phash")
+        print(f"\n| case (--workers {a.workers}) | peak RSS sum | peak PSS sum | parent RSS | largest worker RSS "
+              "| wall s | hashes |\n|---|---|---|---|---|---|---|")
+        for name, (path, kind) in cases.items():
+            r = _peak_memory(cli + ["scan", path, "--index", indexes[kind], "--workers", str(a.workers)])
+            hashes = sorted({rec["hash"] or rec["error"][:40] for rec in r["records"]})
+            mib = lambda v: f"{v / 2**20:,.0f} MiB"   # noqa: E731
+            print(f"| {name} | {mib(r['rss'])} | {mib(r['pss'])} | {mib(r['parent'])} | {mib(r['child'])} "
+                  f"| {r['wall']:.1f} | {len(r['records'])} lines: {', '.join(hashes)} |")
+
+
+_DECODE_COST = """
+import sys
+from PIL import Image
+from hashsieve.hashing import _greyscale
+
+def hwm():      # this process's peak RSS (not ru_maxrss: Linux carries that over from the parent)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+h0 = hwm()
+img = Image.open(sys.argv[1])
+grey = _greyscale(img)
+print(img.mode, (hwm() - h0) / (img.size[0] * img.size[1]))
+"""
+
+
+def decodecost(a):
+    rgb = imagegen.photo(3000, 3000, seed=3)
+    forms = {"JPEG RGB": ("jpg", rgb, {}), "JPEG CMYK": ("jpg", rgb.convert("CMYK"), {}),
+             "PNG RGB": ("png", rgb, {}), "PNG RGBA": ("png", rgb.convert("RGBA"), {}),
+             "PNG palette": ("png", rgb.convert("P"), {}), "BMP RGB": ("bmp", rgb, {}),
+             "TIFF RGB": ("tif", rgb, {}), "GIF": ("gif", rgb.convert("P"), {}),
+             "WebP lossy": ("webp", rgb, {"quality": 80}), "WebP lossless": ("webp", rgb, {"lossless": True})}
+    print("| format | mode | bytes a pixel |\n|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (ext, img, params) in forms.items():
+            path = os.path.join(tmp, f"x.{ext}")
+            img.save(path, **params)
+            out = subprocess.run([sys.executable, "-c", _DECODE_COST, path], capture_output=True, text=True,
+                                 check=True).stdout.split()
+            print(f"| {name} | {out[0]} | {float(out[1]):.1f} |")
+
+
+_ZIP_DIR = """
+import sys, zipfile
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+h0 = hwm()
+n = len(zipfile.ZipFile(sys.argv[1]).infolist())
+print(n, hwm() - h0)
+"""
+
+
+def zipdir(a):
+    import zipfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "many.zip")
+        with zipfile.ZipFile(path, "w") as z:
+            for k in range(a.entries):
+                z.writestr(f"photos/{k:08d}.jpg", b"")
+        n, peak = map(int, subprocess.run([sys.executable, "-c", _ZIP_DIR, path], capture_output=True, text=True,
+                                          check=True).stdout.split())
+        print(f"zip of {n:,} members ({os.path.getsize(path) / 1e6:.1f} MB): zipfile.ZipFile() raised the peak RSS "
+              f"by {peak / 2**20:.0f} MiB, {peak / n:.0f} bytes a member")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -199,6 +401,16 @@ def main():
     d.add_argument("--scenes", type=int, default=200)
     d.add_argument("--contrasts", type=float, nargs="+", default=[0.25, 0.5, 1, 2, 3, 4, 8])
     d.set_defaults(func=detail)
+    m = sub.add_parser("memory")
+    m.add_argument("--workers", type=int, default=2)
+    m.add_argument("--members", type=int, default=12)
+    m.add_argument("--cases", nargs="+", default=["zip", "png", "rgbpng", "mix"],
+                   choices=["zip", "png", "rgbpng", "mix"])
+    m.set_defaults(func=memory)
+    sub.add_parser("decodecost").set_defaults(func=decodecost)
+    z = sub.add_parser("zipdir")
+    z.add_argument("--entries", type=int, default=200_000)
+    z.set_defaults(func=zipdir)
     a = p.parse_args()
     a.func(a)
 

@@ -8,19 +8,22 @@ import os
 import pickle
 import sys
 import time
+import tracemalloc
 from collections import Counter
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 sys.path.insert(0, os.path.dirname(__file__))
 import imagegen  # noqa: E402
 
 from hashsieve import to_hex  # noqa: E402
+import hashsieve.hashing  # noqa: E402
 from hashsieve.hashing import (HASH_KINDS, HashResults, ImageHashError, _dct_low8, _dwt2,  # noqa: E402
-                               _idwt2, _median64, _phash_bits, hash_image, hash_images, image_detail, iter_hash_images)
+                               _greyscale, _idwt2, _median64, _phash_bits, _whash_low, hash_image, hash_images,
+                               image_detail, iter_hash_images)
 
 imagehash = pytest.importorskip("imagehash")
 scipy_fftpack = pytest.importorskip("scipy.fftpack")
@@ -101,6 +104,58 @@ def test_haar_is_bit_identical_to_pywt():
             assert np.array_equal(a2, ref[0])
             assert all(np.array_equal(m, r) for m, r in zip(d2 + d1, ref[1] + ref[2]))
             assert np.array_equal(_idwt2(_idwt2(a2, d2), d1), pywt.waverec2(ref, "haar"))
+
+
+def _pywt_whash_low(px):
+    """What imagehash.whash thresholds, computed with pywt as imagehash does."""
+    levels = int(np.log2(px.shape[0]))
+    coeffs = list(pywt.wavedec2(px / 255., "haar", level=levels))
+    coeffs[0] *= 0
+    return pywt.wavedec2(pywt.waverec2(coeffs, "haar"), "haar", level=levels - 3)[0]
+
+
+def test_whash_in_blocks_is_bit_identical_to_pywt():
+    rng = np.random.default_rng(9)
+    for scale in (8, 16, 64, 256, 1024):
+        for px in (rng.integers(0, 256, (scale, scale), dtype=np.uint8),
+                   np.tile(rng.integers(0, 256, scale, dtype=np.uint8), (scale, 1)),
+                   rng.integers(0, 3, (scale, scale), dtype=np.uint8) * 127):
+            ref = _pywt_whash_low(px)
+            for block in (1, 16, 4096, 1 << 20):        # one tile at a time ... the whole image at once
+                assert np.array_equal(_whash_low(px, scale, block), ref), (scale, block)
+
+
+def test_whash_memory_does_not_grow_with_the_image(tmp_path):
+    # 4100x4100: imagehash (and our copy of it until issue 10) works on 4096x4096 float64
+    # arrays, 128 MiB each, several at once; numpy's allocations are traced by tracemalloc.
+    img = Image.new("L", (4100, 4100), 90)
+    ImageDraw.Draw(img).ellipse((300, 500, 3000, 3900), fill=200)
+    img.save(tmp_path / "big.png")
+    tracemalloc.start()
+    try:
+        code = hash_image(tmp_path / "big.png", "whash")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB traced"
+    small = img.resize((1100, 1100), Image.Resampling.LANCZOS)    # a cheap check that it is a whash
+    assert bin(code ^ hash_image(small, "whash")).count("1") <= 4
+
+
+def test_greyscale_in_bands_equals_convert(monkeypatch):
+    # CMYK and HSV go to L through a whole RGB copy in Pillow, so big ones are converted a
+    # band of rows at a time; forced to 7-row bands here.
+    monkeypatch.setattr(hashsieve.hashing, "_BAND_PIXELS", 7 * 61)
+    rng = np.random.default_rng(11)
+    for mode in ("CMYK", "HSV"):
+        img = Image.frombytes(mode, (61, 45), rng.integers(0, 256, 61 * 45 * 4, dtype=np.uint8).tobytes())
+        assert np.array_equal(np.asarray(_greyscale(img)), np.asarray(img.convert("L")))
+    cmyk = imagegen.encode(imagegen.photo(640, 480, seed=5).convert("CMYK"), "JPEG", quality=90)
+    monkeypatch.setattr(hashsieve.hashing, "_BAND_PIXELS", 1 << 22)
+    want = [hash_image(cmyk, kind) for kind in HASH_KINDS]
+    monkeypatch.setattr(hashsieve.hashing, "_BAND_PIXELS", 640 * 9)
+    assert [hash_image(cmyk, kind) for kind in HASH_KINDS] == want
+    assert want[0] == int(str(imagehash.phash(Image.open(io.BytesIO(cmyk)))), 16)
 
 
 # --- the corpus: every kind agrees with imagehash ---------------------------
@@ -270,6 +325,16 @@ def test_pixel_limit_refuses_before_decoding():
         hash_image(bomb, max_pixels=10_000_000)
 
 
+def test_pixel_limit_counts_what_webp_costs_to_decode():
+    # Pillow needs 18 bytes a pixel for WebP, 5 for other formats: the limit bounds memory.
+    img = imagegen.photo(300, 200, 1)
+    webp, png = imagegen.encode(img, "WEBP", quality=90), imagegen.encode(img, "PNG")
+    assert hash_image(png, max_pixels=60_000) == hash_image(png)
+    with pytest.raises(ImageHashError, match="WebP.*as much as 216,000 pixels, above max_pixels=60,000"):
+        hash_image(webp, max_pixels=60_000)
+    assert hash_image(webp, max_pixels=216_000) == hash_image(webp)
+
+
 def test_wrong_types_and_kinds_are_caller_errors(tmp_path):
     with pytest.raises(TypeError, match="path, bytes"):
         hash_image(12345)
@@ -389,3 +454,41 @@ def test_a_worker_crash_costs_only_that_image(corpus_paths):
     assert [i for i, _ in res.failed] == [3]
     assert "worker process died" in res.errors[3]
     assert [int(h) for h in np.delete(res.hashes, 3)] == [hash_image(p, "ahash") for p in paths]
+
+
+class _SlowImage(Image.Image):
+    """Records when a worker decodes it (and takes 0.3 s), to see which decodes overlap."""
+
+    log = None
+
+    def load(self):
+        if os.getpid() != _CrashingImage.parent and self.im is not None and not getattr(self, "_logged", False):
+            self._logged = True
+            start = time.monotonic()
+            time.sleep(0.3)
+            with open(self.log, "a") as f:
+                f.write(f"{start} {time.monotonic()}\n")
+        return super().load()
+
+
+def _decode_intervals(tmp_path, size, monkeypatch):
+    _SlowImage.log = str(tmp_path / f"log-{size}")
+    images = []
+    for k in range(4):
+        img = _SlowImage()
+        img.__setstate__(Image.new("RGB", (size, size), (k, k, k)).__getstate__())
+        images.append(img)
+    res = hash_images(images, "ahash", workers=2, chunksize=1, mp_context="fork")
+    assert not res.failed
+    with open(_SlowImage.log) as f:
+        return sorted(tuple(map(float, line.split())) for line in f)
+
+
+def test_big_images_decode_one_at_a_time_across_the_pool(tmp_path, monkeypatch):
+    # Scaled down (5 bytes a pixel): "big" is over 50 pixels, and 100 of them decode at once.
+    monkeypatch.setattr(hashsieve.hashing, "BIG_DECODE_BYTES", 50 * 5)
+    monkeypatch.setattr(hashsieve.hashing, "BIG_DECODES_BYTES", 100 * 5)
+    small = _decode_intervals(tmp_path, 7, monkeypatch)       # 49 pixels: the two workers overlap
+    assert len(small) == 4 and any(b[0] < a[1] for a, b in zip(small, small[1:]))
+    big = _decode_intervals(tmp_path, 10, monkeypatch)        # 100 pixels: one at a time
+    assert len(big) == 4 and all(b[0] >= a[1] for a, b in zip(big, big[1:])), big

@@ -1,6 +1,6 @@
-"""Imported once by the forkserver that hashing and scanning workers fork from
-(hashing._mp_context, scan._mp_context): what is done here is done once, not
-again in every worker of every pool."""
+"""Imported once by the forkserver that the worker processes of hash_images and
+scan fork from (hashing._mp_context): what is done here is done once, not again
+in every worker of every pool."""
 from PIL import Image
 
 from . import hashing, scan  # noqa: F401  (the workers run their functions)

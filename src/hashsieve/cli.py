@@ -305,7 +305,7 @@ def _add_limit_options(p):
 
 
 def cmd_hash(a):
-    from .scan import MEMBER_SEP, ScanOptions, scan
+    from .scan import ScanOptions, record_name, scan
     _check_kind(a.kind)
     for p in a.paths:
         if not os.path.lexists(p):
@@ -313,14 +313,15 @@ def cmd_hash(a):
     failed = [0]
 
     def out(rec):
-        name = rec["path"] if rec["member"] is None else rec["path"] + MEMBER_SEP + rec["member"]
+        name = record_name(rec)
         if rec["hash"] is not None:
             print(f"{rec['hash']}\t{name}", flush=True)
         else:
             failed[0] += 1
             print(f"hashsieve: {name}: {rec['error']}", file=sys.stderr, flush=True)
 
-    opts = ScanOptions(kind=a.kind, workers=a.workers, fast=a.fast, limits=_limits(a))
+    opts = ScanOptions(kind=a.kind, workers=a.workers, fast=a.fast, limits=_limits(a),
+                       follow_symlinks=a.follow_symlinks)
     stop = _install_stop()
     s = scan(a.paths, None, out, opts, stop=stop)
     if s.interrupted:
@@ -350,7 +351,8 @@ def cmd_scan(a):
         raise CliError("--resume needs --report OUT.jsonl (the report of the interrupted scan)")
     opts = ScanOptions(radius=a.radius, kind=li.kind, workers=a.workers, fast=a.fast,
                        match_low_detail=a.match_low_detail,
-                       low_detail=a.low_detail_threshold, limits=_limits(a))
+                       low_detail=a.low_detail_threshold, limits=_limits(a),
+                       follow_symlinks=a.follow_symlinks)
     previous = []
     if a.report:
         if os.path.isdir(a.report):
@@ -465,6 +467,8 @@ def build_parser():
     h.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     h.add_argument("--fast", action="store_true", help="faster, about 1 bit less exact (see docs/hashing.md)")
     _add_limit_options(h)
+    h.add_argument("--follow-symlinks", action="store_true",
+                   help="also follow symbolic links to files outside the PATHs given (default: an error line)")
     h.set_defaults(func=cmd_hash)
 
     q = sub.add_parser("query", help="look hex hashes up in an index")
@@ -498,6 +502,8 @@ def build_parser():
                    help=f"detail score below which an image is low-detail (default {LOW_DETAIL_THRESHOLD})")
     _add_limit_options(s)
     s.add_argument("--summary-json", action="store_true", help="also print the summary as JSON on stderr")
+    s.add_argument("--follow-symlinks", action="store_true",
+                   help="also follow symbolic links to files outside the PATHs given (default: an error line)")
     s.set_defaults(func=cmd_scan)
     return p
 

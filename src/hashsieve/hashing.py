@@ -17,11 +17,15 @@ docs/hashing.md.
 Hash layout: the 8x8 bit matrix row-major, first bit most significant, so
 ``int(str(imagehash.phash(im)), 16) == hash_image(im)``.
 """
+import contextlib
 import io
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import pickle
+import signal
+import threading
+import time
+from collections import deque
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -227,21 +231,60 @@ def _idwt2(aa, details):
     return _idwt_axis0(a, d)
 
 
-def _whash_bits(pixels01, image_scale):
-    """imagehash.whash(mode='haar', remove_max_haar_ll=True) on a scale x scale array."""
-    ll_max_level = int(np.log2(image_scale))
-    dwt_level = ll_max_level - int(np.log2(_HASH_SIZE))
-    # Remove the lowest-frequency LL (the 1x1 mean) and rebuild the image.
-    a, details = pixels01, []
-    for _ in range(ll_max_level):
+# Pixels per block of the wHash transforms: 8 MB of float64 instead of the whole image
+# (imagehash's transforms at scale 8192 allocate several 512 MB arrays).
+_WHASH_BLOCK = 1 << 20
+
+
+def _whash_low(pixels, image_scale, block=_WHASH_BLOCK):
+    """The 8x8 coefficients imagehash.whash(mode='haar', remove_max_haar_ll=True) thresholds,
+    from the scale x scale uint8 thumbnail, bit-identical to it.
+
+    imagehash transforms the whole image (/255.) down to 1x1, zeroes that mean, rebuilds the
+    image and transforms it again down to 8x8.  Every Haar step combines the two halves of an
+    aligned pair, so each of the 8x8 outputs depends only on its own tile of (scale/8)^2
+    pixels, except through the three coarsest levels, which work on the 8x8 array of the
+    tiles' approximations.  So the same operations run tile by tile (tiles grouped into
+    blocks of at most `block` pixels): pass 1 finds every tile's approximation, the coarse
+    levels run on the 8x8 array, and pass 2 rebuilds each tile from its new approximation
+    and its own details and transforms it again.
+    """
+    levels = int(np.log2(image_scale))
+    in_tile = levels - int(np.log2(_HASH_SIZE))
+    tile = image_scale // _HASH_SIZE
+    bw = min(_HASH_SIZE, max(1, block // (tile * tile)))        # block size in tiles
+    bh = min(_HASH_SIZE, max(1, block // (tile * tile * bw)))
+    blocks = [(i, j) for i in range(0, _HASH_SIZE, bh) for j in range(0, _HASH_SIZE, bw)]
+
+    def forward(i, j):
+        a = pixels[i * tile:(i + bh) * tile, j * tile:(j + bw) * tile] / 255.
+        details = []
+        for _ in range(in_tile):
+            a, ds = _dwt2(a)
+            details.append(ds)
+        return a, details
+
+    approx = np.empty((_HASH_SIZE, _HASH_SIZE))
+    for i, j in blocks:
+        approx[i:i + bh, j:j + bw], details = forward(i, j)
+    a, coarse = approx, []
+    for _ in range(levels - in_tile):
         a, ds = _dwt2(a)
-        details.append(ds)
-    a = a * 0
-    for ds in reversed(details):
+        coarse.append(ds)
+    a = a * 0                       # remove_max_haar_ll: the 1x1 mean
+    for ds in reversed(coarse):
         a = _idwt2(a, ds)
-    for _ in range(dwt_level):
-        a, _ds = _dwt2(a)
-    return a > _median64(a)
+    out = np.empty((_HASH_SIZE, _HASH_SIZE))
+    for i, j in blocks:
+        if len(blocks) > 1:         # (a single block's details are still at hand from pass 1)
+            details = forward(i, j)[1]
+        b = a[i:i + bh, j:j + bw]
+        for ds in reversed(details):
+            b = _idwt2(b, ds)
+        for _ in range(in_tile):
+            b, _ds = _dwt2(b)
+        out[i:i + bh, j:j + bw] = b
+    return out
 
 
 def _whash_scale(size):
@@ -324,13 +367,33 @@ def _explain(exc):
     return f"corrupt or unsupported image data ({type(exc).__name__}: {msg})"
 
 
+# Bytes a pixel that decoding an image and making it grey take (4 for the decoded colour image,
+# 1 for the grey copy), and for WebP 16-18: Pillow decodes it through libwebp's animation
+# decoder and then copies the frame (`bench_scan.py decodecost`).  max_pixels bounds that
+# memory, so a WebP pixel counts 18/5 times against it.
+_COST_PER_PIXEL = 5
+_WEBP_COST_PER_PIXEL = 18
+
+
+def _decode_cost(img):
+    return img.size[0] * img.size[1] * (_WEBP_COST_PER_PIXEL if img.format == "WEBP" else _COST_PER_PIXEL)
+
+
 def _check_pixels(img, name, max_pixels):
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageHashError(name, f"image has no pixels (size {w}x{h})")
-    if max_pixels is not None and w * h > max_pixels:
+    if max_pixels is None:
+        return
+    if w * h > max_pixels:
         raise ImageHashError(name, f"image is {w}x{h} = {w * h:,} pixels, above max_pixels={max_pixels:,} "
                                    "(decompression-bomb guard); pass a larger max_pixels= if you trust it")
+    if _decode_cost(img) > _COST_PER_PIXEL * max_pixels:
+        raise ImageHashError(name, f"image is a {w}x{h} = {w * h:,} pixel WebP; Pillow takes {_WEBP_COST_PER_PIXEL} "
+                                   f"bytes a pixel to decode WebP ({_COST_PER_PIXEL} for other formats), as much "
+                                   f"as {_decode_cost(img) // _COST_PER_PIXEL:,} pixels, above max_pixels="
+                                   f"{max_pixels:,} (decompression-bomb guard); pass a larger max_pixels= if you "
+                                   "trust it")
 
 
 # ---------------------------------------------------------------------------
@@ -351,12 +414,26 @@ def _draft(img, need):
             img.draft("L", (need, need))
 
 
+# Pillow converts these modes to "L" through a whole RGB copy (4 more bytes a pixel);
+# converting a band of rows at a time gives the same pixels (every conversion to L is
+# pixel by pixel) without it.
+_VIA_RGB = ("CMYK", "HSV")
+_BAND_PIXELS = 1 << 20
+
+
 def _greyscale(img):
-    """The image as mode "L", converted exactly as imagehash does."""
+    """The image as mode "L", converted exactly as imagehash does (Image.convert)."""
     if img.mode == "L":
         img.load()
         return img          # convert("L") would only copy it
-    return img.convert("L")
+    w, h = img.size
+    rows = max(1, _BAND_PIXELS // max(w, 1))
+    if img.mode not in _VIA_RGB or rows >= h:
+        return img.convert("L")
+    grey = Image.new("L", img.size)
+    for y in range(0, h, rows):
+        grey.paste(img.crop((0, y, w, min(h, y + rows))).convert("L"), (0, y))
+    return grey
 
 
 def _resize(grey, size, fast, need):
@@ -412,10 +489,11 @@ def _lanczos(grey, size):
 
 
 def _is_fully_transparent(img):
+    # (getextrema per band: no copy of the alpha channel)
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        return img.getchannel("A").getextrema()[1] == 0
+        return img.getextrema()[-1][1] == 0
     if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1"):
-        return img.convert("RGBA").getchannel("A").getextrema()[1] == 0
+        return img.convert("RGBA").getextrema()[3][1] == 0
     return False
 
 
@@ -431,37 +509,37 @@ def _hash_pil(img, kind, fast, exif_transpose, with_detail, owned=True):
         need = _FAST_MIN_SIDE[kind]
     if fast and owned:              # never change the mode/size of a caller's image
         _draft(img, need)
-    if exif_transpose:
-        img = ImageOps.exif_transpose(img)
-    grey = _greyscale(img)
+    with _decoding_turn(img):
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
+        transparent = with_detail and _is_fully_transparent(img)
+        grey = _greyscale(img)
+        if owned and grey is not img:
+            img.close()     # free the colour pixels now: 4 bytes a pixel, 358 MB at the default max_pixels
 
-    thumb32 = None
-    if kind == "phash":
-        thumb32 = _resize(grey, (_PHASH_SIZE, _PHASH_SIZE), fast, need)
-        bits = _phash_bits(thumb32)
-    elif kind == "dhash":
-        px = _resize(grey, (_HASH_SIZE + 1, _HASH_SIZE), fast, need)
-        bits = px[:, 1:] > px[:, :-1]
-    elif kind == "ahash":
-        px = _resize(grey, (_HASH_SIZE, _HASH_SIZE), fast, need)
-        bits = px > px.sum(dtype=np.int64) / px.size     # np.mean: exact sum / 64
-    elif kind == "whash":
-        px = _resize(grey, (scale, scale), fast, need) / 255.
-        bits = _whash_bits(px, scale)
-    else:
-        raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
-    code = _bits_to_int(bits)
-    if not with_detail:
-        return code, None
-    if thumb32 is None:
-        thumb32 = _resize(grey, (_DETAIL_SIZE, _DETAIL_SIZE), fast, need)
-    return code, _detail_of(img, thumb32)
-
-
-def _detail_of(img, thumb32):
-    if _is_fully_transparent(img):
-        return 0.0
-    return float(np.asarray(thumb32, dtype=np.float64).std())
+        thumb32 = None
+        if kind == "phash":
+            thumb32 = _resize(grey, (_PHASH_SIZE, _PHASH_SIZE), fast, need)
+            bits = _phash_bits(thumb32)
+        elif kind == "dhash":
+            px = _resize(grey, (_HASH_SIZE + 1, _HASH_SIZE), fast, need)
+            bits = px[:, 1:] > px[:, :-1]
+        elif kind == "ahash":
+            px = _resize(grey, (_HASH_SIZE, _HASH_SIZE), fast, need)
+            bits = px > px.sum(dtype=np.int64) / px.size     # np.mean: exact sum / 64
+        elif kind == "whash":
+            low = _whash_low(_resize(grey, (scale, scale), fast, need), scale)
+            bits = low > _median64(low)
+        else:
+            raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
+        code = _bits_to_int(bits)
+        if not with_detail:
+            return code, None
+        if transparent:
+            return code, 0.0
+        if thumb32 is None:
+            thumb32 = _resize(grey, (_DETAIL_SIZE, _DETAIL_SIZE), fast, need)
+        return code, float(np.asarray(thumb32, dtype=np.float64).std())
 
 
 def _check_kind(kind):
@@ -503,7 +581,8 @@ def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_de
         transparent images, whose hashes are degenerate (0000000000000000 or
         8000000000000000) and match each other.
     max_pixels: images with more pixels are refused before decoding (None: only
-        Pillow's own PIL.Image.MAX_IMAGE_PIXELS applies).
+        Pillow's own PIL.Image.MAX_IMAGE_PIXELS applies).  It bounds decoding memory, so a
+        WebP pixel, which Pillow needs 18 bytes to decode instead of 5, counts 18/5 times.
 
     Raises ImageHashError (a ValueError) naming the image and the reason when it
     cannot be read or decoded; TypeError if `image` is no kind of image source.
@@ -588,17 +667,9 @@ def _hash_chunk(jobs, kind, fast, exif_transpose, with_detail, max_pixels):
     return out
 
 
-def _mp_context(name):
-    import multiprocessing as mp
-    if name is None:
-        # forkserver: workers fork from a clean single-threaded server, so threads
-        # in the caller (tqdm, native index pools, OpenMP) cannot deadlock them.
-        name = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(name)
-    if name == "forkserver":
-        # Import and warm up once in the server instead of once per worker.
-        ctx.set_forkserver_preload(["__main__", "hashsieve._worker"])
-    return ctx
+def _died(job):
+    return 0, None, (f"cannot hash {_describe(job)}: the worker process died while decoding it "
+                     "(decoder crash or out-of-memory kill); try a smaller max_pixels")
 
 
 def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpose=False,
@@ -628,23 +699,37 @@ def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_tra
         # Chunks shrink as the input runs out, so the workers finish together
         # (with fixed chunks one could idle for a whole chunk at the end).
         sizes = lambda done: max(1, min(64, (n - done) // (workers * 4)))   # noqa: E731
-    yield from _pool_results(images, args, workers, sizes, _mp_context(mp_context))
+    # The unit's meta marks where the inputs that failed already go; the jobs travel alone.
+    units = (([j if isinstance(j, _Failed) else None for j in chunk],
+              [j for j in chunk if not isinstance(j, _Failed)], nbytes) for chunk, nbytes in _chunks(images, sizes))
+    for failed, results in run_in_workers(units, _hash_chunk, args, _died, workers, mp_context):
+        it = iter(results)
+        for f in failed:
+            yield (0, None, f.message) if f is not None else next(it)
 
 
 def _chunks(images, sizes):
-    """Lists of jobs; sizes(done) is the length of the chunk after `done` images."""
-    chunk, done = [], 0
+    """(jobs, bytes of data) per chunk; sizes(done) is the most jobs in the chunk after `done`
+    images.  A chunk closes early rather than pass CHUNK_BYTES, so a big file goes alone."""
+    chunk, nbytes, done = [], 0, 0
     for image in images:
         try:
-            chunk.append(_job(image))
+            job = _job(image)
         except Exception as e:      # unreadable file object, wrong type: this image only
-            chunk.append(_Failed(f"cannot hash {_describe(image)}: {e}"))
-        if len(chunk) >= sizes(done):
+            job = _Failed(f"cannot hash {_describe(image)}: {e}")
+        size = len(job) if isinstance(job, bytes) else 0
+        if chunk and nbytes + size > CHUNK_BYTES:
             done += len(chunk)
-            yield chunk
-            chunk = []
+            yield chunk, nbytes
+            chunk, nbytes = [], 0
+        chunk.append(job)
+        nbytes += size
+        if len(chunk) >= sizes(done) or nbytes >= CHUNK_BYTES:
+            done += len(chunk)
+            yield chunk, nbytes
+            chunk, nbytes = [], 0
     if chunk:
-        yield chunk
+        yield chunk, nbytes
 
 
 class _Failed:
@@ -654,61 +739,320 @@ class _Failed:
         self.message = message
 
 
-def _submit(pool, chunk, args):
-    jobs = [j for j in chunk if not isinstance(j, _Failed)]
-    return pool.submit(_hash_chunk, jobs, *args)
+# ---------------------------------------------------------------------------
+# The worker pool, for hash_images and hashsieve.scan
+# ---------------------------------------------------------------------------
+# Each worker is a process with a pipe of its own and runs one chunk at a time (holding the
+# next one if it is small), so a worker that dies (decoder crash, out-of-memory kill) loses
+# only its own chunks: the one it ran is redone one job per task, so that only the job that
+# kills a worker alone is reported, the one it held is redone as it was.  bytes travel as raw
+# buffers beside a small pickle (protocol 5, out of band): neither side makes a pickled copy
+# of a 256 MB archive member.
+
+CHUNK_BYTES = 8 << 20                   # chunks close before passing this; a bigger job goes alone
+INFLIGHT_BYTES_PER_WORKER = 32 << 20    # data pulled and not yet returned, beyond one chunk
+# A worker decodes an image whose _decode_cost is more than BIG_DECODE_BYTES only once the
+# pool lets it, and the pool lets such images decode together only while their costs add up
+# to at most BIG_DECODES_BYTES (one always may): that memory does not grow with the workers.
+BIG_DECODE_BYTES = 80 << 20                                 # 16.8 MP at 5 bytes a pixel
+BIG_DECODES_BYTES = _COST_PER_PIXEL * DEFAULT_MAX_PIXELS    # the largest image allowed by default
+
+_pool_conn = None           # in a pool worker: its pipe to the pool
 
 
-def _merge(chunk, results):
-    it = iter(results)
-    for j in chunk:
-        yield (0, None, j.message) if isinstance(j, _Failed) else next(it)
+@contextlib.contextmanager
+def _decoding_turn(img):
+    cost = _decode_cost(img)
+    if _pool_conn is None or cost <= BIG_DECODE_BYTES:
+        yield
+        return
+    _pool_conn.send(("turn", cost))
+    while (msg := _pool_conn.recv()) != "go":      # the pool's go-ahead; a queued chunk may come first
+        _stashed.append(_receive_chunk(_pool_conn, msg))
+    try:
+        yield
+    finally:
+        _pool_conn.send(("done",))
 
 
-def _pool_results(images, args, workers, sizes, ctx):
-    from collections import deque
-    chunks = _chunks(images, sizes)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-    pending = deque()               # (chunk, future), in input order
+def _mp_context(name=None):
+    import multiprocessing as mp
+    if name is None:
+        # forkserver: workers fork from a clean single-threaded server, so threads
+        # in the caller (tqdm, native index pools, OpenMP) cannot deadlock them.
+        name = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(name)
+    if name == "forkserver":
+        # Import and warm up once in the server instead of once per worker.
+        ctx.set_forkserver_preload(["__main__", "hashsieve._worker"])
+    return ctx
+
+
+def _worker_main(conn, parent_pid, fn, args):
+    """A worker process: fn(jobs, *args) on each chunk received; the list of results goes back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's business
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # With forkserver the workers are not the caller's children: if it is killed (SIGKILL,
+    # OOM) nobody tells a busy worker to stop, so each watches the caller's pid.
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    global _pool_conn
+    _pool_conn = conn
+    while True:
+        try:
+            chunk = _stashed.popleft() if _stashed else _receive_chunk(conn, conn.recv())
+        except EOFError:            # the pool is gone
+            return
+        if chunk is None:           # the pool is done with us
+            return
+        conn.send(fn(pickle.loads(chunk[0], buffers=chunk[1]), *args))
+        del chunk
+
+
+_stashed = deque()          # in a pool worker: chunks that came while it waited for a decoding turn
+
+
+def _receive_chunk(conn, msg):
+    """(pickle, buffers) of the chunk whose first message is msg, or None for "stop"."""
+    if msg is None:
+        return None
+    count, head = msg
+    return head, [conn.recv_bytes() for _ in range(count)]
+
+
+def _watch_parent(pid):
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except OSError:
+            pass
+
+
+# A worker gets a second chunk while it runs one (so it need not wait for the parent between
+# chunks) only if that chunk is paths and fits in the pipe's buffer: file data or images
+# would block the parent until the worker reads them.
+_QUEUED_CHUNK_BYTES = 32 << 10
+
+
+class _Worker:
+    __slots__ = ("proc", "conn", "tasks", "turn")
+
+    def __init__(self, ctx, fn, args):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), fn, args), daemon=True)
+        self.proc.start()
+        child.close()
+        # [unit, indices of its jobs, result if it dies on this one-job task]: running, then queued
+        self.tasks = deque()
+        self.turn = 0               # the cost of the big image it has leave to decode
+
+    def stop(self):
+        """Start ending the process: an idle one is told to exit, a busy one is terminated."""
+        if self.tasks:
+            self.proc.terminate()
+        else:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass                # already gone
+        self.conn.close()
+
+    def join(self):
+        self.proc.join(2)
+        if self.proc.exitcode is None:
+            self.proc.kill()
+            self.proc.join()
+
+
+class _Turns:
+    """The pool's side of _decoding_turn: the cost of the big images decoding, workers waiting."""
+
+    def __init__(self, budget):
+        self.budget, self.used, self.waiting = budget, 0, deque()
+
+    def ask(self, w, cost):
+        self.waiting.append((w, cost))
+        self._grant()
+
+    def done(self, w):
+        self.used -= w.turn
+        w.turn = 0
+        self._grant()
+
+    def lost(self, w):
+        self.waiting = deque(x for x in self.waiting if x[0] is not w)
+        self.done(w)
+
+    def _grant(self):
+        while self.waiting and (not self.used or self.used + self.waiting[0][1] <= self.budget):
+            w, w.turn = self.waiting.popleft()
+            self.used += w.turn
+            try:
+                w.conn.send("go")
+            except OSError:
+                pass                # it died: lost() gives the turn back when that is seen
+
+
+class _Unit:
+    __slots__ = ("meta", "jobs", "nbytes", "results", "missing")
+
+    def __init__(self, meta, jobs, nbytes):
+        # The list itself, not a copy: entries dropped here are dropped for its maker too.
+        self.meta, self.jobs, self.nbytes = meta, jobs, nbytes
+        self.results = [None] * len(self.jobs)
+        self.missing = len(self.jobs)
+
+
+def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=None, stop=None):
+    """Run fn on chunks of jobs in worker processes; yield (meta, results) per unit, in input order.
+
+    units: iterable of (meta, jobs, nbytes): jobs a list (the pool sets a job to None once a
+        worker has it alone), nbytes what the jobs weigh in memory (bytes held here and sent, or
+        files a worker reads).  A unit without jobs is yielded as (meta, []) in its turn.
+    fn(jobs, *args): runs in a worker (a module-level function), one result per job.
+    died(job): the result for a job alone in a worker that died (decoder crash, out-of-memory
+        kill); a chunk whose worker died is redone one job per task first.
+    max_bytes: units pulled and not yet yielded hold at most this much data beyond the one unit
+        that is always let through (default INFLIGHT_BYTES_PER_WORKER x workers); a one-job
+        unit's data is dropped here once its worker has it.
+    stop: a threading.Event; once set, nothing more is yielded and the workers are ended.
+    """
+    from multiprocessing.connection import wait
+    ctx = _mp_context(mp_context)
+    max_bytes = INFLIGHT_BYTES_PER_WORKER * workers if max_bytes is None else max_bytes
+    units = iter(units)
+    order = deque()             # units pulled and not yet yielded, in input order
+    ready = deque()             # [unit, indices, None] waiting for a worker
+    held = chunks = 0           # data and number of the units in `order` that have jobs
+    more = True
+    turns = _Turns(BIG_DECODES_BYTES)
+    pool = [_Worker(ctx, fn, args) for _ in range(workers)]
     try:
         while True:
-            while len(pending) < 3 * workers:
-                chunk = next(chunks, None)
-                if chunk is None:
+            while more and chunks < 3 * workers and len(order) < 1024 and (held < max_bytes or not chunks):
+                unit = next(units, None)
+                if unit is None:
+                    more = False
                     break
-                pending.append((chunk, _submit(pool, chunk, args)))
-            if not pending:
+                unit = _Unit(*unit)
+                order.append(unit)
+                if unit.jobs:
+                    held += unit.nbytes
+                    chunks += 1
+                    ready.append([unit, range(len(unit.jobs)), None])
+            for k, w in enumerate(pool):
+                if not w.tasks and ready:
+                    if not w.proc.is_alive():
+                        w.stop()
+                        w.join()
+                        w = pool[k] = _Worker(ctx, fn, args)
+                    _dispatch(w, ready.popleft(), died)
+            for w in pool:
+                if len(w.tasks) == 1 and ready and _dispatch(w, ready[0], died):
+                    ready.popleft()
+            while order and not order[0].missing:
+                if stop is not None and stop.is_set():
+                    return
+                unit = order.popleft()
+                if unit.jobs:
+                    held -= unit.nbytes
+                    chunks -= 1
+                yield unit.meta, unit.results
+            if not order and not more:
                 return
-            chunk, fut = pending.popleft()
-            try:
-                results = fut.result()
-            except BrokenProcessPool:
-                # A worker died (decoder crash, OOM kill).  Redo the unfinished
-                # chunks one image per task so only the culprit is reported.
-                pool.shutdown(wait=False, cancel_futures=True)
-                redo = [chunk] + [c for c, _ in pending]
-                pending.clear()
-                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-                for c in redo:
-                    for item in _retry_one_by_one(c, args, ctx):
-                        yield item
-                continue
-            yield from _merge(chunk, results)
+            if stop is not None and stop.is_set():
+                return
+            busy = {}
+            for w in pool:
+                if w.tasks:
+                    busy[w.conn] = busy[w.proc.sentinel] = w
+            for obj in wait(list(busy), timeout=0.2):
+                w = busy[obj]
+                if not w.tasks:
+                    continue            # its pipe and its sentinel were both ready
+                try:
+                    if not w.conn.poll():
+                        raise EOFError  # the sentinel: the process is gone
+                    results = w.conn.recv()
+                except (EOFError, OSError):
+                    turns.lost(w)
+                    _lost(w, ready, died)
+                    w.stop()
+                    w.join()
+                    pool[pool.index(w)] = _Worker(ctx, fn, args)
+                    continue
+                if isinstance(results, tuple):      # from _decoding_turn
+                    if results[0] == "turn":
+                        turns.ask(w, results[1])
+                    else:
+                        turns.done(w)
+                    continue
+                unit, idx, _ = w.tasks.popleft()
+                _fill(unit, idx, results)
+                if w.tasks:
+                    _started(w, died)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for w in pool:
+            w.stop()
+        for w in pool:              # (after all were told: they end together)
+            w.join()
 
 
-def _retry_one_by_one(chunk, args, ctx):
-    for job in chunk:
-        if isinstance(job, _Failed):
-            yield 0, None, job.message
-            continue
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as solo:
-            try:
-                yield solo.submit(_hash_chunk, [job], *args).result()[0]
-            except BrokenProcessPool:
-                yield 0, None, (f"cannot hash {_describe(job)}: the worker process died while decoding it "
-                                "(decoder crash or out-of-memory kill); try a smaller max_pixels")
+def _message(jobs):
+    """The chunk's pickle (bytes out of band, as raw buffers) and its size in bytes."""
+    buffers = []
+    head = pickle.dumps([pickle.PickleBuffer(j) if isinstance(j, (bytes, bytearray)) else j for j in jobs],
+                        protocol=5, buffer_callback=buffers.append)
+    return head, buffers, len(head) + sum(b.raw().nbytes for b in buffers)
+
+
+def _dispatch(w, task, died):
+    """Send the task to w (idle, or running one task if this chunk is small); False if too big."""
+    unit, idx, _ = task
+    jobs = [unit.jobs[i] for i in idx]
+    if w.tasks and any(isinstance(j, (bytes, bytearray, Image.Image)) for j in jobs):
+        return False
+    head, buffers, size = _message(jobs)
+    if w.tasks and size > _QUEUED_CHUNK_BYTES:
+        return False
+    w.tasks.append(task)
+    try:
+        w.conn.send((len(buffers), head))
+        for b in buffers:
+            w.conn.send_bytes(b)
+    except OSError:                 # it died: the wait loop sees it
+        return True
+    if len(w.tasks) == 1:
+        _started(w, died)
+    return True
+
+
+def _started(w, died):
+    """w.tasks[0] is running now: a one-job task's data is dropped here, the worker has it."""
+    unit, idx, _ = task = w.tasks[0]
+    if len(idx) == 1:
+        task[2] = died(unit.jobs[idx[0]])
+        unit.jobs[idx[0]] = None    # if the worker dies now, this job is the culprit
+
+
+def _lost(w, ready, died):
+    """The worker died: its running one-job task gets its died() result, a running chunk is
+    split into one-job tasks, a queued chunk is redone as it was."""
+    (unit, idx, if_died), queued = w.tasks[0], list(w.tasks)[1:]
+    w.tasks.clear()
+    ready.extendleft(reversed(queued))
+    if len(idx) == 1:
+        _fill(unit, idx, [if_died or died(unit.jobs[idx[0]])])     # (its data is here if it never started)
+    else:
+        ready.extendleft([unit, [i], None] for i in reversed(idx))
+
+
+def _fill(unit, idx, results):
+    for i, r in zip(idx, results):
+        unit.results[i] = r
+    unit.missing -= len(idx)
 
 
 def hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpose=False,

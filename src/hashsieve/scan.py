@@ -2,17 +2,31 @@
 
 The report has one JSON line per file, in walk order, flushed as it is written::
 
-    {"path": "...", "member": null | "name in archive", "hash": "hex" | null,
-     "detail": float | null, "low_detail": bool, "md5": "...", "sha1": "...",
+    {"path": "...", "member": null | "name in archive", "member_path": null | ["name", ...],
+     "hash": "hex" | null, "detail": float | null, "low_detail": bool, "md5": "...", "sha1": "...",
      "matches": [{"list", "id", "label", "distance", "kind", "line"}], "error": null | "text"}
 
-``member`` of a file inside a nested archive is ``"inner.zip!/name"``.  A broken
-archive gives one line with ``member`` null (or the nested archive's name) and
-the error, after the lines of the members read before the damage.
+``member_path`` names a file inside an archive, one name per level of nesting:
+``["inner.zip", "name"]`` is ``name`` inside the archive member ``inner.zip``.  ``member``
+is the same joined by ``!/`` (``"inner.zip!/name"``), for reading; only member_path is
+unambiguous (a member may itself be called ``"inner.zip!/name"``).  A name repeated in one
+archive gets ``#2``, ``#3``... (skipping any taken by another member).  A broken archive gives
+one line with ``member`` null (or the nested archive's name) and the error, after the lines of
+the members read before the damage.
 
-Resume: the report is read back, a partial last line (a killed writer) is cut
-off, and every (path, member) already reported is skipped.
+Names that are not valid UTF-8 (bytes a file system or a tar header holds, decoded by Python
+with surrogate escapes) are written as text with U+FFFD for each undecodable byte, plus the
+exact bytes in base64: ``"path_b64"`` beside ``"path"``, and ``"member_path_b64"``, a list
+beside ``member_path`` with null for each name that is valid UTF-8.  Those fields appear only
+when needed.  record_key() turns a record back into the walk's exact key, record_name() into
+one printable line.
+
+Resume: the report is read back, a partial last line (a killed writer) is cut off, and every
+(path, member_path) already reported is skipped.  Records without member_path (reports
+written before it existed) are keyed by their member split at ``!/``, as those scans named them.
 """
+import base64
+import binascii
 import bz2
 import gzip
 import hashlib
@@ -20,24 +34,21 @@ import io
 import json
 import lzma
 import os
+import re
 import signal
 import stat
-import sys
 import tarfile
 import threading
 import time
 import zipfile
 import zlib
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from .hashing import DEFAULT_MAX_PIXELS, HASH_KINDS, ImageHashError, hash_image
+from .hashing import CHUNK_BYTES, DEFAULT_MAX_PIXELS, HASH_KINDS, ImageHashError, hash_image, run_in_workers
 
-__all__ = ["Limits", "ScanOptions", "scan", "walk", "DEFAULT_RADIUS", "LOW_DETAIL_THRESHOLD", "read_report"]
+__all__ = ["Limits", "ScanOptions", "scan", "walk", "DEFAULT_RADIUS", "LOW_DETAIL_THRESHOLD", "read_report",
+           "record_key", "record_name"]
 
 # Radius recommended per kind (d <= radius), from the near-duplicate measurements in
 # docs/hashing.md. wHash has no radius that keeps unrelated images apart on that corpus;
@@ -70,12 +81,14 @@ class BombError(Exception):
 
 # ====================================================================== walking
 class Item:
-    """A file to report: job is a path (worker reads it) or bytes, or error is set."""
+    """A file to report: job is a (path, st_dev, st_ino) the worker opens, or the bytes of an
+    archive member; or error is set.  member is None or a tuple of names, one per archive level;
+    size is what the job weighs in memory."""
 
-    __slots__ = ("path", "member", "job", "error")
+    __slots__ = ("path", "member", "job", "size", "error")
 
-    def __init__(self, path, member, job=None, error=None):
-        self.path, self.member, self.job, self.error = path, member, job, error
+    def __init__(self, path, member, job=None, size=0, error=None):
+        self.path, self.member, self.job, self.size, self.error = path, member, job, size, error
 
     @property
     def key(self):
@@ -92,10 +105,6 @@ def _archive_type(name, head):
     if low.endswith(ARCHIVE_SUFFIXES) or (compressed and low.endswith((".gz", ".bz2", ".xz"))):
         return "tar"
     return None
-
-
-def _join(prefix, name):
-    return name if prefix is None else prefix + MEMBER_SEP + name
 
 
 class _Counting:
@@ -134,20 +143,48 @@ class _Guarded(io.RawIOBase):
         return len(data)
 
 
-def _read_capped(f, limits, compressed=None):
-    chunks, total = [], 0
-    while True:
-        b = f.read(1 << 20)
-        if not b:
-            return b"".join(chunks)
-        total += len(b)
-        if total > limits.max_file_bytes:
-            raise BombError(f"larger than the {limits.max_file_bytes >> 20} MiB limit (--max-file-mb); "
-                            "not read")
-        if compressed is not None and total > limits.ratio_floor and total > limits.max_ratio * max(compressed, 1):
-            raise BombError(f"zip bomb: expands over {limits.max_ratio}:1 ({total:,} bytes from "
-                            f"{compressed:,}); not read further")
-        chunks.append(b)
+class _MemoryFile(io.RawIOBase):
+    """A read-only, seekable file over a buffer, without copying it (io.BytesIO copies a bytearray)."""
+
+    def __init__(self, buf):
+        self._buf, self._pos = memoryview(buf), 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        self._pos = max(0, (0, self._pos, len(self._buf))[whence] + offset)
+        return self._pos
+
+    def readinto(self, b):
+        part = self._buf[self._pos:self._pos + len(b)]
+        b[:len(part)] = part
+        self._pos += len(part)
+        return len(part)
+
+
+def _read_member(f, size, limits, compressed=None):
+    """The `size` bytes a member declares (<= max_file_bytes; zipfile and tarfile never give
+    more), read into one buffer: shorter if the stream ends early.  BombError past max_ratio."""
+    buf = bytearray(size)
+    got = 0
+    with memoryview(buf) as view:
+        while got < size:
+            n = f.readinto(view[got:got + (1 << 20)])
+            if not n:
+                break
+            got += n
+            if compressed is not None and got > limits.ratio_floor and got > limits.max_ratio * max(compressed, 1):
+                raise BombError(f"zip bomb: expands over {limits.max_ratio}:1 ({got:,} bytes from "
+                                f"{compressed:,}); not read further")
+    del buf[got:]
+    return buf
 
 
 def _walk_archive(fileobj, size, path, prefix, kind, depth, limits, done):
@@ -158,30 +195,40 @@ def _walk_archive(fileobj, size, path, prefix, kind, depth, limits, done):
         else:
             yield from _walk_tar(fileobj, size, path, prefix, depth, limits, done)
     except BombError as e:
-        yield Item(path, prefix, error=str(e))
+        yield Item(path, prefix or None, error=str(e))
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError,
             ValueError, NotImplementedError, RuntimeError) as e:
         what = "zip" if kind == "zip" else "tar"
-        yield Item(path, prefix, error=f"broken {what} archive ({type(e).__name__}: {e}); members before the "
-                                       "damage are reported")
+        yield Item(path, prefix or None, error=f"broken {what} archive ({type(e).__name__}: {e}); members "
+                                               "before the damage are reported")
 
 
-def _member_item(path, prefix, name, data, depth, limits, done):
-    member = _join(prefix, name)
-    kind = _archive_type(name, data[:512]) if depth < limits.max_depth else None
+def _member_items(path, member, data, depth, limits, done):
+    """The member itself, or the members of the archive it is."""
+    kind = _archive_type(member[-1], data[:512]) if depth < limits.max_depth else None
     if kind is not None:
-        if (path, member) in done:
-            return
-        yield from _walk_archive(io.BytesIO(data), len(data), path, member, kind, depth + 1, limits, done)
+        if (path, member) not in done:
+            yield from _walk_archive(_MemoryFile(data), len(data), path, member, kind, depth + 1, limits, done)
         return
     if (path, member) not in done:
-        yield Item(path, member, job=data)
+        item = Item(path, member, job=data, size=len(data))
+        # A suspended generator keeps its locals: without this the data would stay here,
+        # after the worker has its copy, until the walk moves on.
+        del data
+        yield item
 
 
 def _unique(name, seen):
-    n = seen.get(name, 0) + 1
-    seen[name] = n
-    return name if n == 1 else f"{name}#{n}"
+    """name, or name#2, #3... if an earlier member of the archive took it (as a name or a suffix)."""
+    if name not in seen:
+        seen[name] = 2
+        return name
+    n = seen[name]
+    while f"{name}#{n}" in seen:
+        n += 1
+    seen[name] = n + 1
+    seen[f"{name}#{n}"] = 2
+    return f"{name}#{n}"
 
 
 def _walk_zip(fileobj, size, path, prefix, depth, limits, done):
@@ -190,8 +237,7 @@ def _walk_zip(fileobj, size, path, prefix, depth, limits, done):
     for info in zf.infolist()[:limits.max_members]:
         if info.is_dir():
             continue
-        name = _unique(info.filename, seen)
-        member = _join(prefix, name)
+        member = prefix + (_unique(info.filename, seen),)
         if (path, member) in done:
             continue
         if info.flag_bits & 1:
@@ -203,7 +249,7 @@ def _walk_zip(fileobj, size, path, prefix, depth, limits, done):
             continue
         try:
             with zf.open(info) as f:
-                data = _read_capped(f, limits, info.compress_size)
+                data = _read_member(f, info.file_size, limits, info.compress_size)
         except BombError as e:
             yield Item(path, member, error=str(e))
             continue
@@ -215,7 +261,9 @@ def _walk_zip(fileobj, size, path, prefix, depth, limits, done):
         if total > limits.ratio_floor and total > limits.max_ratio * max(size, 1):
             raise BombError(f"zip bomb: members expand to over {limits.max_ratio}x the archive size; "
                             "archive not read further")
-        yield from _member_item(path, prefix, name, data, depth, limits, done)
+        items = _member_items(path, member, data, depth, limits, done)
+        del data                        # (see _member_items)
+        yield from items
 
 
 def _walk_tar(fileobj, size, path, prefix, depth, limits, done):
@@ -240,8 +288,7 @@ def _walk_tar(fileobj, size, path, prefix, depth, limits, done):
             raise BombError(f"more than {limits.max_members:,} members; archive not read further")
         if m.isdir():
             continue
-        name = _unique(m.name, seen)
-        member = _join(prefix, name)
+        member = prefix + (_unique(m.name, seen),)
         if (path, member) in done:
             continue
         if not m.isreg():
@@ -252,35 +299,58 @@ def _walk_tar(fileobj, size, path, prefix, depth, limits, done):
             yield Item(path, member, error=f"{m.size:,} bytes, above the {limits.max_file_bytes >> 20} MiB "
                                            "limit (--max-file-mb); not read")
             continue
-        f = tf.extractfile(m)
-        data = _read_capped(f, limits)
+        data = _read_member(tf.extractfile(m), m.size, limits)
         if len(data) != m.size:
-            raise EOFError(f"member {m.name!r} is truncated")
-        yield from _member_item(path, prefix, name, data, depth, limits, done)
+            raise EOFError(f"member {_text(m.name)!r} is truncated")
+        items = _member_items(path, member, data, depth, limits, done)
+        del data                        # (see _member_items)
+        yield from items
 
 
 def _walk_file(path, st, limits, done):
     if (path, None) in done:
         return
+    job = (path, st.st_dev, st.st_ino)
     if st.st_size == 0:
-        yield Item(path, None, job=path)      # the worker reports "empty file"
+        yield Item(path, None, job=job)      # the worker reports "empty file"
         return
     try:
         with open(path, "rb") as f:
+            if not _same_file(os.fstat(f.fileno()), st):
+                yield Item(path, None, error=_CHANGED)
+                return
             head = f.read(512)
             kind = _archive_type(path, head)
             if kind is None:
-                yield Item(path, None, job=path)
+                yield Item(path, None, job=job, size=st.st_size)
                 return
-            yield from _walk_archive(f, st.st_size, path, None, kind, 1, limits, done)
+            yield from _walk_archive(f, st.st_size, path, (), kind, 1, limits, done)
     except OSError as e:
         yield Item(path, None, error=f"cannot read the file ({e.strerror or e})")
 
 
-def walk(paths, limits=None, done=frozenset(), exclude=()):
-    """Items for every file under paths (folders recursed in name order, archives opened)."""
+_CHANGED = "the file was replaced while it was being scanned (it is not the file the walk checked); not read"
+
+
+def _same_file(a, b):
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _inside(real, roots):
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def walk(paths, limits=None, done=frozenset(), exclude=(), follow_symlinks=False):
+    """Items for every file under paths (folders recursed in name order, archives opened).
+
+    A symbolic link to a file is followed only when what it points to is inside one of paths
+    (resolved with realpath; a path given may itself be a link), or with follow_symlinks;
+    links to folders are never followed.
+    """
     limits = limits or Limits()
+    paths = [os.fspath(p) for p in paths]
     exclude = {os.path.realpath(p) for p in exclude}
+    roots = [os.path.realpath(p) for p in paths]
     seen_dirs = set()
     seen_files = set()
 
@@ -318,7 +388,13 @@ def walk(paths, limits=None, done=frozenset(), exclude=()):
             for name in names:
                 yield from visit(os.path.join(path, name), False)
             return
-        if os.path.realpath(path) in exclude:
+        real = os.path.realpath(path)
+        if real in exclude:
+            return
+        if is_link and not top and not follow_symlinks and not _inside(real, roots):
+            if (path, None) not in done:
+                yield Item(path, None, error=f"symbolic link to {real}, outside the folders being scanned; "
+                                             "not followed (pass --follow-symlinks to scan what it points to)")
             return
         if not stat.S_ISREG(st.st_mode):
             if (path, None) not in done:
@@ -331,41 +407,25 @@ def walk(paths, limits=None, done=frozenset(), exclude=()):
         yield from _walk_file(path, st, limits, done)
 
     for p in paths:
-        yield from visit(os.fspath(p), True)
+        yield from visit(p, True)
 
 
 # ====================================================================== workers
-def _worker_init(parent_pid):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's business
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # Workers are children of the forkserver, not of the scan: if the scan is killed
-    # (SIGKILL, OOM) nobody would tell them to stop, so each watches the scan's pid.
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-
-
-def _watch_parent(pid):
-    while True:
-        time.sleep(0.5)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            os._exit(1)
-        except OSError:
-            pass
-
-
 def _hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
-    """[(code|None, detail|None, md5|None, sha1|None, error|None)] per job (path or bytes)."""
+    """[(code|None, detail|None, md5|None, sha1|None, error|None)] per job ((path, dev, ino) or bytes)."""
     out = []
     for job in jobs:
         md5 = sha1 = None
         try:
-            if isinstance(job, str):
-                with open(job, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    if size > max_bytes:
-                        raise ImageHashError(job, f"{size:,} bytes, above the {max_bytes >> 20} MiB limit "
-                                                  "(--max-file-mb); not read")
+            if isinstance(job, tuple):
+                path, dev, ino = job
+                with open(path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    if (st.st_dev, st.st_ino) != (dev, ino):
+                        raise ImageHashError(path, _CHANGED)
+                    if st.st_size > max_bytes:
+                        raise ImageHashError(path, f"{st.st_size:,} bytes, above the {max_bytes >> 20} MiB "
+                                                   "limit (--max-file-mb); not read")
                     data = f.read(max_bytes + 1)
             else:
                 data = job
@@ -383,16 +443,115 @@ def _hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
     return out
 
 
-def _mp_context():
-    import multiprocessing as mp
-    name = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(name)
-    if name == "forkserver":
-        ctx.set_forkserver_preload(["hashsieve._worker"])
-    return ctx
+def _worker_died(job):
+    return None, None, None, None, ("the worker process died while decoding this file "
+                                    "(decoder crash or out-of-memory kill)")
+
+
+def _units(items, chunk):
+    """(items, jobs, bytes) for the worker pool: up to `chunk` files (less than CHUNK_BYTES of data
+    unless one file is bigger), or one error item with no job."""
+    metas, jobs, nbytes = [], [], 0
+    for item in items:
+        if metas and (item.error is not None or nbytes + item.size > CHUNK_BYTES):
+            yield metas, jobs, nbytes
+            metas, jobs, nbytes = [], [], 0
+        if item.error is not None:
+            yield [item], [], 0
+            continue
+        metas.append(item)
+        jobs.append(item.job)
+        item.job = None                 # the pool owns it now (and drops it once a worker has it)
+        nbytes += item.size
+        if len(metas) == chunk or nbytes >= CHUNK_BYTES:     # (not reading another file first)
+            yield metas, jobs, nbytes
+            metas, jobs, nbytes = [], [], 0
+    if metas:
+        yield metas, jobs, nbytes
 
 
 # ====================================================================== report
+def _raw(name):
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _text(s):
+    """s as valid UTF-8 text: each undecodable byte (a surrogate escape) becomes U+FFFD."""
+    try:
+        return _raw(s).decode("utf-8", "replace")
+    except UnicodeEncodeError:      # a surrogate no decoder made (from an exception's text)
+        return s.encode("utf-8", "replace").decode("utf-8")
+
+
+def _b64(name):
+    return base64.b64encode(_raw(name)).decode("ascii")
+
+
+def _name_fields(path, member):
+    """The naming fields of a record (see the module docstring)."""
+    rec = {"path": _text(path)}
+    if rec["path"] != path:
+        rec["path_b64"] = _b64(path)
+    if member is None:
+        rec["member"] = rec["member_path"] = None
+        return rec
+    texts = [_text(m) for m in member]
+    rec["member"] = MEMBER_SEP.join(texts)
+    rec["member_path"] = texts
+    if texts != list(member):
+        rec["member_path_b64"] = [None if t == m else _b64(m) for t, m in zip(texts, member)]
+    return rec
+
+
+def _name(text, b64, field):
+    if not isinstance(text, str):
+        raise ValueError(f"{field} is not a string")
+    if b64 is None:
+        return text
+    if not isinstance(b64, str):
+        raise ValueError(f"{field}_b64 is not a string")
+    return base64.b64decode(b64, validate=True).decode("utf-8", "surrogateescape")
+
+
+def record_key(rec):
+    """(path, member) of a report record exactly as walk() names the file: member is None or a
+    tuple of names.  ValueError if the record's naming fields are malformed."""
+    path = _name(rec.get("path"), rec.get("path_b64"), "path")
+    if "member_path" not in rec:            # written before member_path existed
+        member = rec.get("member")
+        return path, None if member is None else tuple(_name(member, None, "member").split(MEMBER_SEP))
+    names = rec["member_path"]
+    if names is None:
+        return path, None
+    b64s = rec.get("member_path_b64") or [None] * len(names)
+    if not isinstance(names, list) or not names or not isinstance(b64s, list) or len(b64s) != len(names):
+        raise ValueError("member_path is not a list of names (with member_path_b64 of the same length)")
+    return path, tuple(_name(t, b, "member_path") for t, b in zip(names, b64s))
+
+
+# Characters that would make a printed name ambiguous, break its line or deceive a terminal.
+_UNPRINTABLE = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(m):
+    c = m.group()
+    o = ord(c)
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    if 0xDC80 <= o <= 0xDCFF:               # an undecodable byte
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+
+
+def record_name(rec):
+    """The record's file as one printable line, path!/member!/...: lossless, with undecodable
+    bytes as \\xNN, control and bidirectional-override characters as \\n, \\t, \\xNN or \\uNNNN,
+    and a backslash as \\\\."""
+    path, member = record_key(rec)
+    return _UNPRINTABLE.sub(_escape, MEMBER_SEP.join((path,) + (member or ())))
+
+
 def read_report(path):
     """(records, valid_length) of an existing report; a partial or garbled last line is left out."""
     records, good = [], 0
@@ -409,7 +568,8 @@ def read_report(path):
                 rec = json.loads(line)
                 if not isinstance(rec, dict) or "path" not in rec:
                     raise ValueError("not a report record")
-            except ValueError:
+                record_key(rec)
+            except (ValueError, binascii.Error):
                 if k == len(lines) - 2 and not lines[-1]:
                     break               # last line garbled: redo that file
                 raise ValueError(f"{path}:{k + 1}: not a hashsieve report line; resume needs the report "
@@ -422,7 +582,7 @@ def read_report(path):
 
 class ScanOptions:
     def __init__(self, radius=None, kind="phash", workers=None, fast=False, match_low_detail=False,
-                 low_detail=LOW_DETAIL_THRESHOLD, limits=None, chunk=4):
+                 low_detail=LOW_DETAIL_THRESHOLD, limits=None, chunk=4, follow_symlinks=False):
         if kind not in HASH_KINDS:
             raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
         self.kind = kind
@@ -431,6 +591,7 @@ class ScanOptions:
         self.fast, self.match_low_detail, self.low_detail = fast, match_low_detail, low_detail
         self.limits = limits or Limits()
         self.chunk = chunk
+        self.follow_symlinks = follow_symlinks     # also symlinks to files outside the paths scanned
 
 
 class Summary:
@@ -455,10 +616,15 @@ class Summary:
             self.matched += 1
             self.matches += len(rec["matches"])
 
+    @property
+    def all_failed(self):
+        """True when there were files and every one of them is an error line."""
+        return self.files > 0 and self.errors == self.files
+
     def as_dict(self):
         return {"files": self.files, "images": self.hashed, "errors": self.errors, "low_detail": self.low_detail,
                 "matched_files": self.matched, "matches": self.matches, "resumed_from_report": self.resumed,
-                "seconds": round(self.elapsed, 3),
+                "all_failed": self.all_failed, "seconds": round(self.elapsed, 3),
                 "images_per_second": round(self.hashed_now / self.elapsed, 1) if self.elapsed else None,
                 "interrupted": self.interrupted}
 
@@ -480,24 +646,28 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
     JSON line to the text stream out (or calling out(record) if it is callable).
 
     resume_records: records of an earlier run to skip.  Returns a Summary.
+    Memory: see docs/hashing.md ("Worker pool and memory"); the worker pool keeps at most
+    hashing.INFLIGHT_BYTES_PER_WORKER x workers of file data in flight beyond one file.
     """
     opts = options
     summary = Summary()
     done = set()
     for rec in resume_records:
-        done.add((rec.get("path"), rec.get("member")))
+        done.add(record_key(rec))
         summary.count(rec, now=False)
     summary.resumed = len(done)
     want_digests = lindex is not None and lindex.prov.has_digests()
     stop = stop or _Stop()
     t0 = time.monotonic()
-    items = walk(paths, opts.limits, done, exclude)
+    items = walk(paths, opts.limits, done, exclude, opts.follow_symlinks)
+    # The report is UTF-8; any other stream gets JSON's \u escapes, which every encoding can carry.
+    ascii_only = not callable(out) and (getattr(out, "encoding", None) or "").lower().replace("-", "") != "utf8"
 
     def emit(rec):
         if callable(out):
             out(rec)
         else:
-            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            out.write(json.dumps(rec, ensure_ascii=ascii_only) + "\n")
             out.flush()
         summary.count(rec)
         if progress is not None:
@@ -506,11 +676,11 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
                 progress.set_postfix_str(_postfix(summary, t0), refresh=False)
 
     def record(item, code=None, detail=None, md5=None, sha1=None, error=None):
-        return {"path": item.path, "member": item.member,
+        return {**_name_fields(item.path, item.member),
                 "hash": None if code is None else f"{code:016x}",
                 "detail": None if detail is None else round(float(detail), 3),
                 "low_detail": detail is not None and detail < opts.low_detail,
-                "md5": md5, "sha1": sha1, "matches": [], "error": error}
+                "md5": md5, "sha1": sha1, "matches": [], "error": None if error is None else _text(error)}
 
     def finish_chunk(metas, results):
         recs = [record(it, *res) for it, res in zip(metas, results)]
@@ -528,101 +698,21 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
         for r in recs:
             emit(r)
 
-    ctx = _mp_context()
-    pool = _new_pool(opts.workers, ctx)
     args = (opts.kind, opts.fast, opts.limits.max_pixels, opts.limits.max_file_bytes)
-    pending = deque()            # ("item", Item) for ready error lines, ("chunk", items, future)
-    exhausted = False
     try:
-        while True:
-            # Keep a few chunks per worker in flight; error items queue in order between them.
-            chunk = []
-            while not exhausted and not stop.event.is_set() and \
-                    sum(1 for p in pending if p[0] == "chunk") < 3 * opts.workers:
-                item = next(items, None)
-                if item is None:
-                    exhausted = True
-                    break
-                if item.error is not None:
-                    if chunk:
-                        pending.append(("chunk", chunk, pool.submit(_hash_jobs, [i.job for i in chunk], *args)))
-                        chunk = []
-                    pending.append(("item", item))
-                    continue
-                chunk.append(item)
-                if len(chunk) == opts.chunk:
-                    pending.append(("chunk", chunk, pool.submit(_hash_jobs, [i.job for i in chunk], *args)))
-                    chunk = []
-            if chunk:
-                pending.append(("chunk", chunk, pool.submit(_hash_jobs, [i.job for i in chunk], *args)))
-            if stop.event.is_set() or not pending:
-                break
-            unit = pending.popleft()
-            if unit[0] == "item":
-                emit(record(unit[1], error=unit[1].error))
-                continue
-            _, metas, fut = unit
-            results = None
-            while results is None and not stop.event.is_set():
-                try:
-                    results = fut.result(timeout=0.2)
-                except FutureTimeout:
-                    continue
-                except BrokenProcessPool:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    rest = list(pending)
-                    pending.clear()
-                    pool = _new_pool(opts.workers, ctx)
-                    for u in rest:      # resubmit, keeping the order
-                        if u[0] == "chunk":
-                            pending.append(("chunk", u[1], pool.submit(_hash_jobs, [i.job for i in u[1]], *args)))
-                        else:
-                            pending.append(u)
-                    results = _one_by_one(metas, args, ctx)
-            if results is None:
-                break
-            finish_chunk(metas, results)
+        for metas, results in run_in_workers(_units(items, opts.chunk), _hash_jobs, args, _worker_died,
+                                             opts.workers, stop=stop.event):
+            if results:
+                finish_chunk(metas, results)
+            else:
+                emit(record(metas[0], error=metas[0].error))
     finally:
-        _terminate(pool)
         summary.elapsed = time.monotonic() - t0
         if stop.signum is not None:
             summary.interrupted = signal.Signals(stop.signum).name
         if progress is not None:
             progress.set_postfix_str(_postfix(summary, t0), refresh=True)
     return summary
-
-
-def _new_pool(workers, ctx):
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                               initargs=(os.getpid(),))
-
-
-def _one_by_one(metas, args, ctx):
-    out = []
-    for it in metas:
-        with _new_pool(1, ctx) as solo:
-            try:
-                out.append(solo.submit(_hash_jobs, [it.job], *args).result()[0])
-            except BrokenProcessPool:
-                out.append((None, None, None, None, "the worker process died while decoding this file "
-                                                    "(decoder crash or out-of-memory kill)"))
-    return out
-
-
-def _terminate(pool):
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        try:
-            if p.is_alive():
-                p.terminate()
-        except Exception:
-            pass
-    for p in procs:
-        try:
-            p.join(5)
-        except Exception:
-            pass
 
 
 def _postfix(s, t0):
