@@ -234,8 +234,8 @@ def test_scan_end_to_end(world):
     check_report(world, recs)
     by_key = {key(r): r for r in recs}
     blank = by_key[(f"{world['arc']}/blank.png", None)]
-    assert blank["low_detail"] and blank["hash"] is not None and blank["matches"] == []
-    assert by_key[(f"{world['arc']}/transparent.png", None)]["low_detail"]
+    assert blank["degenerate"] and blank["hash"] is not None and blank["matches"] == []
+    assert by_key[(f"{world['arc']}/transparent.png", None)]["degenerate"]
     assert "bomb" in by_key[(f"{world['arc']}/junk/bomb.zip", "zeros.bmp")]["error"]
     assert "bomb" in by_key[(f"{world['arc']}/junk/bomb.tar.gz", None)]["error"]
     assert "decompression bomb" in by_key[(f"{world['arc']}/junk/bomb.png", None)]["error"]
@@ -244,17 +244,17 @@ def test_scan_end_to_end(world):
     assert summary["files"] == len(recs) and summary["matched_files"] == sum(bool(r["matches"]) for r in recs)
 
 
-def test_match_low_detail_and_exit_zero(world):
+def test_match_degenerate_and_exit_zero(world):
     root, arc = world["root"], world["arc"]
     files = [f"{arc}/blank.png"] + [f"{arc}/unrelated/u{k}.jpg" for k in range(4)]
     p = run("scan", *files, "--index", "index.hsi", "--workers", "1", cwd=root)
     assert p.returncode == 0, p.stderr
     recs = [json.loads(x) for x in p.stdout.splitlines()]
     assert [r["path"] for r in recs] == files and not any(r["matches"] for r in recs)
-    p = run("scan", f"{arc}/blank.png", "--index", "index.hsi", "--workers", "1", "--match-low-detail", cwd=root)
+    p = run("scan", f"{arc}/blank.png", "--index", "index.hsi", "--workers", "1", "--match-degenerate", cwd=root)
     assert p.returncode == 1
     (rec,) = [json.loads(x) for x in p.stdout.splitlines()]
-    assert rec["low_detail"] and [m["id"] for m in rec["matches"]] == ["BLANK"]
+    assert rec["degenerate"] and [m["id"] for m in rec["matches"]] == ["BLANK"]
 
 
 def _wait_lines(path, n, proc, timeout=60):

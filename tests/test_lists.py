@@ -300,3 +300,23 @@ def test_open_lists_gives_the_scan_records_from_many_threads(tmp_path):
                            "hash": "00000000ffffffff", "line": 2, "extra": {"source": "s1"}}
     with pytest.raises(hs.IndexOpenError, match="no such index"):
         hs.open_lists(tmp_path / "missing.hsi")
+
+
+def test_degenerate_hashes_make_no_perceptual_match(tmp_path):
+    """Issue 11 item 1: a striped upload (pHash 8000008080000080, high detail score) matched every
+    solid-image entry; a degenerate hash carries no identity on either side of a match."""
+    from hashsieve.kinds import KINDS
+    (tmp_path / "l.csv").write_text("hash,id\n0000000000000000,SOLID\nff80808080808080,STRIPES\n"
+                                    "8f0f3f7f0f0f0f00,PHOTO\n")
+    p = run("build", "l.csv", "-o", "i.hsi", cwd=tmp_path, check=0)
+    assert "2 entries have degenerate phash hashes" in p.stderr and "--match-degenerate" in p.stderr
+    with hs.open_lists(tmp_path / "i.hsi") as li:
+        queries = hs.from_hex(["8000008080000080",      # striped upload: degenerate itself
+                               "ff80808080808081",      # ordinary-looking, 1 bit from the STRIPES entry
+                               "8f0f3f7f0f0f0f01"])     # a copy of PHOTO
+        assert KINDS["phash"].degenerate(queries).tolist() == [True, False, False]
+        got = li.match(queries)
+        assert [[m["id"] for m in r] for r in got] == [[], [], ["PHOTO"]]
+        allowed = li.match(queries, match_degenerate=True)
+        assert [[m["id"] for m in r] for r in allowed] == [["SOLID"], ["STRIPES"], ["PHOTO"]]
+        assert [[m["id"] for m in r] for r in li.nearest(queries, 1)] == [[], [], ["PHOTO"]]

@@ -34,7 +34,7 @@ def _info(msg):
 
 
 # ====================================================================== lists -> index
-def _hash_lists(specs, skip_bad):
+def _hash_lists(specs, skip_bad, kind):
     """HashList per NAME=PATH spec; two lists of one name in one command are refused, naming both files."""
     from .lists import HashList, list_spec
     out, by_name = [], {}
@@ -44,7 +44,7 @@ def _hash_lists(specs, skip_bad):
             raise CliError(f"lists {by_name[name]} and {path} are both named {name!r}; name them apart with "
                            f"NAME=PATH (e.g. {name}-2={path})")
         by_name[name] = path
-        out.append(HashList(path, name=name, skip_bad=skip_bad))
+        out.append(HashList(path, name=name, skip_bad=skip_bad, kind=kind))
     return out
 
 
@@ -60,9 +60,9 @@ def _report_list(hl, already):
         _warn(f"{hl.path}: ... and {hl.skipped - len(hl.skipped_examples)} more bad rows skipped")
     if hl.degenerate:
         line, h = hl.degenerate_example
-        _warn(f"{hl.path}: {hl.degenerate} entries have degenerate hashes (almost all bits equal, e.g. line "
-              f"{line}: {h}): blank, solid or transparent images; they would match any such upload. "
-              "`scan` ignores low-detail files unless --match-low-detail")
+        _warn(f"{hl.path}: {hl.degenerate} entries have degenerate {hl.kind.name} hashes (e.g. line {line}: {h}): "
+              "blank, solid, striped or transparent images, which carry no identity; they make no perceptual "
+              "match unless --match-degenerate (their MD5/SHA-1 rows still match)")
     if not hl.rows:
         _warn(f"{hl.path}: no entries")
 
@@ -90,7 +90,7 @@ def _check_kind(kind):
 def cmd_build(a):
     from .index import HashIndex
     from .lists import IndexLock, Provenance, write_index
-    hash_lists = _hash_lists(a.lists, a.skip_bad)
+    hash_lists = _hash_lists(a.lists, a.skip_bad, a.kind)
     if os.path.isdir(a.output):
         raise CliError(f"-o {a.output} is a folder; give the index file name, e.g. {a.output}/lists.hsi")
     folder = os.path.dirname(os.path.abspath(a.output))
@@ -164,8 +164,8 @@ def _updating(index_path):
 
 
 def cmd_add(a):
-    hash_lists = _hash_lists(a.lists, a.skip_bad)
     with _updating(a.index) as (li, prov):
+        hash_lists = _hash_lists(a.lists, a.skip_bad, li.kind)
         since = prov.next_id()
         added = _add_lists(prov, hash_lists)
         ids, codes = prov.perceptual_rows(since)
@@ -178,8 +178,8 @@ def cmd_add(a):
 def cmd_remove(a):
     import numpy as np
 
-    hash_lists = _hash_lists(a.lists, a.skip_bad)
     with _updating(a.index) as (li, prov):
+        hash_lists = _hash_lists(a.lists, a.skip_bad, li.kind)
         ids, removed, missing = [], 0, 0
         for hl in hash_lists:
             i, r, m = prov.remove_list_rows(hl, a.list)
@@ -254,7 +254,6 @@ def cmd_copy(a):
 
 def cmd_query(a):
     from .lists import parse_hash
-    from .scan import DEFAULT_RADIUS
     li = _open(a.index)
     parsed = []
     for h in a.hashes:
@@ -262,7 +261,7 @@ def cmd_query(a):
             parsed.append((h,) + parse_hash(h))
         except ValueError as e:
             raise CliError(f"query {e}") from None
-    radius = DEFAULT_RADIUS.get(li.kind, 8) if a.radius is None else a.radius
+    radius = li._kind.default_radius if a.radius is None else a.radius
     if not 0 <= radius <= li.index.bits:
         raise CliError(f"--radius must be from 0 to {li.index.bits} bits, got {radius}")
     if a.k is not None and not 1 <= a.k <= MAX_QUERY_K:
@@ -271,7 +270,8 @@ def cmd_query(a):
     for text, kind, h in parsed:
         if kind == "perceptual":
             code = int(h, 16)
-            matches = li.nearest(code, a.k)[0] if a.k is not None else li.match(code, radius)[0]
+            matches = (li.nearest(code, a.k, match_degenerate=a.match_degenerate)[0] if a.k is not None
+                       else li.match(code, radius, match_degenerate=a.match_degenerate)[0])
         else:
             matches = li.match_digests([h], kind)[0]
         any_match |= any(m["distance"] <= radius for m in matches)
@@ -350,7 +350,7 @@ def cmd_scan(a):
     if a.resume and not a.report:
         raise CliError("--resume needs --report OUT.jsonl (the report of the interrupted scan)")
     opts = ScanOptions(radius=a.radius, kind=li.kind, workers=a.workers, fast=a.fast,
-                       match_low_detail=a.match_low_detail,
+                       match_degenerate=a.match_degenerate,
                        low_detail=a.low_detail_threshold, limits=_limits(a),
                        follow_symlinks=a.follow_symlinks)
     previous = []
@@ -392,12 +392,12 @@ def cmd_scan(a):
     d = s.as_dict()
     rate = f"{d['images_per_second']} images/s" if d["images_per_second"] is not None else "-"
     _info(f"scanned {d['files']} files ({d['resumed_from_report']} from the earlier run): {d['images']} images "
-          f"hashed, {d['matched_files']} matched ({d['matches']} matches), {d['low_detail']} low-detail, "
+          f"hashed, {d['matched_files']} matched ({d['matches']} matches), {d['degenerate']} degenerate, "
           f"{d['errors']} errors; {d['seconds']} s, {rate}"
           + (f"; report {a.report}" if a.report else ""))
-    if d["files"] and d["errors"] == d["files"]:
-        _warn(f"every file failed ({d['errors']} errors): nothing was matched against the lists; "
-              "see the error lines" + (f" in {a.report}" if a.report else ""))
+    if d["all_failed"]:
+        _warn(f"every file failed ({d['errors']} errors): nothing was hashed or matched against the lists; "
+              "see the error field of the report lines" + (f" in {a.report}" if a.report else ""))
     if a.summary_json:
         print(json.dumps(d), file=sys.stderr)
     if s.interrupted:
@@ -411,8 +411,11 @@ def cmd_scan(a):
 # ====================================================================== parser
 def build_parser():
     from .hashing import HASH_KINDS
-    from .scan import DEFAULT_RADIUS, LOW_DETAIL_THRESHOLD
-    radii = ", ".join(f"{k} {v}" for k, v in DEFAULT_RADIUS.items())
+    from .kinds import KINDS
+    from .scan import LOW_DETAIL_THRESHOLD
+    radii = ", ".join(f"{k.name} {k.default_radius}" for k in KINDS.values())
+    degenerate_help = ("also match degenerate hashes (blank, solid, striped, transparent images; list entries "
+                       "of them too), which carry no identity; see docs/cli.md")
     p = argparse.ArgumentParser(
         prog="hashsieve",
         description="Match images against lists of perceptual hashes (and MD5/SHA-1 digests).",
@@ -479,6 +482,7 @@ def build_parser():
     g.add_argument("-k", type=int, help=f"the k nearest entries instead of a radius (1 to {MAX_QUERY_K}); the exit "
                                          "status is 1 only if one of them is within the kind's default radius")
     q.add_argument("--json", action="store_true", help="one JSON line per query")
+    q.add_argument("--match-degenerate", action="store_true", help=degenerate_help)
     q.set_defaults(func=cmd_query)
 
     s = sub.add_parser("scan", help="scan folders and archives against an index, writing a JSON-lines report",
@@ -496,10 +500,10 @@ def build_parser():
     s.add_argument("--overwrite", action="store_true", help="replace an existing report")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     s.add_argument("--fast", action="store_true", help="faster hashing, about 1 bit less exact")
-    s.add_argument("--match-low-detail", action="store_true",
-                   help="also match low-detail (blank, solid, transparent) images")
+    s.add_argument("--match-degenerate", action="store_true", help=degenerate_help)
     s.add_argument("--low-detail-threshold", type=float, default=LOW_DETAIL_THRESHOLD, metavar="D",
-                   help=f"detail score below which an image is low-detail (default {LOW_DETAIL_THRESHOLD})")
+                   help=f"detail score below which a file is flagged low_detail in the report, for information "
+                        f"(default {LOW_DETAIL_THRESHOLD})")
     _add_limit_options(s)
     s.add_argument("--summary-json", action="store_true", help="also print the summary as JSON on stderr")
     s.add_argument("--follow-symlinks", action="store_true",

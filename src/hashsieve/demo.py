@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from . import cli
 from .hashing import hash_image
+from .scan import record_name
 
 
 def _picture(seed, w=480, h=360):
@@ -48,6 +49,11 @@ def _picture(seed, w=480, h=360):
     img = img.filter(ImageFilter.GaussianBlur(2))
     arr = np.asarray(img, dtype=np.int16) + rng.integers(-6, 7, (h, w, 3), dtype=np.int16)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _name(rec, out):
+    """A report record's file, relative to the demo folder."""
+    return record_name({**rec, "path": os.path.relpath(rec["path"], out)})
 
 
 def _enc(img, fmt="JPEG", **kw):
@@ -153,17 +159,16 @@ def main(argv=None):
         recs = [json.loads(line) for line in f]
     print(f"\n== report {report}: {len(recs)} lines; matches:")
     for r in recs:
-        name = os.path.relpath(r["path"], out) + (f"!/{r['member']}" if r["member"] else "")
         for m in r["matches"]:
-            print(f"  {name}: list {m['list']}, id {m['id'] or '-'}, label {m['label'] or '-'}; "
+            print(f"  {_name(r, out)}: list {m['list']}, id {m['id'] or '-'}, label {m['label'] or '-'}; "
                   f"{m['kind']} distance {m['distance']}")
     print("errors:")
     for r in recs:
         if r["error"]:
-            name = os.path.relpath(r["path"], out) + (f"!/{r['member']}" if r["member"] else "")
-            print(f"  {name}: {r['error'][:110]}")
-    low = [os.path.relpath(r["path"], out) for r in recs if r["low_detail"]]
-    print(f"low-detail (not matched without --match-low-detail): {', '.join(low) or '-'}")
+            print(f"  {_name(r, out)}: {r['error'][:110]}")
+    flat = [_name(r, out) for r in recs if r["degenerate"]]
+    print(f"degenerate hashes (blank, solid, striped: no perceptual match without --match-degenerate): "
+          f"{', '.join(flat) or '-'}")
     print(f"\nscan exit status {rc} (1 = something matched); demo took {time.monotonic() - t0:.1f} s")
     return 0 if rc in (0, 1) else rc
 

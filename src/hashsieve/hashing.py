@@ -32,11 +32,12 @@ from PIL import Image, ImageOps
 
 from . import _resample
 from ._validate import available_cores
+from .kinds import KINDS
 
 __all__ = ["HASH_KINDS", "DEFAULT_MAX_PIXELS", "ImageHashError", "HashResults",
            "hash_image", "hash_images", "iter_hash_images", "image_detail"]
 
-HASH_KINDS = ("phash", "dhash", "ahash", "whash")
+HASH_KINDS = tuple(KINDS)
 
 # Pillow's own warning threshold (~89.5 MP, e.g. 9459x9459).  Above it an image is
 # refused before any pixel is decoded, so a 100-byte file cannot claim gigabytes.

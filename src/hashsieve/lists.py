@@ -45,10 +45,12 @@ import time
 
 import numpy as np
 
-from .hexcodes import hex_digits
+from ._validate import hashes_array
+from .hexcodes import from_hex, hex_digits
+from .kinds import kind_of
 
 __all__ = ["ListError", "Entry", "HashList", "list_spec", "parse_hash", "Provenance", "provenance_path",
-           "DIGEST_KINDS", "is_degenerate"]
+           "DIGEST_KINDS"]
 
 DIGEST_KINDS = {16: "perceptual", 32: "md5", 40: "sha1"}
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -77,16 +79,6 @@ class Entry:
 
     def __repr__(self):
         return f"Entry({self.kind}, {self.hash}, id={self.row_id!r}, label={self.label!r}, line={self.line})"
-
-
-def is_degenerate(code):
-    """True for 64-bit hashes with almost all bits equal (blank, solid, transparent images).
-
-    A pHash of a detailed image has 32 bits set (bit = coefficient > median);
-    solid images give 0000000000000000 or 8000000000000000.
-    """
-    ones = int(code).bit_count()
-    return ones <= 4 or ones >= 60
 
 
 def list_spec(arg):
@@ -128,16 +120,17 @@ class HashList:
     skip_bad, which counts it instead.  After a complete iteration: ``sha256`` (of
     the file's bytes), ``rows`` (good rows), ``skipped`` (bad rows) with the first
     few in ``skipped_examples`` [(line, reason)], ``counts`` by kind, and
-    ``degenerate`` (perceptual hashes with almost all bits equal) with the first
-    in ``degenerate_example`` (line, hex).
+    ``degenerate`` (perceptual hashes that carry no identity, see kinds.py) with
+    the first in ``degenerate_example`` (line, hex).
     """
 
     EXAMPLES = 5
 
-    def __init__(self, path, name=None, skip_bad=False):
+    def __init__(self, path, name=None, skip_bad=False, kind="phash"):
         self.path = os.fspath(path)
         self.name = list_spec(self.path)[0] if name is None else name
         self.skip_bad = skip_bad
+        self.kind = kind_of(kind)           # what its perceptual hashes are, for the degenerate count
         self.sha256 = None
         self.rows = self.skipped = self.degenerate = 0
         self.skipped_examples, self.degenerate_example = [], None
@@ -174,7 +167,7 @@ class HashList:
     def _entry(self, kind, h, row_id, label, line, extra):
         self.rows += 1
         self.counts[kind] += 1
-        if kind == "perceptual" and is_degenerate(int(h, 16)):
+        if kind == "perceptual" and self.kind.degenerate(np.uint64(int(h, 16)))[0]:
             self.degenerate += 1
             if self.degenerate_example is None:
                 self.degenerate_example = (line, h)
@@ -414,7 +407,6 @@ class Provenance:
 
     def perceptual_rows(self, since=0):
         """(ids int64 (n,), hashes uint64 (n,)) of the perceptual entries with id >= since, in id order."""
-        from .hexcodes import from_hex
         cur = self.db.execute("SELECT id, hash FROM entries WHERE id >= ? AND kind = 'perceptual' ORDER BY id",
                               (since,))
         ids, codes = [], []
@@ -533,33 +525,48 @@ class ListIndex:
         self.path, self.index, self.prov, self.metadata = path, index, prov, metadata
         self.info = metadata.get(META_KEY, {})
         self.kind = self.info.get("kind", "phash")
+        self._kind = kind_of(self.kind)
 
-    def match(self, hashes, radius=None, threads=None):
+    def match(self, hashes, radius=None, threads=None, match_degenerate=False):
         """Match records of each hash, in input order.
 
         hashes: uint64 array (n,) or one int; radius: inclusive Hamming radius (default: the
         kind's, as scan uses).  Returns a list of n lists of dicts {list, id, label, distance,
-        kind, line}, each sorted by (distance, index id).  Perceptual entries only; see
-        match_digests() for MD5/SHA-1.
+        kind, line}, each sorted by (distance, index id).  A degenerate hash (see kinds.py: no
+        identity) makes no match on either side, the query's or the entry's, unless
+        match_degenerate.  Perceptual entries only; see match_digests() for MD5/SHA-1.
         """
-        from .scan import DEFAULT_RADIUS
-        radius = DEFAULT_RADIUS.get(self.kind, 8) if radius is None else radius
-        lims, dist, ids = self.index.range_search(hashes, radius, threads=threads)
-        rows = self.prov.rows_of(ids) if len(ids) else {}
-        return [self._records(dist[lims[j]:lims[j + 1]], ids[lims[j]:lims[j + 1]], rows)
-                for j in range(len(lims) - 1)]
+        codes = hashes_array(hashes)
+        radius = self._kind.default_radius if radius is None else radius
+        lims, dist, ids = self.index.range_search(codes, radius, threads=threads)
+        rows = self._rows(ids, radius, match_degenerate)
+        blocked = self._kind.degenerate(codes, radius) if not match_degenerate else np.zeros(len(codes), bool)
+        return [[] if blocked[j] else self._records(dist[lims[j]:lims[j + 1]], ids[lims[j]:lims[j + 1]], rows)
+                for j in range(len(codes))]
 
-    def nearest(self, hashes, k, threads=None):
-        """Match records of the k nearest entries of each hash (fewer if the index holds fewer), in input order."""
-        dist, ids = self.index.search(hashes, k, threads=threads)
-        rows = self.prov.rows_of(ids[ids >= 0])
-        return [self._records(d[i >= 0], i[i >= 0], rows) for d, i in zip(dist, ids)]
+    def nearest(self, hashes, k, threads=None, match_degenerate=False):
+        """Match records of the k nearest entries of each hash (fewer if the index holds fewer), in input
+        order; degenerate hashes as in match(), judged at the kind's default radius."""
+        codes = hashes_array(hashes)
+        dist, ids = self.index.search(codes, k, threads=threads)
+        rows = self._rows(ids[ids >= 0], None, match_degenerate)
+        blocked = self._kind.degenerate(codes) if not match_degenerate else np.zeros(len(codes), bool)
+        return [[] if b else self._records(d[i >= 0], i[i >= 0], rows) for b, d, i in zip(blocked, dist, ids)]
+
+    def _rows(self, ids, radius, match_degenerate):
+        """{index id: row} of the entries hit, less the degenerate ones unless match_degenerate."""
+        rows = self.prov.rows_of(ids) if len(ids) else {}
+        if rows and not match_degenerate:
+            hit = list(rows)
+            for i in np.compress(self._kind.degenerate(from_hex([rows[i][3] for i in hit]), radius), hit):
+                del rows[int(i)]
+        return rows
 
     def _records(self, dists, ids, rows):
         found = []
         for d, i in zip(dists.tolist(), ids.tolist()):
             row = rows.get(i)
-            if row is not None:            # removed from the table but not yet from the index
+            if row is not None:            # removed from the table (or degenerate), not yet from the index
                 rec = self.prov._record(row, d)
                 rec["kind"] = self.kind
                 found.append(rec)
@@ -633,6 +640,10 @@ def open_lists(path, mmap=True):
     if prov_path is None:
         raise IndexOpenError(f"{path}: this index has no list provenance (it was not written by "
                              "`hashsieve build`); rebuild it from the hash lists with `hashsieve build`")
+    try:
+        kind_of(meta[META_KEY].get("kind", "phash"))
+    except (ValueError, TypeError) as e:
+        raise IndexOpenError(f"cannot open index {path}: its metadata names {e}") from None
     try:
         prov = Provenance(prov_path)
         prov.next_id()

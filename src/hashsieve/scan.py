@@ -3,8 +3,14 @@
 The report has one JSON line per file, in walk order, flushed as it is written::
 
     {"path": "...", "member": null | "name in archive", "member_path": null | ["name", ...],
-     "hash": "hex" | null, "detail": float | null, "low_detail": bool, "md5": "...", "sha1": "...",
-     "matches": [{"list", "id", "label", "distance", "kind", "line"}], "error": null | "text"}
+     "hash": "hex" | null, "detail": float | null, "low_detail": bool, "degenerate": bool,
+     "md5": "...", "sha1": "...", "matches": [{"list", "id", "label", "distance", "kind", "line"}],
+     "error": null | "text"}
+
+``degenerate``: the hash carries no identity (kinds.py: one-dimensional bits, or within the
+radius of all-zero / all-one), so it makes no perceptual match unless match_degenerate; list
+entries with such hashes make none either.  ``low_detail`` (detail score below the threshold) is
+information only: low-contrast images keep their matches (docs/cli.md, "Degenerate hashes").
 
 ``member_path`` names a file inside an archive, one name per level of nesting:
 ``["inner.zip", "name"]`` is ``name`` inside the archive member ``inner.zip``.  ``member``
@@ -45,17 +51,14 @@ import zlib
 
 import numpy as np
 
-from .hashing import CHUNK_BYTES, DEFAULT_MAX_PIXELS, HASH_KINDS, ImageHashError, hash_image, run_in_workers
+from .hashing import CHUNK_BYTES, DEFAULT_MAX_PIXELS, ImageHashError, hash_image, run_in_workers
+from .kinds import kind_of
 
-__all__ = ["Limits", "ScanOptions", "scan", "walk", "DEFAULT_RADIUS", "LOW_DETAIL_THRESHOLD", "read_report",
+__all__ = ["Limits", "ScanOptions", "scan", "walk", "LOW_DETAIL_THRESHOLD", "read_report",
            "record_key", "record_name"]
 
-# Radius recommended per kind (d <= radius), from the near-duplicate measurements in
-# docs/hashing.md. wHash has no radius that keeps unrelated images apart on that corpus;
-# 8 limits its false matches.
-DEFAULT_RADIUS = {"phash": 8, "dhash": 8, "ahash": 5, "whash": 8}
 # Detail score (hashing.image_detail: std of the 32x32 grey thumbnail, 0-127.5) below which an
-# image's perceptual hash is not trusted for matching; chosen from measurements in docs/cli.md.
+# image is flagged low_detail in the report (information only; matching asks the kind's gate).
 LOW_DETAIL_THRESHOLD = 1.0
 
 ARCHIVE_SUFFIXES = (".zip", ".cbz", ".tar", ".tgz", ".tar.gz", ".tbz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz")
@@ -581,14 +584,12 @@ def read_report(path):
 
 
 class ScanOptions:
-    def __init__(self, radius=None, kind="phash", workers=None, fast=False, match_low_detail=False,
+    def __init__(self, radius=None, kind="phash", workers=None, fast=False, match_degenerate=False,
                  low_detail=LOW_DETAIL_THRESHOLD, limits=None, chunk=4, follow_symlinks=False):
-        if kind not in HASH_KINDS:
-            raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
-        self.kind = kind
-        self.radius = DEFAULT_RADIUS[kind] if radius is None else radius
+        self.kind = kind_of(kind).name
+        self.radius = kind_of(kind).default_radius if radius is None else radius
         self.workers = workers or max(1, len(os.sched_getaffinity(0)))
-        self.fast, self.match_low_detail, self.low_detail = fast, match_low_detail, low_detail
+        self.fast, self.match_degenerate, self.low_detail = fast, match_degenerate, low_detail
         self.limits = limits or Limits()
         self.chunk = chunk
         self.follow_symlinks = follow_symlinks     # also symlinks to files outside the paths scanned
@@ -596,7 +597,7 @@ class ScanOptions:
 
 class Summary:
     def __init__(self):
-        self.files = self.hashed = self.errors = self.low_detail = self.matched = self.matches = 0
+        self.files = self.hashed = self.errors = self.degenerate = self.matched = self.matches = 0
         self.resumed = 0
         self.elapsed = 0.0
         self.hashed_now = 0
@@ -610,8 +611,8 @@ class Summary:
                 self.hashed_now += 1
         if rec.get("error"):
             self.errors += 1
-        if rec.get("low_detail"):
-            self.low_detail += 1
+        if rec.get("degenerate"):
+            self.degenerate += 1
         if rec.get("matches"):
             self.matched += 1
             self.matches += len(rec["matches"])
@@ -622,7 +623,7 @@ class Summary:
         return self.files > 0 and self.errors == self.files
 
     def as_dict(self):
-        return {"files": self.files, "images": self.hashed, "errors": self.errors, "low_detail": self.low_detail,
+        return {"files": self.files, "images": self.hashed, "errors": self.errors, "degenerate": self.degenerate,
                 "matched_files": self.matched, "matches": self.matches, "resumed_from_report": self.resumed,
                 "all_failed": self.all_failed, "seconds": round(self.elapsed, 3),
                 "images_per_second": round(self.hashed_now / self.elapsed, 1) if self.elapsed else None,
@@ -657,6 +658,7 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
         summary.count(rec, now=False)
     summary.resumed = len(done)
     want_digests = lindex is not None and lindex.prov.has_digests()
+    kind = kind_of(opts.kind)
     stop = stop or _Stop()
     t0 = time.monotonic()
     items = walk(paths, opts.limits, done, exclude, opts.follow_symlinks)
@@ -680,15 +682,15 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
                 "hash": None if code is None else f"{code:016x}",
                 "detail": None if detail is None else round(float(detail), 3),
                 "low_detail": detail is not None and detail < opts.low_detail,
+                "degenerate": code is not None and bool(kind.degenerate(np.uint64(code), opts.radius)[0]),
                 "md5": md5, "sha1": sha1, "matches": [], "error": None if error is None else _text(error)}
 
     def finish_chunk(metas, results):
         recs = [record(it, *res) for it, res in zip(metas, results)]
-        queries = [k for k, r in enumerate(recs) if r["hash"] is not None
-                   and (opts.match_low_detail or not r["low_detail"])]
+        queries = [k for k, r in enumerate(recs) if r["hash"] is not None]
         if queries and lindex is not None:
             codes = np.array([int(recs[k]["hash"], 16) for k in queries], dtype=np.uint64)
-            for k, found in zip(queries, lindex.match(codes, opts.radius)):
+            for k, found in zip(queries, lindex.match(codes, opts.radius, match_degenerate=opts.match_degenerate)):
                 recs[k]["matches"] += found
         if want_digests:
             for r in recs:
