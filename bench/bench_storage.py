@@ -115,7 +115,7 @@ def stage_update(args):
     lims, _, ids = check.range_search(new[:100], 0)
     assert set(range(args.n, args.n + 100)) <= set(ids.tolist())
     return {"load_s": round(t1 - t0, 3), "remove_s": round(t2 - t1, 3), "add_s": round(t3 - t2, 3),
-            "save_s": round(t4 - t3, 2), "total_s": round(t4 - t0, 2), "segments": len(check._parts),
+            "save_s": round(t4 - t3, 2), "total_s": round(t4 - t0, 2), "segments": len(check.snapshot().segments),
             "saved_file_bytes": info["file_size"], "base": info["base"],
             "smaps_end": smaps()}
 

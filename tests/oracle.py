@@ -65,3 +65,18 @@ def queries_for(rng, codes, n):
             near[i] ^= np.uint64(1) << np.uint64(b)
     rand = rng.integers(0, 2**64, n - n // 2, dtype=np.uint64, endpoint=False)
     return np.concatenate([near, rand, np.array([0, 2**64 - 1], dtype=np.uint64)])
+
+
+def index_content(index):
+    """(codes uint64, ids int64) of every live entry of an index, decoded from its snapshot's segment
+    arrays with NumPy (not with the index's own code), for the oracles above."""
+    codes, ids = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
+    for seg in index.snapshot().segments:
+        seg_codes = np.repeat(np.asarray(seg.codes), np.diff(np.asarray(seg.group_start, np.int64)))
+        seg_ids = np.asarray(seg.ids)
+        if seg.dead is not None:
+            live = np.unpackbits(np.asarray(seg.dead), count=len(seg_ids), bitorder="little") == 0
+            seg_codes, seg_ids = seg_codes[live], seg_ids[live]
+        codes.append(seg_codes)
+        ids.append(seg_ids)
+    return np.concatenate(codes), np.concatenate(ids)

@@ -178,7 +178,7 @@ def test_delta_and_compact_keep_results(rng):
     expected = range_oracle(codes[live], live, queries, 6)
     assert_range_equal(index.range_search(queries, 6), expected)
     index.compact()
-    assert len(index._parts) == 1 and len(index) == len(live)
+    assert len(index.snapshot().segments) == 1 and len(index) == len(live)
     assert_range_equal(index.range_search(queries, 6), expected)
 
 

@@ -24,6 +24,7 @@ import pytest
 import hashsieve as hs
 from hashsieve import _core, storage
 from hashsieve.storage import IndexFormatError, IndexHandle, read_metadata, save_index
+from oracle import index_content
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden"
@@ -59,7 +60,7 @@ def make_index(rng, n_main=6000, n_delta=300, n_removed=700):
     index.add(rand_codes(rng, n_main), ids=rng.permutation(10 * n_main)[:n_main] + 5)
     if n_delta:
         index.add(rand_codes(rng, n_delta))
-    ids = np.concatenate([part.segment.ids for part in index._parts])
+    ids = np.concatenate([seg.ids for seg in index.snapshot().segments])
     index.remove(rng.choice(ids, n_removed, replace=False))
     return index
 
@@ -87,10 +88,7 @@ def as_pairs(result):
             for i in range(len(lims) - 1)]
 
 
-def live_entries(index):
-    codes, ids = zip(*(part.live_entries() for part in index._parts)) if index._parts else ((), ())
-    return (np.concatenate(codes) if codes else np.empty(0, np.uint64),
-            np.concatenate(ids) if ids else np.empty(0, np.int64))
+live_entries = index_content
 
 
 def python_segment(codes, ids, bits):
@@ -118,7 +116,7 @@ def tiny_table_index(rng):
     """About 15 KB on disk with every section kind: an 8-table segment, tombstones, a delta."""
     codes = rand_codes(rng, 48)
     seg = python_segment(codes, np.arange(48) * 5, (8,) * 8)
-    index = hs.HashIndex._from_segments([seg], 240)
+    index = hs.HashIndex.from_segments([seg], 240)
     index.add(rand_codes(rng, 12))
     index.remove([5, 15, 240])
     return index
@@ -160,8 +158,9 @@ def join_header(fixed, segs, secs, meta, rest, fix_crc=True):
 @pytest.mark.parametrize("mmap", [True, False])
 def test_round_trip_with_delta_and_tombstones(tmp_path, rng, mmap):
     index = make_index(rng)
-    assert len(index._parts) == 2 and all(p.segment.dead is not None for p in index._parts)
-    assert index._parts[0].segment.bits, "the main segment must have MIH tables"
+    segments = index.snapshot().segments
+    assert len(segments) == 2 and all(seg.dead is not None for seg in segments)
+    assert segments[0].bits, "the main segment must have MIH tables"
     codes, ids = live_entries(index)
     q = near(rng, codes, 300)
     before = answers(index, q)
@@ -169,15 +168,15 @@ def test_round_trip_with_delta_and_tombstones(tmp_path, rng, mmap):
     index.save(path)
     loaded = hs.HashIndex.load(path, mmap=mmap)
     assert same(answers(loaded, q), before)
-    assert len(loaded) == len(index) and loaded._next_id == index._next_id
+    assert len(loaded) == len(index) and loaded.snapshot().next_id == index.snapshot().next_id
     loaded.verify()
     # the oracle, so that "identical" is not identical garbage
     assert as_pairs(loaded.range_search(q[:40], 6)) == brute_range(codes, ids, q[:40], 6)
     # numbering continues where the saved index stopped
     assert np.array_equal(loaded.add(rand_codes(rng, 5)), index.add(rand_codes(rng, 5)))
     if mmap:
-        seg = loaded._parts[0].segment
-        assert not seg.codes.flags.writeable and isinstance(loaded._source.buffer, storage._mmap.mmap)
+        snap = loaded.snapshot()
+        assert not snap.segments[0].codes.flags.writeable and isinstance(snap.source.buffer, storage._mmap.mmap)
     info = read_metadata(path)
     assert info["count"] == len(index) - 5 and info["format_version"] == storage.FORMAT_VERSION
     assert info["code_bits"] == 64 and len(info["segments"]) == 2
@@ -208,7 +207,7 @@ def test_updates_on_a_loaded_index_then_save_over_it(tmp_path, rng, mmap):
         loaded.add(rand_codes(rng, 1), ids=[new_ids[0]])
     loaded.compact()
     index.compact()
-    assert same(answers(loaded, q), answers(index, q)) and len(loaded._parts) == 1
+    assert same(answers(loaded, q), answers(index, q)) and len(loaded.snapshot().segments) == 1
     loaded.save(path)
     assert same(answers(hs.HashIndex.load(path, mmap=mmap, verify=True), q), answers(index, q))
 
@@ -229,7 +228,8 @@ def test_verify_accepts_what_the_builder_makes(rng):
         index = hs.HashIndex()
         index.add(rand_codes(rng, n, dup_share=0.3))
         index.verify()
-        assert index._parts[0].segment.n_unique < 4096 or index._parts[0].segment.bits
+        seg = index.snapshot().segments[0]
+        assert seg.n_unique < 4096 or seg.bits
 
 
 def test_metadata(tmp_path, rng):
@@ -241,7 +241,7 @@ def test_metadata(tmp_path, rng):
     assert info["metadata"] == meta and info["created"] == pytest.approx(1717750000.25)
     assert info["created_iso"].startswith("2024-06-07T08:46:40")
     loaded = hs.HashIndex.load(path)
-    loaded.remove(loaded._parts[0].segment.ids[:3])
+    loaded.remove(loaded.snapshot().segments[0].ids[:3])
     loaded.save(path)                                   # metadata=None keeps what was loaded
     assert read_metadata(path)["metadata"] == meta and read_metadata(path)["count"] == len(loaded)
     save_index(loaded, path, metadata={})
@@ -371,7 +371,7 @@ def _incremental_file(tmp_path, rng, name="inc.hsi", index=None):
     if index is None:
         daily_update(loaded, rng, n=20)
     else:                    # a tiny index: an add would merge its delta into a new main segment
-        loaded.remove(loaded._parts[0].segment.ids[[7, 30]])
+        loaded.remove(loaded.snapshot().segments[0].ids[[7, 30]])
     loaded.save(path)
     info = read_metadata(path)
     assert info["base"] is not None
@@ -849,7 +849,7 @@ def _child_flips(path, verify, positions, queries):
                         for r in (0, 10, 64):
                             index.range_search(q, r)
                         index.search(q, 5)
-                        index.remove(index._parts[0].segment.ids[:2])
+                        index.remove(index.snapshot().segments[0].ids[:2])
                         index.add(q[:2])
                         index.range_search(q, 12)
                     del index
