@@ -3,14 +3,16 @@ import numpy as np
 
 
 def distances(queries, codes):
-    return np.bitwise_count(np.asarray(queries, np.uint64)[:, None] ^ np.asarray(codes, np.uint64)[None, :])
+    """Hamming distances (nq, n), one query row at a time (memory: n per row)."""
+    codes = np.asarray(codes, np.uint64)
+    for q in np.asarray(queries, np.uint64):
+        yield np.bitwise_count(codes ^ q)
 
 
 def range_oracle(codes, ids, queries, radius):
     """(lims, distances, ids) with results sorted by (distance, id), inclusive radius."""
-    d = distances(queries, codes)
     lims, out_d, out_i = [0], [], []
-    for row in d:
+    for row in distances(queries, codes):
         hit = np.flatnonzero(row <= radius)
         order = np.lexsort((ids[hit], row[hit]))
         out_d.append(row[hit][order])
@@ -21,11 +23,12 @@ def range_oracle(codes, ids, queries, radius):
 
 
 def knn_oracle(codes, ids, queries, k):
-    d = distances(queries, codes)
     out_d = np.full((len(queries), k), -1, np.int32)
     out_i = np.full((len(queries), k), -1, np.int64)
-    for qi, row in enumerate(d):
-        order = np.lexsort((ids, row))[:k]
+    for qi, row in enumerate(distances(queries, codes)):
+        # only entries within the k-th smallest distance can be among the k nearest
+        near = np.flatnonzero(row <= np.partition(row, k - 1)[k - 1]) if len(row) > k else np.arange(len(row))
+        order = near[np.lexsort((ids[near], row[near]))][:k]
         out_d[qi, :len(order)] = row[order]
         out_i[qi, :len(order)] = ids[order]
     return out_d, out_i

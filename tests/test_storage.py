@@ -624,6 +624,99 @@ def test_header_fuzz(tmp_path, rng):
     run()
 
 
+def test_deeply_nested_metadata_is_a_format_error(tmp_path, rng, monkeypatch):
+    """JSON nested 100,000 deep (a forged header with a valid CRC) is an IndexFormatError, not a RecursionError."""
+    path = tmp_path / "nested.hsi"
+    nested = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    real_dumps = json.dumps
+    monkeypatch.setattr(json, "dumps", lambda *args, **kwargs: nested)     # the writer of a forged file
+    save_index(make_index(rng, 500, 10, 5), path)
+    monkeypatch.setattr(json, "dumps", real_dumps)
+    for call in (read_metadata, hs.HashIndex.load, lambda p: hs.HashIndex.load(p, mmap=False, verify=True),
+                 IndexHandle):
+        with pytest.raises(IndexFormatError, match="nested.hsi: metadata is nested too deeply"):
+            call(path)
+    deep = {}
+    for _ in range(100_000):
+        deep = {"a": deep}
+    with pytest.raises(ValueError, match="metadata is nested too deeply"):
+        save_index(make_index(rng, 50, 0, 0), tmp_path / "deep.hsi", metadata=deep)
+
+
+def _with_next_id(data, next_id):
+    fixed, segs, secs, meta, rest = split_header(data)
+    fixed[7] = next_id
+    return join_header(fixed, segs, secs, meta, rest)
+
+
+def test_load_refuses_next_id_not_above_every_id(tmp_path, rng):
+    """A header whose next id is not above every id (CRC recomputed) would make add() repeat ids."""
+    path = tmp_path / "next.hsi"
+    index = make_index(rng, 6000, 300, 700)
+    index.save(path)
+    top = max(int(np.max(seg.ids)) for seg in index.snapshot().segments)
+    assert read_metadata(path)["next_id"] == top + 1
+    data = path.read_bytes()
+    bad = tmp_path / "bad.hsi"
+    for next_id in (top, 5, 0):
+        bad.write_bytes(_with_next_id(data, next_id))
+        for verify in (False, True):
+            with pytest.raises(IndexFormatError, match=f"bad.hsi: next id {next_id} is not above the largest id"):
+                hs.HashIndex.load(bad, verify=verify)
+    bad.write_bytes(_with_next_id(data, top + 10))          # above every id: fine (ids were removed)
+    assert hs.HashIndex.load(bad, verify=True).add([1]).tolist() == [top + 10]
+
+
+def test_save_racing_add_writes_loadable_files(tmp_path, rng):
+    """save() in one thread while another adds: every file is one whole version (its next id above
+    every id in it), and it takes another add and save."""
+    from hashsieve import index as index_module
+    index = hs.HashIndex()
+    index.add(rand_codes(rng, 5000))
+    stop, errors = threading.Event(), []
+
+    def yield_at_every_line(frame, event, arg):
+        """Trace function: the adder gives the GIL away at every line of hashsieve/index.py, so a
+        save can run between any two of them (a version published in two steps shows)."""
+        if frame.f_code.co_filename != index_module.__file__:
+            return None
+
+        def line(frame, event, arg):
+            if event == "line":
+                time.sleep(0.0002)
+            return line
+        return line
+
+    def adder():
+        sys.settrace(yield_at_every_line)
+        adder_rng = np.random.default_rng(1)
+        try:
+            while not stop.is_set():
+                index.add(adder_rng.integers(0, 2**64, 3, dtype=np.uint64))
+        except Exception as e:       # any failure is a test failure
+            errors.append(repr(e))
+
+    thread = threading.Thread(target=adder)
+    thread.start()
+    try:
+        paths = []
+        for i in range(300):
+            paths.append(tmp_path / f"{i}.hsi")
+            save_index(index, paths[-1], incremental=False)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert len(index) > 5100, "the adder hardly ran; the test proves little"
+    for path in paths:
+        loaded = hs.HashIndex.load(path, verify=True)
+        top = int(loaded.range_search(0, 64)[2].max())        # every id
+        assert read_metadata(path)["next_id"] == top + 1, path.name
+        assert loaded.add(rand_codes(rng, 2)).tolist() == [top + 1, top + 2]
+        loaded.save(path)
+        assert len(hs.HashIndex.load(path, verify=True)) == len(loaded)
+
+
 # ---------------------------------------------------------------- crash safety
 @pytest.mark.parametrize("mode", ["full", "incremental"])
 def test_sigkill_during_save(tmp_path, rng, mode):

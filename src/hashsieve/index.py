@@ -158,7 +158,7 @@ class HashIndex:
         checked=True first runs the checks that load() leaves for the first change of a segment over
         storage.DEEP_CHECK_ENTRIES entries opened without verify (O(n), once); they raise IndexFormatError.
         """
-        if checked:
+        if checked and self._deferred_check is not None:     # the lock only then: a save never waits for an add
             with self._write_lock:
                 self._run_deferred_check()
         parts, _, next_id = self._state
