@@ -40,6 +40,15 @@ def _masks_for(int bits):
     return cached
 
 
+def _array(a, dtype, length, name):
+    """len(a) after checking that a is a C-contiguous 1-d array of dtype (and of length, unless None)."""
+    if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.ndim == 1 and a.flags.c_contiguous
+            and (length is None or a.shape[0] == length)):
+        raise ValueError(f"segment array {name} must be C-contiguous {np.dtype(dtype)} of shape "
+                         f"({'n' if length is None else length},), got {a!r:.80}")
+    return a.shape[0]
+
+
 cdef void *_ptr(object a):
     return cnp.PyArray_DATA(a) if a is not None else NULL
 
@@ -60,6 +69,7 @@ cdef class Segment:
         self.codes, self.group_start, self.ids, self.dead = codes, group_start, ids, dead
         self.bits, self.offsets = tuple(bits), tuple(offsets)
         self.fps, self.table_groups = tuple(fps), tuple(table_groups)
+        self._check_arrays()
         self.seg.m = len(self.bits)
         self.seg.n_unique = codes.shape[0]
         self.seg.n_entries = ids.shape[0]
@@ -80,6 +90,26 @@ cdef class Segment:
             self.seg.masks[k] = <const uint32_t *>_ptr(masks)
             for t in range(HS_MAX_RING + 2):
                 self.seg.ring_start[k][t] = ring_start[t]
+
+    def _check_arrays(self):
+        """The C struct points into these arrays: each must have the dtype, length and layout it reads."""
+        u, n, m = _array(self.codes, np.uint64, None, "codes"), _array(self.ids, np.int64, None, "ids"), len(self.bits)
+        _array(self.group_start, np.uint32, u + 1, "group_start")
+        if self.dead is not None:
+            _array(self.dead, np.uint8, (n + 7) // 8, "dead")
+        if n > MAX_SEGMENT_ENTRIES:
+            raise ValueError(f"a segment holds at most {MAX_SEGMENT_ENTRIES} entries, got {n}")
+        if (m > HS_MAX_TABLES or (m and sum(self.bits) != HS_CODE_BITS) or not all(1 <= b <= 24 for b in self.bits)
+                or not len(self.offsets) == len(self.fps) == len(self.table_groups) == m):
+            raise ValueError(f"invalid table split {self.bits} with {len(self.offsets)} offsets, {len(self.fps)} "
+                             f"fingerprints and {len(self.table_groups)} group arrays")
+        for k in range(m):
+            _array(self.offsets[k], np.uint32, (1 << self.bits[k]) + 1, f"offsets[{k}]")
+            _array(self.fps[k], np.uint32, u, f"fps[{k}]")
+            if k == 0 and self.table_groups[0] is not None:
+                raise ValueError("table_groups[0] must be None: table 0 is in code order")
+            if k:
+                _array(self.table_groups[k], np.uint32, u, f"table_groups[{k}]")
 
     def __len__(self):
         return self.seg.n_entries

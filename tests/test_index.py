@@ -379,6 +379,23 @@ def test_snapshot_is_one_consistent_version(rng):
     assert len(copy) == 5000 and copy.add([7]).tolist() == [5000]
 
 
+def test_segment_arrays_of_the_wrong_kind_are_refused():
+    """from_segments() is public: a Segment refuses arrays the native code would misread."""
+    good = _core.build_segment(np.arange(5000, dtype=np.uint64) * np.uint64(977), np.arange(5000, dtype=np.int64))
+    args = [good.codes, good.group_start, good.ids, good.bits, good.offsets, good.fps, good.table_groups]
+    _core.Segment(*args)
+    for i, bad, match in [(0, good.codes.astype(np.int64), "codes must be C-contiguous uint64"),
+                          (1, good.group_start[:-1], r"group_start must be C-contiguous uint32 of shape \(5001,\)"),
+                          (2, np.asarray(good.ids)[::-1], "ids must be C-contiguous int64"),
+                          (3, (32, 32), "invalid table split"),
+                          (5, good.fps[:-1], "invalid table split"),
+                          (6, (good.table_groups[1],) + good.table_groups[1:], "table_groups.0. must be None")]:
+        with pytest.raises(ValueError, match=match):
+            _core.Segment(*(args[:i] + [bad] + args[i + 1:]))
+    with pytest.raises(ValueError, match="dead must be C-contiguous uint8 of shape"):
+        _core.Segment(*args, dead=np.zeros(3, np.uint8))
+
+
 def test_ids_the_index_cannot_number_past_are_refused():
     """An id of 2**63-1 would make the next numbered id overflow int64: refused, like numbering past it."""
     index = hs.HashIndex()

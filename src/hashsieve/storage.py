@@ -18,16 +18,19 @@ The header CRC covers the whole header region (fixed header, both tables and the
 metadata) so a damaged header is always caught, even without ``verify``. Every
 section has its own CRC-32, checked by ``verify()`` / ``load(verify=True)``.
 
-Loading checks every header field, every section's kind, dtype, size and position
-against the counts, and the structural invariants that native code relies on
-and that are cheap to check (all bucket boundaries of every table, group bounds,
-tombstone bitmap). ``verify`` adds the sequential O(n) invariants (codes and
-groups ascending, table entries in range and in their buckets): with them every
-position the native code reads is inside its array, so a file from an untrusted
-place should be opened with ``verify=True``. The random-access consistency checks
-(tables hold exactly the segment's codes, the id order sorts the ids) run for
-segments up to ``DEEP_CHECK_ENTRIES`` entries, where all the checks above also run
-on every load.
+Loading checks every header field, every section's kind, dtype, size and position against
+the counts, and the invariants that are cheap to check: bucket boundaries of every table,
+group bounds, tombstone bitmap, live counts, and that the next id is above the largest id
+(read through the id order). Segments of up to ``DEEP_CHECK_ENTRIES`` entries get every
+O(n) check on each load too: their entries (codes and groups ascending, ids ascending in
+each group, the id order sorts the ids) and their tables (each holds every code once, in
+its bucket, with its fingerprint). A bigger segment opened without ``verify`` is checked
+later: its entries before the first change or save of the index (O(n) anyway), so those
+raise ``IndexFormatError``; its tables not at all, and its queries rely on the native
+code's clamps, which keep every read in bounds (a damaged file gives wrong answers at
+worst, never a crash). ``verify()`` / ``load(verify=True)`` checks every section's CRC and
+all of the above for every segment, whatever its size: open a file from an untrusted place
+with ``verify=True``.
 
 Saving writes a temporary file in the target's folder, fsyncs it, renames it over
 the target and fsyncs the folder, so a crash leaves either the old or the new
