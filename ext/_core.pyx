@@ -19,6 +19,8 @@ cdef extern from *:
 
 # group_start holds entry positions as uint32, so a segment holds at most this many entries.
 MAX_SEGMENT_ENTRIES = 0xFFFFFFFF
+# Widest table key a segment may have (offsets of 2^24 + 1 entries); the builder makes at most 22 bits.
+MAX_TABLE_BITS = 24
 # The checks below read codes[table_groups[j]] and ids[order[i]] this many slots ahead.
 cdef enum:
     PREFETCH_AHEAD = 16
@@ -99,7 +101,8 @@ cdef class Segment:
             _array(self.dead, np.uint8, (n + 7) // 8, "dead")
         if n > MAX_SEGMENT_ENTRIES:
             raise ValueError(f"a segment holds at most {MAX_SEGMENT_ENTRIES} entries, got {n}")
-        if (m > HS_MAX_TABLES or (m and sum(self.bits) != HS_CODE_BITS) or not all(1 <= b <= 24 for b in self.bits)
+        if (m > HS_MAX_TABLES or (m and sum(self.bits) != HS_CODE_BITS)
+                or not all(1 <= b <= MAX_TABLE_BITS for b in self.bits)
                 or not len(self.offsets) == len(self.fps) == len(self.table_groups) == m):
             raise ValueError(f"invalid table split {self.bits} with {len(self.offsets)} offsets, {len(self.fps)} "
                              f"fingerprints and {len(self.table_groups)} group arrays")
@@ -246,20 +249,18 @@ def check_id_order(cnp.ndarray ids, cnp.ndarray order):
 def check_table(cnp.ndarray codes, cnp.ndarray offsets, cnp.ndarray fps, table_groups, int shift, int bits):
     """Table invariants: offsets uint32 (2^bits+1,) ascending from 0 to u; its slots hold every code of
     codes uint64 (u,) exactly once (table_groups uint32 (u,), or None for table 0: slot j is code j),
-    each in the bucket of its key (bits [shift, shift+bits)) and with its fingerprint in fps uint32 (u,)."""
+    each in the bucket of its key (bits [shift, shift+bits)) and with its fingerprint in fps uint32 (u,).
+
+    The builder fills each bucket in code order, so group numbers ascend inside a bucket: with every
+    group in the bucket of its own key, that proves each of the u slots names a different group."""
     cdef uint64_t u = codes.shape[0], nb = (<uint64_t>1) << bits, mask = nb - 1, b, j = 0, g = 0, lo, hi, code
     cdef const uint64_t *c = <const uint64_t *>cnp.PyArray_DATA(codes)
     cdef const uint32_t *off = <const uint32_t *>cnp.PyArray_DATA(offsets)
     cdef const uint32_t *fp = <const uint32_t *>cnp.PyArray_DATA(fps)
     cdef const uint32_t *tg = <const uint32_t *>_ptr(table_groups)
-    cdef uint8_t *seen = NULL
     cdef int problem = 0
     if offsets.shape[0] != nb + 1 or fps.shape[0] != u or (tg != NULL and table_groups.shape[0] != u):
         return ("table arrays have the wrong length", 0)
-    if tg != NULL:
-        seen = <uint8_t *>calloc(u // 8 + 1, 1)
-        if seen == NULL:
-            raise MemoryError("out of memory while checking a table")
     with nogil:
         if off[0] != 0 or off[nb] != u:
             problem = 1
@@ -274,14 +275,13 @@ def check_table(cnp.ndarray codes, cnp.ndarray offsets, cnp.ndarray fps, table_g
                 if tg != NULL:
                     if j + PREFETCH_AHEAD < u and tg[j + PREFETCH_AHEAD] < u:
                         HS_PREFETCH(c + tg[j + PREFETCH_AHEAD])
-                    g = tg[j]
-                    if g >= u:
+                    if tg[j] >= u:
                         problem = 2
                         break
-                    if (seen[g >> 3] >> (g & 7)) & 1:
+                    if j > lo and tg[j] <= g:
                         problem = 3
                         break
-                    seen[g >> 3] |= <uint8_t>(1 << (g & 7))
+                    g = tg[j]
                 else:
                     g = j
                 code = c[g]
@@ -291,11 +291,10 @@ def check_table(cnp.ndarray codes, cnp.ndarray offsets, cnp.ndarray fps, table_g
                 if fp[j] != hs_fingerprint(code, shift, bits):
                     problem = 5
                     break
-    free(seen)
     if problem == 0:
         return None
     return (("bucket boundaries are not ascending from 0 to the number of codes", "points past the last code",
-             "holds a code twice", "holds a code outside its bucket",
+             "holds a code twice, or a bucket out of code order", "holds a code outside its bucket",
              "fingerprints do not match the segment's codes")[problem - 1], j)
 
 

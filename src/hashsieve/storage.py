@@ -67,7 +67,6 @@ FORMAT_VERSION = 2
 CODE_BITS = 64
 ALIGN = 64
 MAX_TABLES = 8
-MAX_TABLE_BITS = 24            # the builder never makes wider tables than 22 bits
 MAX_HEADER = 64 << 20          # header + metadata; refuse anything bigger before reading it
 MAX_SEGMENTS = 1 << 16
 CHUNK = 16 << 20               # checksum / write granularity
@@ -232,12 +231,12 @@ def _parse_layout(path, read_at, file_size):
         pos += SEGMENT.size
         if seg_flags & ~(SEG_HAS_DEAD | SEG_HAS_ORDER):
             _fail(path, f"segment {s}: unknown flags {seg_flags:#x}")
-        if not (u <= n < 2**32 and (u == 0) == (n == 0) and seg_live <= n):
+        if not (u <= n <= _core.MAX_SEGMENT_ENTRIES and (u == 0) == (n == 0) and seg_live <= n):
             _fail(path, f"segment {s}: impossible counts ({n} entries, {u} distinct codes, {seg_live} live)")
         if not seg_flags & SEG_HAS_DEAD and seg_live != n:
             _fail(path, f"segment {s}: {seg_live} live of {n} entries but no tombstones")
         if m > MAX_TABLES or any(bits[m:]) or (m and (sum(bits[:m]) != CODE_BITS or
-                                                      not all(1 <= b <= MAX_TABLE_BITS for b in bits[:m]))):
+                                                      not all(1 <= b <= _core.MAX_TABLE_BITS for b in bits[:m]))):
             _fail(path, f"segment {s}: invalid table split m={m}, bits={bits}")
         segments.append({"entries": n, "unique": u, "live": seg_live, "m": m, "flags": seg_flags,
                          "bits": tuple(bits)})
@@ -346,12 +345,19 @@ def _check_entries(seg, order, path, label):
         _fail(path, f"{label}: {problem[0]} (at position {problem[1]})")
 
 
-def _check_tables(seg, path, label):
+def _check_tables(seg, path, label, threads=2):
     """O(n): every table holds each code once, in its bucket, with its fingerprint."""
-    shift = CODE_BITS
-    for k, bits in enumerate(seg.bits):
-        shift -= bits
-        problem = _core.check_table(seg.codes, seg.offsets[k], seg.fps[k], seg.table_groups[k], shift, bits)
+    shifts = [CODE_BITS - sum(seg.bits[:k + 1]) for k in range(len(seg.bits))]
+
+    def check(k):
+        return _core.check_table(seg.codes, seg.offsets[k], seg.fps[k], seg.table_groups[k], shifts[k], seg.bits[k])
+
+    if threads > 1 and seg.n_unique > DEEP_CHECK_ENTRIES:     # the check releases the GIL
+        with ThreadPoolExecutor(min(threads, len(seg.bits))) as pool:
+            problems = list(pool.map(check, range(len(seg.bits))))
+    else:
+        problems = [check(k) for k in range(len(seg.bits))]
+    for k, problem in enumerate(problems):
         if problem:
             _fail(path, f"{label}: table {k} {problem[0]} (slot {problem[1]})")
 
