@@ -88,9 +88,6 @@ def as_pairs(result):
             for i in range(len(lims) - 1)]
 
 
-live_entries = index_content
-
-
 def python_segment(codes, ids, bits):
     """A segment with MIH tables built in NumPy, independent of the C builder (any table split)."""
     order = np.lexsort((ids, codes))
@@ -161,7 +158,7 @@ def test_round_trip_with_delta_and_tombstones(tmp_path, rng, mmap):
     segments = index.snapshot().segments
     assert len(segments) == 2 and all(seg.dead is not None for seg in segments)
     assert segments[0].bits, "the main segment must have MIH tables"
-    codes, ids = live_entries(index)
+    codes, ids = index_content(index)
     q = near(rng, codes, 300)
     before = answers(index, q)
     path = tmp_path / "index.hsi"
@@ -189,11 +186,11 @@ def test_updates_on_a_loaded_index_then_save_over_it(tmp_path, rng, mmap):
     path = tmp_path / "index.hsi"
     index.save(path)
     loaded = hs.HashIndex.load(path, mmap=mmap)
-    q = near(rng, live_entries(index)[0], 200)
+    q = near(rng, index_content(index)[0], 200)
     for step in range(3):
         new = rand_codes(rng, 150)
         new_ids = np.arange(10**9 + 1000 * step, 10**9 + 1000 * step + 150)
-        victims = rng.choice(live_entries(index)[1], 120, replace=False)
+        victims = rng.choice(index_content(index)[1], 120, replace=False)
         for target in (index, loaded):
             target.add(new, ids=new_ids)
             assert target.remove(victims) == 120
@@ -294,7 +291,7 @@ def test_save_does_not_launder_damage(tmp_path, rng):
 
 # ---------------------------------------------------------------- incremental saves (format 2)
 def daily_update(index, rng, n=150, first_id=10**9):
-    victims = rng.choice(live_entries(index)[1], n, replace=False)
+    victims = rng.choice(index_content(index)[1], n, replace=False)
     index.remove(victims)
     index.add(rand_codes(rng, n), ids=np.arange(first_id, first_id + n))
 
@@ -306,7 +303,7 @@ def test_incremental_save_round_trip(tmp_path, rng, mmap):
     full_size = path.stat().st_size
     loaded = hs.HashIndex.load(path, mmap=mmap)
     daily_update(loaded, rng)
-    q = near(rng, live_entries(loaded)[0], 300)
+    q = near(rng, index_content(loaded)[0], 300)
     before = answers(loaded, q)
     loaded.save(path)
     assert same(answers(loaded, q), before)          # the saved-from index still answers (its map is intact)
@@ -322,7 +319,7 @@ def test_incremental_save_round_trip(tmp_path, rng, mmap):
         again = hs.HashIndex.load(path, mmap=m, verify=True)
         assert same(answers(again, q), before) and len(again) == len(loaded)
         again.verify()
-    codes, ids = live_entries(loaded)
+    codes, ids = index_content(loaded)
     assert as_pairs(again.range_search(q[:40], 6)) == brute_range(codes, ids, q[:40], 6)
     # compact() -> a self-contained file; the base is removed
     again.compact()
@@ -341,7 +338,7 @@ def test_chained_daily_updates_never_chain_bases(tmp_path, rng):
     reference = make_index(rng, 20_000, 0, 0)
     reference.save(path)
     first_base = None
-    q = near(rng, live_entries(reference)[0], 200)
+    q = near(rng, index_content(reference)[0], 200)
     for day in range(5):
         loaded = hs.HashIndex.load(path, mmap=day % 2 == 0)
         day_rng = np.random.default_rng(day)
@@ -380,7 +377,7 @@ def _incremental_file(tmp_path, rng, name="inc.hsi", index=None):
 
 def test_damaged_missing_or_replaced_base(tmp_path, rng):
     path, base, loaded = _incremental_file(tmp_path, rng)
-    q = near(rng, live_entries(loaded)[0], 50)
+    q = near(rng, index_content(loaded)[0], 50)
     good = answers(loaded, q)
     data = base.read_bytes()
     codes_sec = next(s for s in read_metadata(base)["sections"] if s["name"] == "segment0.codes")
@@ -628,10 +625,9 @@ def test_deeply_nested_metadata_is_a_format_error(tmp_path, rng, monkeypatch):
     """JSON nested 100,000 deep (a forged header with a valid CRC) is an IndexFormatError, not a RecursionError."""
     path = tmp_path / "nested.hsi"
     nested = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    real_dumps = json.dumps
-    monkeypatch.setattr(json, "dumps", lambda *args, **kwargs: nested)     # the writer of a forged file
-    save_index(make_index(rng, 500, 10, 5), path)
-    monkeypatch.setattr(json, "dumps", real_dumps)
+    with monkeypatch.context() as m:
+        m.setattr(json, "dumps", lambda *args, **kwargs: nested)     # the writer of a forged file
+        save_index(make_index(rng, 500, 10, 5), path)
     for call in (read_metadata, hs.HashIndex.load, lambda p: hs.HashIndex.load(p, mmap=False, verify=True),
                  IndexHandle):
         with pytest.raises(IndexFormatError, match="nested.hsi: metadata is nested too deeply"):
@@ -731,7 +727,7 @@ def test_sigkill_during_save(tmp_path, rng, mode):
     path = tmp_path / "live.hsi"
     save_index(versions["A"], path, metadata={"version": "A"})
     assert path.stat().st_size > 30_000_000
-    q = near(rng, live_entries(versions["A"])[0], 100)
+    q = near(rng, index_content(versions["A"])[0], 100)
     expected = {tag: versions[tag].range_search(q, 8) for tag in versions}
     random_ = random.Random(SEED)
     mid_save = leftovers = 0
@@ -774,7 +770,7 @@ def test_sigkill_during_daily_updates(tmp_path):
     index.add(rand_codes(rng, 300_000))
     path = tmp_path / "live.hsi"
     save_index(index, path, metadata={"step": 0})
-    q = near(rng, live_entries(index)[0], 100)
+    q = near(rng, index_content(index)[0], 100)
     replica, at = index, 0
     random_ = random.Random(SEED)
     mid_save = 0
@@ -820,8 +816,8 @@ def test_hot_swap_under_query_load(tmp_path, rng, watch):
         index = make_index(rng, 30_000, 200, 500)
         save_index(index, tmp_path / f"{tag}.src", metadata={"version": tag})
         sources[tag] = hs.HashIndex.load(tmp_path / f"{tag}.src", mmap=False)
-    q = near(rng, live_entries(sources["A"])[0], 64)
-    q[32:] = near(rng, live_entries(sources["B"])[0], 32)
+    q = near(rng, index_content(sources["A"])[0], 64)
+    q[32:] = near(rng, index_content(sources["B"])[0], 32)
     expected = {tag: sources[tag].range_search(q, 6) for tag in sources}
     assert not all(np.array_equal(x, y) for x, y in zip(expected["A"], expected["B"]))
     path = tmp_path / "live.hsi"
