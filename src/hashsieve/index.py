@@ -122,6 +122,9 @@ class HashIndex:
     Results follow FAISS's conventions, except that the radius is inclusive
     and results are sorted by (distance, id), so they are deterministic.
     Queries may run from many threads at once; changes are serialised.
+    Every threads= is an int from 1 to MAX_THREADS (256, or the number of cores
+    if that is more; a call starts at most that many OS threads), or None for
+    every core this process may use; more is a ValueError.
     """
 
     bits = 64
@@ -323,12 +326,19 @@ class HashIndex:
 
     @classmethod
     def load(cls, path, mmap=True, verify=False):
-        """Open an index file; mmap=True maps it read-only and shares its pages between processes."""
+        """Open an index file; mmap=True maps it read-only and shares its pages between processes.
+
+        verify=True first runs verify(). Without it, the O(n) checks of a segment over
+        storage.DEEP_CHECK_ENTRIES entries are left out, so opening takes milliseconds; its entries
+        are then checked before the first change or save (raising IndexFormatError for a damaged file).
+        """
         from .storage import load_index
         return load_index(path, mmap=mmap, verify=verify)
 
     def verify(self):
-        """Check every section checksum of the file this index was loaded from; raises IndexFormatError."""
+        """Check every section checksum of the file this index was loaded from, then every invariant of
+        every segment, whatever its size: codes, groups and ids in order, the id orders, every table
+        (each code once, in its bucket, with its fingerprint) and the next id. Raises IndexFormatError."""
         from .storage import verify_index
         verify_index(self)
 
