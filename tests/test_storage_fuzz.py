@@ -6,7 +6,7 @@ everything. These tests forge such files with every checksum recomputed, and fuz
 (truncations, bit/byte/word flips, forged sections and headers).
 
 This file is also a helper script: the fuzz runs in child processes
-(``python tests/test_storage_fuzz.py fuzz FILE SEED FIRST COUNT``) so that a crash fails a
+(``python tests/test_storage_fuzz.py fuzz FILE SEED FIRST COUNT FOLDER``) so that a crash fails a
 case instead of killing pytest. ``bench/fuzz_storage.py`` runs many more cases.
 """
 import json
@@ -319,7 +319,8 @@ def mutate(rng, orig):
         buf[pos] ^= 1 << int(rng.integers(0, 8))
     else:
         if kind == "word":
-            buf[pos:pos + width] = int(rng.choice([0, 1, 2**31, int(rng.integers(0, 2**32))])).to_bytes(8, "little")[:width]
+            value = int(rng.choice([0, 1, 2**31, int(rng.integers(0, 2**32))]))
+            buf[pos:pos + width] = value.to_bytes(8, "little")[:width]
         else:
             buf[pos] = int(rng.integers(0, 256))
     hit = [s for s in orig.secs if s[5] <= pos < s[5] + s[7]]
@@ -367,74 +368,80 @@ def _changes(index, rng, orig, queries, folder, tally):
     return "done"
 
 
-def run_cases(path, seed, first, count, progress=sys.stderr):
-    """Mutate the file at path in cases first..first+count-1; returns {"outcomes": {...}, "failures": [...]}.
+def run_cases(path, seed, first, count, folder, progress=sys.stderr):
+    """Mutate the file at path in cases first..first+count-1, writing them in folder; returns
+    {"outcomes": {...}, "failures": [...]}.
 
     For each case: load without verify (queries must run; changes may only raise IndexFormatError),
     then with verify (refused, or every answer exactly the oracle's over the file's own content).
     """
-    orig = _Original(path)
-    folder = scratch_folder()
+    orig, folder = _Original(path), Path(folder)
     outcomes, failures = {}, []
 
     def count_outcome(key):
         outcomes[key] = outcomes.get(key, 0) + 1
-    try:
-        for case in range(first, first + count):
-            print("case", case, file=progress, flush=True)
-            rng = np.random.default_rng([seed, case])
-            kind, data, targets = mutate(rng, orig)
-            if not data:
-                continue
-            count_outcome(f"{kind}: cases")
-            target = folder / "case.hsi"
-            target.write_bytes(data)
-            queries = orig.queries(rng, targets)
-            stage = "load"
+
+    for case in range(first, first + count):
+        print("case", case, file=progress, flush=True)
+        rng = np.random.default_rng([seed, case])
+        kind, data, targets = mutate(rng, orig)
+        if not data:
+            continue
+        count_outcome(f"{kind}: cases")
+        target = folder / "case.hsi"
+        target.write_bytes(data)
+        queries = orig.queries(rng, targets)
+        stage = "load"
+        try:
             try:
-                try:
-                    index = hs.HashIndex.load(target, mmap=bool(rng.integers(0, 2)))
-                except IndexFormatError:
-                    count_outcome(f"{kind}: refused by load")
-                else:
-                    stage = "queries"
-                    _core.set_strategy(("auto", "tables", "scan")[int(rng.integers(0, 3))])
-                    for r in RADII:
-                        index.range_search(queries, r, threads=int(rng.integers(1, 3)))
-                    index.search(queries, 5)
-                    _core.set_strategy("auto")
-                    stage = "changes"
-                    count_outcome(f"{kind}: loaded, changes {_changes(index, rng, orig, queries, folder, outcomes)}")
-                    del index
-                stage = "verify"
-                try:
-                    index = hs.HashIndex.load(target, mmap=bool(rng.integers(0, 2)), verify=True)
-                except IndexFormatError:
-                    count_outcome(f"{kind}: refused by verify")
-                else:
-                    assert_exact(index, queries)
-                    count_outcome(f"{kind}: accepted by verify, exact")
-                    del index
-            except Exception as e:       # anything but IndexFormatError where allowed is a failure
-                failures.append({"case": case, "kind": kind, "stage": stage, "error": repr(e),
-                                 "trace": traceback.format_exc(limit=-3)})
-            finally:
+                index = hs.HashIndex.load(target, mmap=bool(rng.integers(0, 2)))
+            except IndexFormatError:
+                count_outcome(f"{kind}: refused by load")
+            else:
+                stage = "queries"
+                _core.set_strategy(("auto", "tables", "scan")[int(rng.integers(0, 3))])
+                for r in RADII:
+                    index.range_search(queries, r, threads=int(rng.integers(1, 3)))
+                index.search(queries, 5)
                 _core.set_strategy("auto")
-    finally:
-        shutil.rmtree(folder)
+                stage = "changes"
+                count_outcome(f"{kind}: loaded, changes {_changes(index, rng, orig, queries, folder, outcomes)}")
+                del index
+            stage = "verify"
+            try:
+                index = hs.HashIndex.load(target, mmap=bool(rng.integers(0, 2)), verify=True)
+            except IndexFormatError:
+                count_outcome(f"{kind}: refused by verify")
+            else:
+                assert_exact(index, queries)
+                count_outcome(f"{kind}: accepted by verify, exact")
+                del index
+        except Exception as e:       # anything but IndexFormatError where allowed is a failure
+            failures.append({"case": case, "kind": kind, "stage": stage, "error": repr(e),
+                             "trace": traceback.format_exc(limit=-3)})
+        finally:
+            _core.set_strategy("auto")
     return {"outcomes": outcomes, "failures": failures}
 
 
 def run_fuzz(path, seed, cases, workers=2, first=0):
     """run_cases split over child processes; a child that dies is a failure naming its case."""
-    procs = []
-    for w in range(workers):
-        lo, hi = first + cases * w // workers, first + cases * (w + 1) // workers
-        cmd = [sys.executable, __file__, "fuzz", str(path), str(seed), str(lo), str(hi - lo)]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    folder, procs = scratch_folder(), []      # removed here: a child that crashed cannot clean up
+    try:
+        for w in range(workers):
+            lo, hi = first + cases * w // workers, first + cases * (w + 1) // workers
+            work = folder / str(w)
+            work.mkdir()
+            cmd = [sys.executable, __file__, "fuzz", str(path), str(seed), str(lo), str(hi - lo), str(work)]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outputs = [proc.communicate() for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(folder)
     total = {"cases": cases, "outcomes": {}, "failures": []}
-    for proc in procs:
-        out, err = proc.communicate()
+    for proc, (out, err) in zip(procs, outputs):
         if proc.returncode != 0:
             last = [line for line in err.splitlines() if line.startswith("case ")][-1:]
             total["failures"].append({"error": f"child died with {proc.returncode} at {last}", "stderr": err[-2000:]})
@@ -463,4 +470,4 @@ def test_fuzz_files_with_a_big_segment(big_file):
 
 if __name__ == "__main__":
     if sys.argv[1] == "fuzz":
-        print(json.dumps(run_cases(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))
+        print(json.dumps(run_cases(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])))
