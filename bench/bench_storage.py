@@ -1,6 +1,7 @@
 """Index file benchmarks: save, open with mmap, page sharing between processes, a daily update.
 
     .venv/bin/python bench/bench_storage.py --n 100000000 --dir /tmp/hsbench
+    .venv/bin/python bench/bench_storage.py --n 100000000 --ids-vs-none    # only: build with ids vs without
 
 Every stage runs in a fresh child process so that its time and memory are its
 own; memory comes from /proc/<pid>/smaps_rollup (Rss, Pss, shared/private).
@@ -63,6 +64,23 @@ def stage_build(args):
             "bytes_per_code": round(os.path.getsize(args.path) / args.n, 1), "peak_rss_mib": peak_rss_mib()}
 
 
+def stage_ids(args):
+    """add() of n codes with ids 0..n-1 (what the command line passes) against add() numbering them, alternating."""
+    import hashsieve as hs
+    codes = np.random.default_rng(args.seed).integers(0, 2**64, args.n, dtype=np.uint64)
+    ids = np.arange(args.n, dtype=np.int64)
+    times = {"without_ids_s": [], "with_ids_s": []}
+    runs = (("without_ids_s", None), ("with_ids_s", ids))
+    for round_ in range(4):                     # the order alternates: the first build of a round may pay more
+        for key, given in runs if round_ % 2 == 0 else runs[::-1]:
+            t = time.perf_counter()
+            index = hs.HashIndex()
+            index.add(codes, ids=given, threads=2)
+            times[key].append(round(time.perf_counter() - t, 2))
+            del index
+    return {**times, "peak_rss_mib": peak_rss_mib()}
+
+
 def stage_open(args):
     import hashsieve as hs
     before = smaps()
@@ -115,7 +133,7 @@ def stage_update(args):
     lims, _, ids = check.range_search(new[:100], 0)
     assert set(range(args.n, args.n + 100)) <= set(ids.tolist())
     return {"load_s": round(t1 - t0, 3), "remove_s": round(t2 - t1, 3), "add_s": round(t3 - t2, 3),
-            "save_s": round(t4 - t3, 2), "total_s": round(t4 - t0, 2), "segments": len(check._parts),
+            "save_s": round(t4 - t3, 2), "total_s": round(t4 - t0, 2), "segments": len(check.snapshot().segments),
             "saved_file_bytes": info["file_size"], "base": info["base"],
             "smaps_end": smaps()}
 
@@ -127,7 +145,7 @@ def stage_load_copy(args):
     return {"load_mmap_false_s": round(time.perf_counter() - t, 2), "rss_mib": smaps()["Rss"], "len": len(index)}
 
 
-STAGES = {"build": stage_build, "open": stage_open, "serve": stage_serve, "update": stage_update,
+STAGES = {"build": stage_build, "ids": stage_ids, "open": stage_open, "serve": stage_serve, "update": stage_update,
           "load_copy": stage_load_copy}
 
 
@@ -173,6 +191,7 @@ def main():
     ap.add_argument("--updates", type=int, default=10_000)
     ap.add_argument("--skip-copy-load", action="store_true", help="skip load(mmap=False) (needs RAM = file size)")
     ap.add_argument("--keep", action="store_true", help="keep the index file")
+    ap.add_argument("--ids-vs-none", action="store_true", help="only time add() with ids against without")
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
@@ -182,6 +201,10 @@ def main():
         return
     import hashsieve as hs
     results = {"n": args.n, "isa": hs.get_isa(), "cpus": os.cpu_count(), "command": " ".join(sys.argv)}
+    if args.ids_vs_none:
+        results["add_with_and_without_ids"] = run(args, "ids")
+        print(json.dumps(results, indent=1))
+        return
     results["build_and_save"] = run(args, "build")
     results["open_mmap"] = run(args, "open")
     results["two_processes"] = shared_pages(args)

@@ -3,13 +3,27 @@
 # (hashsieve.index); this module trusts dtypes and shapes it is given.
 cimport numpy as cnp
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 
 from mih cimport *
 
 import numpy as np
 
 cnp.import_array()
+
+cdef extern from *:
+    """
+    #define HS_PREFETCH(p) __builtin_prefetch(p)
+    """
+    void HS_PREFETCH(const void *p) nogil
+
+# group_start holds entry positions as uint32, so a segment holds at most this many entries.
+MAX_SEGMENT_ENTRIES = 0xFFFFFFFF
+# Widest table key a segment may have (offsets of 2^24 + 1 entries); the builder makes at most 22 bits.
+MAX_TABLE_BITS = 24
+# The checks below read codes[table_groups[j]] and ids[order[i]] this many slots ahead.
+cdef enum:
+    PREFETCH_AHEAD = 16
 
 ISA_NAMES = ("generic", "popcnt", "avx2", "avx512")
 
@@ -26,6 +40,15 @@ def _masks_for(int bits):
                       <uint32_t *>cnp.PyArray_DATA(ring_start))
         cached = _mask_cache[bits] = (masks, ring_start)
     return cached
+
+
+def _array(a, dtype, length, name):
+    """len(a) after checking that a is a C-contiguous 1-d array of dtype (and of length, unless None)."""
+    if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.ndim == 1 and a.flags.c_contiguous
+            and (length is None or a.shape[0] == length)):
+        raise ValueError(f"segment array {name} must be C-contiguous {np.dtype(dtype)} of shape "
+                         f"({'n' if length is None else length},), got {a!r:.80}")
+    return a.shape[0]
 
 
 cdef void *_ptr(object a):
@@ -48,6 +71,7 @@ cdef class Segment:
         self.codes, self.group_start, self.ids, self.dead = codes, group_start, ids, dead
         self.bits, self.offsets = tuple(bits), tuple(offsets)
         self.fps, self.table_groups = tuple(fps), tuple(table_groups)
+        self._check_arrays()
         self.seg.m = len(self.bits)
         self.seg.n_unique = codes.shape[0]
         self.seg.n_entries = ids.shape[0]
@@ -69,6 +93,27 @@ cdef class Segment:
             for t in range(HS_MAX_RING + 2):
                 self.seg.ring_start[k][t] = ring_start[t]
 
+    def _check_arrays(self):
+        """The C struct points into these arrays: each must have the dtype, length and layout it reads."""
+        u, n, m = _array(self.codes, np.uint64, None, "codes"), _array(self.ids, np.int64, None, "ids"), len(self.bits)
+        _array(self.group_start, np.uint32, u + 1, "group_start")
+        if self.dead is not None:
+            _array(self.dead, np.uint8, (n + 7) // 8, "dead")
+        if n > MAX_SEGMENT_ENTRIES:
+            raise ValueError(f"a segment holds at most {MAX_SEGMENT_ENTRIES} entries, got {n}")
+        if (m > HS_MAX_TABLES or (m and sum(self.bits) != HS_CODE_BITS)
+                or not all(1 <= b <= MAX_TABLE_BITS for b in self.bits)
+                or not len(self.offsets) == len(self.fps) == len(self.table_groups) == m):
+            raise ValueError(f"invalid table split {self.bits} with {len(self.offsets)} offsets, {len(self.fps)} "
+                             f"fingerprints and {len(self.table_groups)} group arrays")
+        for k in range(m):
+            _array(self.offsets[k], np.uint32, (1 << self.bits[k]) + 1, f"offsets[{k}]")
+            _array(self.fps[k], np.uint32, u, f"fps[{k}]")
+            if k == 0 and self.table_groups[0] is not None:
+                raise ValueError("table_groups[0] must be None: table 0 is in code order")
+            if k:
+                _array(self.table_groups[k], np.uint32, u, f"table_groups[{k}]")
+
     def __len__(self):
         return self.seg.n_entries
 
@@ -88,7 +133,12 @@ cdef class Segment:
 
 
 def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
-    """Segment from uint64 codes (n,) and int64 ids (n,), both C-contiguous."""
+    """Segment from uint64 codes (n,) and int64 ids (n,), both C-contiguous; n <= MAX_SEGMENT_ENTRIES."""
+    if codes.shape[0] > MAX_SEGMENT_ENTRIES:
+        raise ValueError(f"a segment holds at most {MAX_SEGMENT_ENTRIES} entries (2**32-1: entry positions are "
+                         f"32-bit), this one would hold {codes.shape[0]}; split the hashes over several indexes")
+    if ids.shape[0] != codes.shape[0]:
+        raise ValueError(f"{codes.shape[0]} codes but {ids.shape[0]} ids")
     cdef uint64_t n = codes.shape[0], u
     cdef int m, k, rc
     cdef int bits[HS_MAX_TABLES]
@@ -130,15 +180,167 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
                    tfps, tgroups[:m])
 
 
-def fingerprints(cnp.ndarray codes, int shift, int bits):
-    """The 32-bit fingerprints a table with key bits [shift, shift+bits) stores for these codes."""
-    cdef cnp.ndarray out = np.empty(codes.shape[0], dtype=np.uint32)
-    cdef const uint64_t[:] c = codes
-    cdef uint32_t[:] o = out
-    cdef Py_ssize_t i
-    for i in range(codes.shape[0]):
-        o[i] = hs_fingerprint(c[i], shift, bits)
+# ---------------------------------------------------------------- checks of loaded segments
+# Each returns None or (what is wrong, position); the storage layer names the file and segment.
+
+def check_entries(cnp.ndarray codes, cnp.ndarray group_start, cnp.ndarray ids):
+    """Entry invariants of a segment: codes uint64 (u,) strictly ascending, group_start uint32 (u+1,)
+    strictly ascending from 0 to n, ids int64 (n,) >= 0 and strictly ascending inside each group."""
+    cdef uint64_t u = codes.shape[0], n = ids.shape[0], g, i, a, b
+    cdef const uint64_t *c = <const uint64_t *>cnp.PyArray_DATA(codes)
+    cdef const uint32_t *gs = <const uint32_t *>cnp.PyArray_DATA(group_start)
+    cdef const int64_t *d = <const int64_t *>cnp.PyArray_DATA(ids)
+    cdef int problem = 0
+    if group_start.shape[0] != u + 1:
+        return ("group bounds have the wrong length", 0)
+    with nogil:
+        if gs[0] != 0 or gs[u] != n:
+            problem, g = 1, 0
+        else:
+            for g in range(u):
+                if g and c[g] <= c[g - 1]:
+                    problem = 2
+                    break
+                a, b = gs[g], gs[g + 1]
+                if b <= a or b > n:
+                    problem = 3
+                    break
+                if d[a] < 0:
+                    problem = 4
+                    break
+                for i in range(a + 1, b):
+                    if d[i] <= d[i - 1]:
+                        problem = 5
+                        break
+                if problem:
+                    break
+    if problem == 0:
+        return None
+    return (("group bounds do not span the entries", "codes are not strictly ascending",
+             "groups are not ascending or some are empty", "negative ids",
+             "ids are not ascending inside a group")[problem - 1], g)
+
+
+def check_id_order(cnp.ndarray ids, cnp.ndarray order):
+    """ids int64 (n,), order int64 (n,): order is the permutation of 0..n-1 that sorts ids, and no id repeats."""
+    cdef uint64_t n = ids.shape[0], i, o, prev = 0
+    cdef const int64_t *d = <const int64_t *>cnp.PyArray_DATA(ids)
+    cdef const int64_t *p = <const int64_t *>cnp.PyArray_DATA(order)
+    cdef int problem = 0
+    if order.shape[0] != n:
+        return ("id order has the wrong length", 0)
+    with nogil:
+        for i in range(n):
+            if i + PREFETCH_AHEAD < n and <uint64_t>p[i + PREFETCH_AHEAD] < n:
+                HS_PREFETCH(d + p[i + PREFETCH_AHEAD])
+            o = <uint64_t>p[i]                 # a negative position becomes huge: out of range
+            if o >= n:
+                problem = 1
+                break
+            if i and d[o] <= d[prev]:
+                problem = 2
+                break
+            prev = o
+    if problem == 0:
+        return None
+    return (("id order points outside the segment", "id order does not sort the ids, or ids repeat")[problem - 1], i)
+
+
+def check_table(cnp.ndarray codes, cnp.ndarray offsets, cnp.ndarray fps, table_groups, int shift, int bits):
+    """Table invariants: offsets uint32 (2^bits+1,) ascending from 0 to u; its slots hold every code of
+    codes uint64 (u,) exactly once (table_groups uint32 (u,), or None for table 0: slot j is code j),
+    each in the bucket of its key (bits [shift, shift+bits)) and with its fingerprint in fps uint32 (u,).
+
+    The builder fills each bucket in code order, so group numbers ascend inside a bucket: with every
+    group in the bucket of its own key, that proves each of the u slots names a different group."""
+    cdef uint64_t u = codes.shape[0], nb = (<uint64_t>1) << bits, mask = nb - 1, b, j = 0, g = 0, lo, hi, code
+    cdef const uint64_t *c = <const uint64_t *>cnp.PyArray_DATA(codes)
+    cdef const uint32_t *off = <const uint32_t *>cnp.PyArray_DATA(offsets)
+    cdef const uint32_t *fp = <const uint32_t *>cnp.PyArray_DATA(fps)
+    cdef const uint32_t *tg = <const uint32_t *>_ptr(table_groups)
+    cdef int problem = 0
+    if offsets.shape[0] != nb + 1 or fps.shape[0] != u or (tg != NULL and table_groups.shape[0] != u):
+        return ("table arrays have the wrong length", 0)
+    with nogil:
+        if off[0] != 0 or off[nb] != u:
+            problem = 1
+        for b in range(nb):
+            if problem:
+                break
+            lo, hi = off[b], off[b + 1]
+            if hi < lo or hi > u:
+                problem = 1
+                break
+            for j in range(lo, hi):
+                if tg != NULL:
+                    if j + PREFETCH_AHEAD < u and tg[j + PREFETCH_AHEAD] < u:
+                        HS_PREFETCH(c + tg[j + PREFETCH_AHEAD])
+                    if tg[j] >= u:
+                        problem = 2
+                        break
+                    if j > lo and tg[j] <= g:
+                        problem = 3
+                        break
+                    g = tg[j]
+                else:
+                    g = j
+                code = c[g]
+                if ((code >> shift) & mask) != b:
+                    problem = 4
+                    break
+                if fp[j] != hs_fingerprint(code, shift, bits):
+                    problem = 5
+                    break
+    if problem == 0:
+        return None
+    return (("bucket boundaries are not ascending from 0 to the number of codes", "points past the last code",
+             "holds a code twice, or a bucket out of code order", "holds a code outside its bucket",
+             "fingerprints do not match the segment's codes")[problem - 1], j)
+
+
+def find_ids(cnp.ndarray ids, cnp.ndarray order, cnp.ndarray keys):
+    """Slots (int64 (len(keys),)) of keys int64 in ids int64 (n,), -1 where absent; order int64 (n,)
+    sorts ids (a position out of range reads as absent). Sorted keys read memory in order."""
+    cdef uint64_t n = ids.shape[0], nk = keys.shape[0], i, lo, hi, mid, o
+    cdef const int64_t *d = <const int64_t *>cnp.PyArray_DATA(ids)
+    cdef const int64_t *p = <const int64_t *>cnp.PyArray_DATA(order)
+    cdef const int64_t *k = <const int64_t *>cnp.PyArray_DATA(keys)
+    cdef cnp.ndarray out = np.empty(nk, dtype=np.int64)
+    cdef int64_t *slots = <int64_t *>cnp.PyArray_DATA(out)
+    cdef int64_t key
+    with nogil:
+        for i in range(nk):
+            key, lo, hi = k[i], 0, n        # the first position whose id >= key is in [lo, hi]
+            while lo < hi:
+                mid = lo + (hi - lo) // 2
+                o = <uint64_t>p[mid]
+                if o < n and d[o] < key:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            o = <uint64_t>p[lo] if lo < n else n
+            slots[i] = <int64_t>o if o < n and d[o] == key else -1
     return out
+
+
+def first_repeat_dense(cnp.ndarray ids, int64_t lo, int64_t hi):
+    """Position of the first id of ids int64 (n,) that repeats an earlier one, or -1;
+    every id is in [lo, hi], a bitmap of hi - lo + 1 bits marks those seen."""
+    cdef uint64_t n = ids.shape[0], i, v
+    cdef const int64_t *d = <const int64_t *>cnp.PyArray_DATA(ids)
+    cdef uint8_t *seen = <uint8_t *>calloc(<uint64_t>(hi - lo) // 8 + 1, 1)
+    cdef int64_t found = -1
+    if seen == NULL:
+        raise MemoryError("out of memory while checking ids")
+    with nogil:
+        for i in range(n):
+            v = <uint64_t>(d[i] - lo)
+            if (seen[v >> 3] >> (v & 7)) & 1:
+                found = <int64_t>i
+                break
+            seen[v >> 3] |= <uint8_t>(1 << (v & 7))
+    free(seen)
+    return found
 
 
 cdef class _MallocBuffer:

@@ -3,14 +3,16 @@ import numpy as np
 
 
 def distances(queries, codes):
-    return np.bitwise_count(np.asarray(queries, np.uint64)[:, None] ^ np.asarray(codes, np.uint64)[None, :])
+    """Hamming distances (nq, n), one query row at a time (memory: n per row)."""
+    codes = np.asarray(codes, np.uint64)
+    for q in np.asarray(queries, np.uint64):
+        yield np.bitwise_count(codes ^ q)
 
 
 def range_oracle(codes, ids, queries, radius):
     """(lims, distances, ids) with results sorted by (distance, id), inclusive radius."""
-    d = distances(queries, codes)
     lims, out_d, out_i = [0], [], []
-    for row in d:
+    for row in distances(queries, codes):
         hit = np.flatnonzero(row <= radius)
         order = np.lexsort((ids[hit], row[hit]))
         out_d.append(row[hit][order])
@@ -21,11 +23,12 @@ def range_oracle(codes, ids, queries, radius):
 
 
 def knn_oracle(codes, ids, queries, k):
-    d = distances(queries, codes)
     out_d = np.full((len(queries), k), -1, np.int32)
     out_i = np.full((len(queries), k), -1, np.int64)
-    for qi, row in enumerate(d):
-        order = np.lexsort((ids, row))[:k]
+    for qi, row in enumerate(distances(queries, codes)):
+        # only entries within the k-th smallest distance can be among the k nearest
+        near = np.flatnonzero(row <= np.partition(row, k - 1)[k - 1]) if len(row) > k else np.arange(len(row))
+        order = near[np.lexsort((ids[near], row[near]))][:k]
         out_d[qi, :len(order)] = row[order]
         out_i[qi, :len(order)] = ids[order]
     return out_d, out_i
@@ -65,3 +68,18 @@ def queries_for(rng, codes, n):
             near[i] ^= np.uint64(1) << np.uint64(b)
     rand = rng.integers(0, 2**64, n - n // 2, dtype=np.uint64, endpoint=False)
     return np.concatenate([near, rand, np.array([0, 2**64 - 1], dtype=np.uint64)])
+
+
+def index_content(index):
+    """(codes uint64, ids int64) of every live entry of an index, decoded from its snapshot's segment
+    arrays with NumPy (not with the index's own code), for the oracles above."""
+    codes, ids = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
+    for seg in index.snapshot().segments:
+        seg_codes = np.repeat(np.asarray(seg.codes), np.diff(np.asarray(seg.group_start, np.int64)))
+        seg_ids = np.asarray(seg.ids)
+        if seg.dead is not None:
+            live = np.unpackbits(np.asarray(seg.dead), count=len(seg_ids), bitorder="little") == 0
+            seg_codes, seg_ids = seg_codes[live], seg_ids[live]
+        codes.append(seg_codes)
+        ids.append(seg_ids)
+    return np.concatenate(codes), np.concatenate(ids)

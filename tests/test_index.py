@@ -1,6 +1,7 @@
 """HashIndex results are exact: identical to a NumPy brute force and to FAISS,
 on uniform and skewed data, for every planner path and SIMD kernel."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -178,7 +179,7 @@ def test_delta_and_compact_keep_results(rng):
     expected = range_oracle(codes[live], live, queries, 6)
     assert_range_equal(index.range_search(queries, 6), expected)
     index.compact()
-    assert len(index._parts) == 1 and len(index) == len(live)
+    assert len(index.snapshot().segments) == 1 and len(index) == len(live)
     assert_range_equal(index.range_search(queries, 6), expected)
 
 
@@ -325,30 +326,144 @@ def test_shared_query_after_fork(rng, share_every_query):
 
 
 def test_concurrent_queries_while_changing(rng):
-    """Python threads query while another adds and removes: every answer is one whole version."""
+    """Python threads query while another adds and removes: every answer is exactly the oracle's
+    answer over one of the two versions the index moves between."""
     codes = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
-    index = build(codes)
+    ids = np.arange(len(codes), dtype=np.int64)
+    index = build(codes, ids)
     queries = codes[:50]
-    before = index.range_search(queries, 3)
     extra = queries ^ np.uint64(1)           # each query gains one result at distance 1
-    errors, stop = [], threading.Event()
+    extra_ids = np.arange(10**6, 10**6 + len(extra), dtype=np.int64)
+    versions = [(codes, ids), (np.concatenate([codes, extra]), np.concatenate([ids, extra_ids]))]
+    expected = [(range_oracle(c, i, queries, 3), knn_oracle(c, i, queries, 3)) for c, i in versions]
+    seen, errors, stop = [0, 0], [], threading.Event()
 
     def reader():
         while not stop.is_set():
-            lims, dist, ids = index.range_search(queries, 3)
-            if not (lims[-1] == before[0][-1] or lims[-1] == before[0][-1] + len(queries)):
-                errors.append(lims[-1])
+            got_range, got_knn = index.range_search(queries, 3), index.search(queries, 3)
+            match = [v for v, (want_range, _) in enumerate(expected)
+                     if all(np.array_equal(g, w) for g, w in zip(got_range, want_range))]
+            if len(match) != 1:
+                errors.append("a range answer matches neither version")
+                continue
+            seen[match[0]] += 1
+            # a k-NN query ran a moment later: it may have seen either version
+            if not any(all(np.array_equal(g, w) for g, w in zip(got_knn, want_knn)) for _, want_knn in expected):
+                errors.append("a k-NN answer matches neither version")
 
     threads = [threading.Thread(target=reader) for _ in range(3)]
     for t in threads:
         t.start()
     for _ in range(15):
-        new_ids = index.add(extra)
-        index.remove(new_ids)
+        index.add(extra, ids=extra_ids)
+        time.sleep(0.002)
+        assert index.remove(extra_ids) == len(extra)
+        time.sleep(0.002)
     stop.set()
     for t in threads:
         t.join()
-    assert not errors
+    assert not errors, errors[:3]
+    assert seen[0] and seen[1], f"the readers saw only one version ({seen}); the test proves little"
+
+
+def test_snapshot_is_one_consistent_version(rng):
+    """snapshot() reads segments and next_id in one step and never changes afterwards."""
+    index = build(rng.integers(0, 2**64, 5000, dtype=np.uint64))
+    snap = index.snapshot()
+    index.add(rng.integers(0, 2**64, 10, dtype=np.uint64))
+    index.remove([0, 1])
+    assert snap.next_id == 5000 and len(snap.segments) == 1 and snap.segments[0].dead is None
+    assert index.snapshot().next_id == 5010 and len(index.snapshot().segments) == 2
+    np.testing.assert_array_equal(np.asarray(snap.segments[0].ids)[snap.id_order(0)], np.arange(5000))
+    copy = hs.HashIndex.from_segments(snap.segments, snap.next_id)
+    assert len(copy) == 5000 and copy.add([7]).tolist() == [5000]
+
+
+def test_segment_arrays_of_the_wrong_kind_are_refused():
+    """from_segments() is public: a Segment refuses arrays the native code would misread."""
+    good = _core.build_segment(np.arange(5000, dtype=np.uint64) * np.uint64(977), np.arange(5000, dtype=np.int64))
+    args = [good.codes, good.group_start, good.ids, good.bits, good.offsets, good.fps, good.table_groups]
+    _core.Segment(*args)
+    for i, bad, match in [(0, good.codes.astype(np.int64), "codes must be C-contiguous uint64"),
+                          (1, good.group_start[:-1], r"group_start must be C-contiguous uint32 of shape \(5001,\)"),
+                          (2, np.asarray(good.ids)[::-1], "ids must be C-contiguous int64"),
+                          (3, (32, 32), "invalid table split"),
+                          (5, good.fps[:-1], "invalid table split"),
+                          (6, (good.table_groups[1],) + good.table_groups[1:], "table_groups.0. must be None")]:
+        with pytest.raises(ValueError, match=match):
+            _core.Segment(*(args[:i] + [bad] + args[i + 1:]))
+    with pytest.raises(ValueError, match="dead must be C-contiguous uint8 of shape"):
+        _core.Segment(*args, dead=np.zeros(3, np.uint8))
+
+
+def test_ids_the_index_cannot_number_past_are_refused():
+    """An id of 2**63-1 would make the next numbered id overflow int64: refused, like numbering past it."""
+    index = hs.HashIndex()
+    for bad in ([2**63 - 1], np.array([2**63 - 1]), np.array([3, 2**63 - 1], dtype=np.int64)):
+        with pytest.raises(ValueError, match=r"at most 2\*\*63-2"):
+            index.add([1] * len(bad), ids=bad)
+    assert len(index) == 0
+    index.add([1, 2], ids=[5, 2**63 - 2])                 # the largest id is fine
+    with pytest.raises(ValueError, match="cannot number 1 more ids.*pass ids="):
+        index.add([3])
+    assert index.add([3], ids=[6]).tolist() == [6] and len(index) == 3
+    assert index.remove([2**63 - 2]) == 1
+
+
+def test_segment_over_2_32_entries_is_refused():
+    """group_start holds 32-bit entry positions: a bigger segment is refused before anything is allocated."""
+    from numpy.lib.stride_tricks import as_strided
+    n = 2**32                                              # zero strides: no memory behind the arrays
+    codes = as_strided(np.zeros(1, np.uint64), shape=(n,), strides=(0,))
+    ids = as_strided(np.zeros(1, np.int64), shape=(n,), strides=(0,))
+    with pytest.raises(ValueError, match="at most 4294967295 entries"):
+        _core.build_segment(codes, ids)
+    with pytest.raises(ValueError, match="3 codes but 2 ids"):
+        _core.build_segment(np.zeros(3, np.uint64), np.zeros(2, np.int64))
+
+
+def test_k_over_the_cap_is_refused_before_allocating():
+    """k up to MAX_K pads with -1; a larger k is refused instead of allocating k results per query."""
+    from hashsieve._validate import MAX_K
+    index = build(np.arange(100, dtype=np.uint64))
+    dist, ids = index.search([0, 5], MAX_K)
+    assert dist.shape == ids.shape == (2, MAX_K) and (ids[:, 100:] == -1).all() and (ids[:, :100] >= 0).all()
+    for k in (MAX_K + 1, 2**31 - 1, 2**31, 2**63):
+        with pytest.raises(ValueError, match=f"k must be at most {MAX_K}.*range_search"):
+            index.search(0, k)
+        with pytest.raises(ValueError, match=f"k must be at most {MAX_K}"):
+            index.explain(0, k=k)
+
+
+def test_threads_over_the_cap_are_refused():
+    from hashsieve._validate import MAX_THREADS
+    index = build(np.arange(100, dtype=np.uint64))
+    assert index.search(0, 1, threads=MAX_THREADS)[1].tolist() == [[0]]
+    for threads in (MAX_THREADS + 1, 3000, 2**31, 2**63):
+        for call in (lambda: index.search(0, 1, threads=threads), lambda: index.range_search(0, 1, threads=threads),
+                     lambda: index.add([1], threads=threads), lambda: index.compact(threads=threads)):
+            with pytest.raises(ValueError, match=f"threads must be an int from 1 to {MAX_THREADS}"):
+                call()
+    assert len(index) == 100
+
+
+def test_add_with_ids_checks_repeats_without_np_unique(monkeypatch, rng):
+    """np.unique takes 10 s on 10M ids in numpy 2.4 (a sort takes 0.9 s): the id checks must not call it."""
+    def unique(*args, **kwargs):
+        raise AssertionError("np.unique called")
+    monkeypatch.setattr(np, "unique", unique)
+    index = hs.HashIndex()
+    sparse = rng.choice(2**62, 2000, replace=False).astype(np.int64)     # too spread for the bitmap
+    for ids in (np.array([4, 9, 7, 9, 1]), np.concatenate([sparse, sparse[[1500]]])):
+        with pytest.raises(ValueError, match=f"id {ids[-2] if len(ids) == 5 else sparse[1500]} appears more than once"):
+            index.add(np.zeros(len(ids), np.uint64), ids=ids)
+    index.add(rng.integers(0, 2**64, 6000, dtype=np.uint64), ids=np.arange(6000) * 3)
+    index.add(np.zeros(2000, np.uint64), ids=sparse)
+    with pytest.raises(ValueError, match=f"id {sparse[7]} is already in the index"):
+        index.add([1, 2], ids=[1, sparse[7]])
+    with pytest.raises(ValueError, match="id 2997 is already in the index"):
+        index.add([1, 2], ids=[2997, 1])
+    assert index.remove([3, 3, 6, 1, sparse[0]]) == 3 and len(index) == 7997
 
 
 def test_readme_quickstart_runs():

@@ -24,6 +24,7 @@ import pytest
 import hashsieve as hs
 from hashsieve import _core, storage
 from hashsieve.storage import IndexFormatError, IndexHandle, read_metadata, save_index
+from oracle import index_content
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden"
@@ -59,7 +60,7 @@ def make_index(rng, n_main=6000, n_delta=300, n_removed=700):
     index.add(rand_codes(rng, n_main), ids=rng.permutation(10 * n_main)[:n_main] + 5)
     if n_delta:
         index.add(rand_codes(rng, n_delta))
-    ids = np.concatenate([part.segment.ids for part in index._parts])
+    ids = np.concatenate([seg.ids for seg in index.snapshot().segments])
     index.remove(rng.choice(ids, n_removed, replace=False))
     return index
 
@@ -87,12 +88,6 @@ def as_pairs(result):
             for i in range(len(lims) - 1)]
 
 
-def live_entries(index):
-    codes, ids = zip(*(part.live_entries() for part in index._parts)) if index._parts else ((), ())
-    return (np.concatenate(codes) if codes else np.empty(0, np.uint64),
-            np.concatenate(ids) if ids else np.empty(0, np.int64))
-
-
 def python_segment(codes, ids, bits):
     """A segment with MIH tables built in NumPy, independent of the C builder (any table split)."""
     order = np.lexsort((ids, codes))
@@ -118,7 +113,7 @@ def tiny_table_index(rng):
     """About 15 KB on disk with every section kind: an 8-table segment, tombstones, a delta."""
     codes = rand_codes(rng, 48)
     seg = python_segment(codes, np.arange(48) * 5, (8,) * 8)
-    index = hs.HashIndex._from_segments([seg], 240)
+    index = hs.HashIndex.from_segments([seg], 240)
     index.add(rand_codes(rng, 12))
     index.remove([5, 15, 240])
     return index
@@ -160,24 +155,25 @@ def join_header(fixed, segs, secs, meta, rest, fix_crc=True):
 @pytest.mark.parametrize("mmap", [True, False])
 def test_round_trip_with_delta_and_tombstones(tmp_path, rng, mmap):
     index = make_index(rng)
-    assert len(index._parts) == 2 and all(p.segment.dead is not None for p in index._parts)
-    assert index._parts[0].segment.bits, "the main segment must have MIH tables"
-    codes, ids = live_entries(index)
+    segments = index.snapshot().segments
+    assert len(segments) == 2 and all(seg.dead is not None for seg in segments)
+    assert segments[0].bits, "the main segment must have MIH tables"
+    codes, ids = index_content(index)
     q = near(rng, codes, 300)
     before = answers(index, q)
     path = tmp_path / "index.hsi"
     index.save(path)
     loaded = hs.HashIndex.load(path, mmap=mmap)
     assert same(answers(loaded, q), before)
-    assert len(loaded) == len(index) and loaded._next_id == index._next_id
+    assert len(loaded) == len(index) and loaded.snapshot().next_id == index.snapshot().next_id
     loaded.verify()
     # the oracle, so that "identical" is not identical garbage
     assert as_pairs(loaded.range_search(q[:40], 6)) == brute_range(codes, ids, q[:40], 6)
     # numbering continues where the saved index stopped
     assert np.array_equal(loaded.add(rand_codes(rng, 5)), index.add(rand_codes(rng, 5)))
     if mmap:
-        seg = loaded._parts[0].segment
-        assert not seg.codes.flags.writeable and isinstance(loaded._source.buffer, storage._mmap.mmap)
+        snap = loaded.snapshot()
+        assert not snap.segments[0].codes.flags.writeable and isinstance(snap.source.buffer, storage._mmap.mmap)
     info = read_metadata(path)
     assert info["count"] == len(index) - 5 and info["format_version"] == storage.FORMAT_VERSION
     assert info["code_bits"] == 64 and len(info["segments"]) == 2
@@ -190,11 +186,11 @@ def test_updates_on_a_loaded_index_then_save_over_it(tmp_path, rng, mmap):
     path = tmp_path / "index.hsi"
     index.save(path)
     loaded = hs.HashIndex.load(path, mmap=mmap)
-    q = near(rng, live_entries(index)[0], 200)
+    q = near(rng, index_content(index)[0], 200)
     for step in range(3):
         new = rand_codes(rng, 150)
         new_ids = np.arange(10**9 + 1000 * step, 10**9 + 1000 * step + 150)
-        victims = rng.choice(live_entries(index)[1], 120, replace=False)
+        victims = rng.choice(index_content(index)[1], 120, replace=False)
         for target in (index, loaded):
             target.add(new, ids=new_ids)
             assert target.remove(victims) == 120
@@ -208,7 +204,7 @@ def test_updates_on_a_loaded_index_then_save_over_it(tmp_path, rng, mmap):
         loaded.add(rand_codes(rng, 1), ids=[new_ids[0]])
     loaded.compact()
     index.compact()
-    assert same(answers(loaded, q), answers(index, q)) and len(loaded._parts) == 1
+    assert same(answers(loaded, q), answers(index, q)) and len(loaded.snapshot().segments) == 1
     loaded.save(path)
     assert same(answers(hs.HashIndex.load(path, mmap=mmap, verify=True), q), answers(index, q))
 
@@ -229,7 +225,8 @@ def test_verify_accepts_what_the_builder_makes(rng):
         index = hs.HashIndex()
         index.add(rand_codes(rng, n, dup_share=0.3))
         index.verify()
-        assert index._parts[0].segment.n_unique < 4096 or index._parts[0].segment.bits
+        seg = index.snapshot().segments[0]
+        assert seg.n_unique < 4096 or seg.bits
 
 
 def test_metadata(tmp_path, rng):
@@ -241,7 +238,7 @@ def test_metadata(tmp_path, rng):
     assert info["metadata"] == meta and info["created"] == pytest.approx(1717750000.25)
     assert info["created_iso"].startswith("2024-06-07T08:46:40")
     loaded = hs.HashIndex.load(path)
-    loaded.remove(loaded._parts[0].segment.ids[:3])
+    loaded.remove(loaded.snapshot().segments[0].ids[:3])
     loaded.save(path)                                   # metadata=None keeps what was loaded
     assert read_metadata(path)["metadata"] == meta and read_metadata(path)["count"] == len(loaded)
     save_index(loaded, path, metadata={})
@@ -294,7 +291,7 @@ def test_save_does_not_launder_damage(tmp_path, rng):
 
 # ---------------------------------------------------------------- incremental saves (format 2)
 def daily_update(index, rng, n=150, first_id=10**9):
-    victims = rng.choice(live_entries(index)[1], n, replace=False)
+    victims = rng.choice(index_content(index)[1], n, replace=False)
     index.remove(victims)
     index.add(rand_codes(rng, n), ids=np.arange(first_id, first_id + n))
 
@@ -306,7 +303,7 @@ def test_incremental_save_round_trip(tmp_path, rng, mmap):
     full_size = path.stat().st_size
     loaded = hs.HashIndex.load(path, mmap=mmap)
     daily_update(loaded, rng)
-    q = near(rng, live_entries(loaded)[0], 300)
+    q = near(rng, index_content(loaded)[0], 300)
     before = answers(loaded, q)
     loaded.save(path)
     assert same(answers(loaded, q), before)          # the saved-from index still answers (its map is intact)
@@ -322,7 +319,7 @@ def test_incremental_save_round_trip(tmp_path, rng, mmap):
         again = hs.HashIndex.load(path, mmap=m, verify=True)
         assert same(answers(again, q), before) and len(again) == len(loaded)
         again.verify()
-    codes, ids = live_entries(loaded)
+    codes, ids = index_content(loaded)
     assert as_pairs(again.range_search(q[:40], 6)) == brute_range(codes, ids, q[:40], 6)
     # compact() -> a self-contained file; the base is removed
     again.compact()
@@ -341,7 +338,7 @@ def test_chained_daily_updates_never_chain_bases(tmp_path, rng):
     reference = make_index(rng, 20_000, 0, 0)
     reference.save(path)
     first_base = None
-    q = near(rng, live_entries(reference)[0], 200)
+    q = near(rng, index_content(reference)[0], 200)
     for day in range(5):
         loaded = hs.HashIndex.load(path, mmap=day % 2 == 0)
         day_rng = np.random.default_rng(day)
@@ -371,7 +368,7 @@ def _incremental_file(tmp_path, rng, name="inc.hsi", index=None):
     if index is None:
         daily_update(loaded, rng, n=20)
     else:                    # a tiny index: an add would merge its delta into a new main segment
-        loaded.remove(loaded._parts[0].segment.ids[[7, 30]])
+        loaded.remove(loaded.snapshot().segments[0].ids[[7, 30]])
     loaded.save(path)
     info = read_metadata(path)
     assert info["base"] is not None
@@ -380,7 +377,7 @@ def _incremental_file(tmp_path, rng, name="inc.hsi", index=None):
 
 def test_damaged_missing_or_replaced_base(tmp_path, rng):
     path, base, loaded = _incremental_file(tmp_path, rng)
-    q = near(rng, live_entries(loaded)[0], 50)
+    q = near(rng, index_content(loaded)[0], 50)
     good = answers(loaded, q)
     data = base.read_bytes()
     codes_sec = next(s for s in read_metadata(base)["sections"] if s["name"] == "segment0.codes")
@@ -624,6 +621,98 @@ def test_header_fuzz(tmp_path, rng):
     run()
 
 
+def test_deeply_nested_metadata_is_a_format_error(tmp_path, rng, monkeypatch):
+    """JSON nested 100,000 deep (a forged header with a valid CRC) is an IndexFormatError, not a RecursionError."""
+    path = tmp_path / "nested.hsi"
+    nested = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with monkeypatch.context() as m:
+        m.setattr(json, "dumps", lambda *args, **kwargs: nested)     # the writer of a forged file
+        save_index(make_index(rng, 500, 10, 5), path)
+    for call in (read_metadata, hs.HashIndex.load, lambda p: hs.HashIndex.load(p, mmap=False, verify=True),
+                 IndexHandle):
+        with pytest.raises(IndexFormatError, match="nested.hsi: metadata is nested too deeply"):
+            call(path)
+    deep = {}
+    for _ in range(100_000):
+        deep = {"a": deep}
+    with pytest.raises(ValueError, match="metadata is nested too deeply"):
+        save_index(make_index(rng, 50, 0, 0), tmp_path / "deep.hsi", metadata=deep)
+
+
+def _with_next_id(data, next_id):
+    fixed, segs, secs, meta, rest = split_header(data)
+    fixed[7] = next_id
+    return join_header(fixed, segs, secs, meta, rest)
+
+
+def test_load_refuses_next_id_not_above_every_id(tmp_path, rng):
+    """A header whose next id is not above every id (CRC recomputed) would make add() repeat ids."""
+    path = tmp_path / "next.hsi"
+    index = make_index(rng, 6000, 300, 700)
+    index.save(path)
+    top = max(int(np.max(seg.ids)) for seg in index.snapshot().segments)
+    assert read_metadata(path)["next_id"] == top + 1
+    data = path.read_bytes()
+    bad = tmp_path / "bad.hsi"
+    for next_id in (top, 5, 0):
+        bad.write_bytes(_with_next_id(data, next_id))
+        for verify in (False, True):
+            with pytest.raises(IndexFormatError, match=f"bad.hsi: next id {next_id} is not above the largest id"):
+                hs.HashIndex.load(bad, verify=verify)
+    bad.write_bytes(_with_next_id(data, top + 10))          # above every id: fine (ids were removed)
+    assert hs.HashIndex.load(bad, verify=True).add([1]).tolist() == [top + 10]
+
+
+def test_save_racing_add_writes_loadable_files(tmp_path, rng):
+    """save() in one thread while another adds: every file is one whole version (its next id above
+    every id in it), and it takes another add and save."""
+    from hashsieve import index as index_module
+    index = hs.HashIndex()
+    index.add(rand_codes(rng, 5000))
+    stop, errors = threading.Event(), []
+
+    def yield_at_every_line(frame, event, arg):
+        """Trace function: the adder gives the GIL away at every line of hashsieve/index.py, so a
+        save can run between any two of them (a version published in two steps shows)."""
+        if frame.f_code.co_filename != index_module.__file__:
+            return None
+
+        def line(frame, event, arg):
+            if event == "line":
+                time.sleep(0.0002)
+            return line
+        return line
+
+    def adder():
+        sys.settrace(yield_at_every_line)
+        adder_rng = np.random.default_rng(1)
+        try:
+            while not stop.is_set():
+                index.add(adder_rng.integers(0, 2**64, 3, dtype=np.uint64))
+        except Exception as e:       # any failure is a test failure
+            errors.append(repr(e))
+
+    thread = threading.Thread(target=adder)
+    thread.start()
+    try:
+        paths = []
+        for i in range(300):
+            paths.append(tmp_path / f"{i}.hsi")
+            save_index(index, paths[-1], incremental=False)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert len(index) > 5100, "the adder hardly ran; the test proves little"
+    for path in paths:
+        loaded = hs.HashIndex.load(path, verify=True)
+        top = int(loaded.range_search(0, 64)[2].max())        # every id
+        assert read_metadata(path)["next_id"] == top + 1, path.name
+        assert loaded.add(rand_codes(rng, 2)).tolist() == [top + 1, top + 2]
+        loaded.save(path)
+        assert len(hs.HashIndex.load(path, verify=True)) == len(loaded)
+
+
 # ---------------------------------------------------------------- crash safety
 @pytest.mark.parametrize("mode", ["full", "incremental"])
 def test_sigkill_during_save(tmp_path, rng, mode):
@@ -638,7 +727,7 @@ def test_sigkill_during_save(tmp_path, rng, mode):
     path = tmp_path / "live.hsi"
     save_index(versions["A"], path, metadata={"version": "A"})
     assert path.stat().st_size > 30_000_000
-    q = near(rng, live_entries(versions["A"])[0], 100)
+    q = near(rng, index_content(versions["A"])[0], 100)
     expected = {tag: versions[tag].range_search(q, 8) for tag in versions}
     random_ = random.Random(SEED)
     mid_save = leftovers = 0
@@ -681,7 +770,7 @@ def test_sigkill_during_daily_updates(tmp_path):
     index.add(rand_codes(rng, 300_000))
     path = tmp_path / "live.hsi"
     save_index(index, path, metadata={"step": 0})
-    q = near(rng, live_entries(index)[0], 100)
+    q = near(rng, index_content(index)[0], 100)
     replica, at = index, 0
     random_ = random.Random(SEED)
     mid_save = 0
@@ -727,8 +816,8 @@ def test_hot_swap_under_query_load(tmp_path, rng, watch):
         index = make_index(rng, 30_000, 200, 500)
         save_index(index, tmp_path / f"{tag}.src", metadata={"version": tag})
         sources[tag] = hs.HashIndex.load(tmp_path / f"{tag}.src", mmap=False)
-    q = near(rng, live_entries(sources["A"])[0], 64)
-    q[32:] = near(rng, live_entries(sources["B"])[0], 32)
+    q = near(rng, index_content(sources["A"])[0], 64)
+    q[32:] = near(rng, index_content(sources["B"])[0], 32)
     expected = {tag: sources[tag].range_search(q, 6) for tag in sources}
     assert not all(np.array_equal(x, y) for x, y in zip(expected["A"], expected["B"]))
     path = tmp_path / "live.hsi"
@@ -849,7 +938,7 @@ def _child_flips(path, verify, positions, queries):
                         for r in (0, 10, 64):
                             index.range_search(q, r)
                         index.search(q, 5)
-                        index.remove(index._parts[0].segment.ids[:2])
+                        index.remove(index.snapshot().segments[0].ids[:2])
                         index.add(q[:2])
                         index.range_search(q, 12)
                     del index

@@ -9,6 +9,10 @@ import os
 import numpy as np
 
 MAX_DISTANCE = 64
+# Largest id: add(ids=None) numbers on from the largest id + 1, which must still be an int64.
+MAX_ID = 2**63 - 2
+# Largest k of search(): the results take 12 bytes per query and k, allocated before searching.
+MAX_K = 10_000
 
 
 _PLAIN_INTS = (int, np.uint64, np.int64)
@@ -48,7 +52,7 @@ def hashes_array(value, name="hashes"):
 
 
 def ids_array(value, n, name="ids"):
-    """A C-contiguous int64 array of shape (n,) of non-negative ids."""
+    """A C-contiguous int64 array of shape (n,) of ids from 0 to MAX_ID."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "iu" or not np.can_cast(value.dtype, np.int64, "safe"):
             raise TypeError(f"{name} must be an int64 array, got dtype {value.dtype}; "
@@ -64,6 +68,9 @@ def ids_array(value, n, name="ids"):
         raise ValueError(f"{name} must have shape ({n},) to match the hashes, got shape {arr.shape}")
     if n and arr.min() < 0:
         raise ValueError(f"{name} must be >= 0 (-1 marks 'no result'), got {arr.min()}")
+    if n and arr.max() > MAX_ID:
+        raise ValueError(f"{name} must be at most 2**63-2 = {MAX_ID} (new ids are numbered from the largest "
+                         f"id + 1, which must fit in int64), got {arr.max()}")
     return arr
 
 
@@ -78,8 +85,11 @@ def radius_value(value, name="radius"):
 def k_value(value, name="k"):
     if not _is_int(value):
         raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if not 1 <= value <= 2**31 - 1:
+    if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
+    if value > MAX_K:
+        raise ValueError(f"{name} must be at most {MAX_K}, got {value}: search() allocates k results per query; "
+                         "for every entry within a distance use range_search()")
     return int(value)
 
 
@@ -91,14 +101,17 @@ def available_cores():
 
 
 _CORES = available_cores()   # read once: a syscall per query would show in latency
+# Each call starts up to this many OS threads; more than the cores only adds overhead.
+MAX_THREADS = max(256, _CORES)
 
 
 def threads_value(value, name="threads"):
-    """None means every core this process may use."""
+    """An int from 1 to MAX_THREADS; None means every core this process may use."""
     if value is None:
         return _CORES
-    if type(value) is int and value >= 1:
+    if type(value) is int and 1 <= value <= MAX_THREADS:
         return value
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int or None (all cores), got {value!r}")
+    if not _is_int(value) or not 1 <= value <= MAX_THREADS:
+        raise ValueError(f"{name} must be an int from 1 to {MAX_THREADS}, or None (all {_CORES} cores), "
+                         f"got {value!r}")
     return int(value)

@@ -18,16 +18,19 @@ The header CRC covers the whole header region (fixed header, both tables and the
 metadata) so a damaged header is always caught, even without ``verify``. Every
 section has its own CRC-32, checked by ``verify()`` / ``load(verify=True)``.
 
-Loading checks every header field, every section's kind, dtype, size and position
-against the counts, and the structural invariants that native code relies on
-and that are cheap to check (all bucket boundaries of every table, group bounds,
-tombstone bitmap). ``verify`` adds the sequential O(n) invariants (codes and
-groups ascending, table entries in range and in their buckets): with them every
-position the native code reads is inside its array, so a file from an untrusted
-place should be opened with ``verify=True``. The random-access consistency checks
-(tables hold exactly the segment's codes, the id order sorts the ids) run for
-segments up to ``DEEP_CHECK_ENTRIES`` entries, where all the checks above also run
-on every load.
+Loading checks every header field, every section's kind, dtype, size and position against
+the counts, and the invariants that are cheap to check: bucket boundaries of every table,
+group bounds, tombstone bitmap, live counts, and that the next id is above the largest id
+(read through the id order). Segments of up to ``DEEP_CHECK_ENTRIES`` entries get every
+O(n) check on each load too: their entries (codes and groups ascending, ids ascending in
+each group, the id order sorts the ids) and their tables (each holds every code once, in
+its bucket, with its fingerprint). A bigger segment opened without ``verify`` is checked
+later: its entries before the first change or save of the index (O(n) anyway), so those
+raise ``IndexFormatError``; its tables not at all, and its queries rely on the native
+code's clamps, which keep every read in bounds (a damaged file gives wrong answers at
+worst, never a crash). ``verify()`` / ``load(verify=True)`` checks every section's CRC and
+all of the above for every segment, whatever its size: open a file from an untrusted place
+with ``verify=True``.
 
 Saving writes a temporary file in the target's folder, fsyncs it, renames it over
 the target and fsyncs the folder, so a crash leaves either the old or the new
@@ -64,7 +67,6 @@ FORMAT_VERSION = 2
 CODE_BITS = 64
 ALIGN = 64
 MAX_TABLES = 8
-MAX_TABLE_BITS = 24            # the builder never makes wider tables than 22 bits
 MAX_HEADER = 64 << 20          # header + metadata; refuse anything bigger before reading it
 MAX_SEGMENTS = 1 << 16
 CHUNK = 16 << 20               # checksum / write granularity
@@ -229,12 +231,12 @@ def _parse_layout(path, read_at, file_size):
         pos += SEGMENT.size
         if seg_flags & ~(SEG_HAS_DEAD | SEG_HAS_ORDER):
             _fail(path, f"segment {s}: unknown flags {seg_flags:#x}")
-        if not (u <= n < 2**32 and (u == 0) == (n == 0) and seg_live <= n):
+        if not (u <= n <= _core.MAX_SEGMENT_ENTRIES and (u == 0) == (n == 0) and seg_live <= n):
             _fail(path, f"segment {s}: impossible counts ({n} entries, {u} distinct codes, {seg_live} live)")
         if not seg_flags & SEG_HAS_DEAD and seg_live != n:
             _fail(path, f"segment {s}: {seg_live} live of {n} entries but no tombstones")
         if m > MAX_TABLES or any(bits[m:]) or (m and (sum(bits[:m]) != CODE_BITS or
-                                                      not all(1 <= b <= MAX_TABLE_BITS for b in bits[:m]))):
+                                                      not all(1 <= b <= _core.MAX_TABLE_BITS for b in bits[:m]))):
             _fail(path, f"segment {s}: invalid table split m={m}, bits={bits}")
         segments.append({"entries": n, "unique": u, "live": seg_live, "m": m, "flags": seg_flags,
                          "bits": tuple(bits)})
@@ -277,6 +279,8 @@ def _parse_layout(path, read_at, file_size):
         metadata = json.loads(bytes(raw[pos:pos + metadata_length]).decode("utf-8")) if metadata_length else {}
     except (UnicodeDecodeError, ValueError) as e:
         _fail(path, f"metadata is not valid JSON: {e}")
+    except RecursionError:
+        _fail(path, "metadata is nested too deeply")
     if not isinstance(metadata, dict):
         _fail(path, "metadata is not a JSON object")
     fixed = {"version": version, "code_bits": code_bits, "file_length": file_length, "created_ns": created_ns,
@@ -320,12 +324,9 @@ def _nondecreasing(a):
     return a.size < 2 or bool((a[1:] >= a[:-1]).all())
 
 
-def _increasing(a):
-    return a.size < 2 or bool((a[1:] > a[:-1]).all())
-
-
-def _check_segment(seg, path, label, deep, order=None):
-    """Structural invariants the native search relies on. Cheap ones always, O(n) ones when deep."""
+def _check_bounds(seg, path, label):
+    """The O(1) and O(table size) invariants, checked on every load: group bounds, tombstone bitmap,
+    bucket boundaries of every table."""
     n, u = len(seg), seg.n_unique
     gs = seg.group_start
     _check(gs[0] == 0 and gs[u] == n, path, f"{label}: group bounds do not span the {n} entries")
@@ -335,39 +336,52 @@ def _check_segment(seg, path, label, deep, order=None):
     for k, offsets in enumerate(seg.offsets):
         _check(offsets[0] == 0 and offsets[-1] == u and _nondecreasing(offsets), path,
                f"{label}: table {k} bucket boundaries are not ascending from 0 to {u}")
-    if not deep:
-        return
-    # Sequential O(n) checks: together with the cheap ones, every index the native code reads is in range.
-    gather = n <= DEEP_CHECK_ENTRIES
-    _check(_increasing(seg.codes), path, f"{label}: codes are not strictly ascending")
-    _check(_increasing(gs), path, f"{label}: groups are not ascending or some are empty")
-    ids = seg.ids
-    _check(n == 0 or ids.min() >= 0, path, f"{label}: negative ids")
-    shift = CODE_BITS
-    for k, bits in enumerate(seg.bits):
-        shift -= bits
-        offsets = seg.offsets[k]
-        if k:
-            groups = seg.table_groups[k]
-            _check(u == 0 or int(groups.max()) < u, path, f"{label}: table {k} points past the last code")
-            if not gather:   # random access: about 0.05 s per million codes, so small segments only
-                continue
-            _check(bool((np.bincount(groups, minlength=u) == 1).all()), path,
-                   f"{label}: table {k} does not hold every code exactly once")
-            tcodes = seg.codes[groups]
-        else:
-            tcodes = seg.codes
-        _check(np.array_equal(seg.fps[k], _core.fingerprints(tcodes, shift, bits)), path,
-               f"{label}: table {k} fingerprints do not match the segment's codes")
-        keys = (tcodes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)
-        counts = np.bincount(keys.astype(np.intp), minlength=1 << bits)
-        _check(_nondecreasing(keys) and np.array_equal(np.cumsum(counts), offsets[1:]), path,
-               f"{label}: table {k} codes are not in their buckets")
-    if order is not None:
-        _check(len(order) == n and (n == 0 or (order.min() >= 0 and order.max() < n)), path,
-               f"{label}: id order out of range")
-        if gather:
-            _check(_increasing(ids[order]), path, f"{label}: id order does not sort the ids, or ids repeat")
+
+
+def _check_entries(seg, order, path, label):
+    """O(n): codes and groups ascending, ids >= 0 and ascending in each group, the id order sorts the ids."""
+    problem = _core.check_entries(seg.codes, seg.group_start, seg.ids) or _core.check_id_order(seg.ids, order)
+    if problem:
+        _fail(path, f"{label}: {problem[0]} (at position {problem[1]})")
+
+
+def _check_tables(seg, path, label, threads=2):
+    """O(n): every table holds each code once, in its bucket, with its fingerprint."""
+    shifts = [CODE_BITS - sum(seg.bits[:k + 1]) for k in range(len(seg.bits))]
+
+    def check(k):
+        return _core.check_table(seg.codes, seg.offsets[k], seg.fps[k], seg.table_groups[k], shifts[k], seg.bits[k])
+
+    if threads > 1 and seg.n_unique > DEEP_CHECK_ENTRIES:     # the check releases the GIL
+        with ThreadPoolExecutor(min(threads, len(seg.bits))) as pool:
+            problems = list(pool.map(check, range(len(seg.bits))))
+    else:
+        problems = [check(k) for k in range(len(seg.bits))]
+    for k, problem in enumerate(problems):
+        if problem:
+            _fail(path, f"{label}: table {k} {problem[0]} (slot {problem[1]})")
+
+
+def _check_next_id(snap, path, segments):
+    """next_id is above the largest id of these segments (read through their id order: O(1))."""
+    for s in segments:
+        seg, order = snap.segments[s], snap.id_order(s)
+        last = int(order[-1]) if len(seg) else -1
+        if 0 <= last < len(seg):          # else the id order is damaged: _check_entries says so
+            _check(snap.next_id > seg.ids[last], path,
+                   f"next id {snap.next_id} is not above the largest id {seg.ids[last]} of segment {s}: "
+                   "new ids would repeat old ones")
+
+
+def _check_structure(snap, path, segments, tables=True):
+    """Every O(n) invariant of these segments of a snapshot (all of them: the index's ids too)."""
+    for s in segments:
+        seg, label = snap.segments[s], f"segment {s}"
+        _check_entries(seg, snap.id_order(s), path, label)
+        if tables:
+            _check_tables(seg, path, label)
+    if len(segments) == len(snap.segments):
+        _check_next_id(snap, path, segments)
 
 
 # ====================================================================== load
@@ -490,11 +504,23 @@ def _load_once(path, mmap, verify):
     layout = source.layout
     if verify:
         _verify_payload(source)     # first: "damaged" is a better diagnosis than a broken invariant
-    segments, orders = _segments_from(source, deep=verify)
-    index = HashIndex._from_segments(segments, layout.next_id, source)
-    for part, order in zip(index._parts, orders):
-        if order is not None and hasattr(part, "_order"):
-            part._order = order
+    segments, orders = _segments_from(source)
+    everything = range(len(segments))
+    # Big segments opened without verify: their O(n) checks wait for the first change (which is O(n)
+    # anyway) and, until then, queries rely on the native code's clamps. A change needs the entries
+    # (groups, ids, id order) to be right; the tables are only read by queries.
+    later = [s for s in everything if not verify and layout.segments[s]["entries"] > DEEP_CHECK_ENTRIES]
+
+    def deferred_check(snap):
+        _check_structure(snap, path, everything, tables=False)
+
+    index = HashIndex.from_segments(segments, layout.next_id, orders, source, deferred_check if later else None)
+    snap = index.snapshot()
+    for s in everything:
+        if s not in later:
+            _check_entries(segments[s], snap.id_order(s), path, f"segment {s}")
+            _check_tables(segments[s], path, f"segment {s}")
+    _check_next_id(snap, path, [s for s in everything if s not in later or orders[s] is not None])
     return index
 
 
@@ -516,7 +542,8 @@ def load_index(path, mmap=True, verify=False):
                 raise
 
 
-def _segments_from(source, deep):
+def _segments_from(source):
+    """The segments of a file and the id order of each (None if the file has none), with their cheap checks."""
     layout, path = source.layout, source.path
     by_segment = {}
     for sec in layout.sections:
@@ -533,15 +560,14 @@ def _segments_from(source, deep):
             [arrays[(7, k)] for k in range(m)],
             [None] + [arrays[(8, k)] for k in range(1, m)] if m else [],
             arrays.get((4, 0)))
-        order = arrays.get((5, 0))
         label = f"segment {s}"
-        _check_segment(seg, path, label, deep or rec["entries"] <= DEEP_CHECK_ENTRIES, order)
+        _check_bounds(seg, path, label)
         if seg.dead is not None:
             dead = int(np.bitwise_count(seg.dead).sum())
             _check(rec["entries"] - dead == rec["live"], path,
                    f"{label}: {rec['entries'] - dead} live entries, the header says {rec['live']}")
         segments.append(seg)
-        orders.append(order)
+        orders.append(arrays.get((5, 0)))
     return segments, orders
 
 
@@ -582,45 +608,28 @@ def _verify_payload(source, threads=2):
 
 def verify_index(index):
     """Checksums of the file the index was loaded from, then every structural invariant of its segments."""
-    source = getattr(index, "_source", None)
-    path = source.path if source is not None else "<in-memory index>"
-    if source is not None:
-        _verify_payload(source)
-    for s, part in enumerate(index._parts):
-        _check_segment(part.segment, path, f"segment {s}", True, getattr(part, "_order", None))
+    snap = index.snapshot()
+    path = snap.source.path if snap.source is not None else "<in-memory index>"
+    if snap.source is not None:
+        _verify_payload(snap.source)
+    _check_structure(snap, path, range(len(snap.segments)))
 
 
 # ====================================================================== save
-def _id_order(ids):
-    """Permutation sorting the (unique) ids; O(n) when they are dense, as numbered ids are."""
-    n = len(ids)
-    if n == 0:
-        return np.empty(0, dtype=np.int64)
-    lo, hi = int(ids.min()), int(ids.max())
-    if hi - lo < 4 * n + 4096:
-        slot = np.full(hi - lo + 1, -1, dtype=np.int64)
-        slot[ids - lo] = np.arange(n, dtype=np.int64)
-        order = slot[slot >= 0]
-        if len(order) == n:
-            return order
-    return np.argsort(ids, kind="stable")
-
-
-def _plan(segments, orders):
+def _plan(snap):
     """Segment records and (kind, table, array) of every section, in file order."""
     records, sections = [], []
-    for seg, order in zip(segments, orders):
+    for s, seg in enumerate(snap.segments):
         m = len(seg.bits)
         n = len(seg)
         dead = seg.dead
         live = n - int(np.bitwise_count(dead).sum()) if dead is not None else n
-        flags = (SEG_HAS_DEAD if dead is not None else 0) | (SEG_HAS_ORDER if order is not None else 0)
-        records.append((n, seg.n_unique, live, m, flags, tuple(seg.bits) + (0,) * (MAX_TABLES - m)))
+        records.append((n, seg.n_unique, live, m, SEG_HAS_ORDER | (SEG_HAS_DEAD if dead is not None else 0),
+                        tuple(seg.bits) + (0,) * (MAX_TABLES - m)))
         arrays = [(1, 0, seg.codes), (2, 0, seg.group_start), (3, 0, seg.ids)]
         if dead is not None:
             arrays.append((4, 0, dead))
-        if order is not None:
-            arrays.append((5, 0, order))
+        arrays.append((5, 0, snap.id_order(s)))
         arrays += [(6, k, seg.offsets[k]) for k in range(m)]
         arrays += [(7, k, seg.fps[k]) for k in range(m)]
         arrays += [(8, k, seg.table_groups[k]) for k in range(1, m)]
@@ -803,25 +812,18 @@ def save_index(index, path, metadata=None, created=None, incremental=True):
     rest. False always writes a self-contained file.
     """
     path = os.fspath(path)
-    source = getattr(index, "_source", None)
+    snap = index.snapshot(checked=True)   # one consistent version, even while another thread changes it
+    source = snap.source
     if metadata is None:
         metadata = dict(source.metadata) if source is not None else {}
     if not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict (a JSON object), got {type(metadata).__name__}")
-    meta_bytes = json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-    parts = index._parts                  # one consistent version: the tuple is swapped whole
-    segments = [p.segment for p in parts]
-    next_id = index._next_id
-    orders = []
-    for p in parts:
-        order = getattr(p, "_order", None)
-        if order is None:
-            order = _id_order(np.asarray(p.segment.ids))
-            if hasattr(p, "_order"):
-                p._order = order          # the index may use it for remove() too
-        orders.append(order)
-    records, arrays = _plan(segments, orders)
+    try:
+        meta_bytes = json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except RecursionError:
+        raise ValueError("metadata is nested too deeply to store") from None
+    next_id = snap.next_id
+    records, arrays = _plan(snap)
     sources = [source] if source is not None else []
     flat = [(s, kind, table, np.ascontiguousarray(arr)) for s, seg_arrays in enumerate(arrays)
             for kind, table, arr in seg_arrays]
@@ -961,12 +963,12 @@ class IndexHandle:
     @property
     def metadata(self):
         """read_metadata()-style dict of the version being served."""
-        return self._index._source.layout.info()
+        return self._index.snapshot().source.layout.info()
 
     def changed(self):
         """True if the file at path is no longer the one being served."""
         try:
-            return _file_ident(os.stat(self.path)) != self._index._source.ident
+            return _file_ident(os.stat(self.path)) != self._index.snapshot().source.ident
         except FileNotFoundError:
             return False          # mid-replace on some platforms, or removed: keep serving
 

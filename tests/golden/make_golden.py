@@ -39,7 +39,7 @@ def tables():
     index.add(codes)
     index.add(rng.integers(0, 2**64, 30, dtype=np.uint64))
     index.remove(np.arange(0, 4200, 50))
-    assert index._parts[0].segment.bits, "expected a segment with tables"
+    assert index.snapshot().segments[0].bits, "expected a segment with tables"
     return index, {"sources": ["golden-tables-a.csv", "golden-tables-b.csv"]}
 
 
@@ -62,7 +62,7 @@ def main():
     for name, make in makers:
         index, meta = make()
         rng = np.random.default_rng(3)
-        stored = np.concatenate([p.segment.codes for p in index._parts])
+        stored = np.concatenate([seg.codes for seg in index.snapshot().segments])
         queries = stored[rng.integers(0, len(stored), 12)] ^ (np.uint64(1) << rng.integers(0, 64, 12).astype(np.uint64))
         queries[:2] = (0, 2**64 - 1)
         path = HERE / f"v{version}_{name}.hsi"
