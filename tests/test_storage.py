@@ -994,3 +994,21 @@ if __name__ == "__main__":
         _child_saver(sys.argv[2], sys.argv[3], sys.argv[4])
     elif sys.argv[1] == "daily":
         _child_daily(sys.argv[2])
+
+
+def test_path_errors_name_the_path_and_the_fix(tmp_path):
+    """Issue 11 item 9: save() to a folder raised a raw IsADirectoryError naming the temp file; loading
+    a folder gave '[Errno 21] Is a directory'; a FIFO as the index path would block forever."""
+    index = hs.HashIndex()
+    index.add(np.arange(5, dtype=np.uint64))
+    with pytest.raises(IsADirectoryError, match=r"is a folder; save the index to a file name"):
+        index.save(tmp_path)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(FileNotFoundError, match=r"folder .*missing.* does not exist"):
+        index.save(tmp_path / "missing" / "x.hsi")
+    for opener in (hs.HashIndex.load, hs.read_metadata, hs.IndexHandle):
+        with pytest.raises(hs.IndexFormatError, match=r"a folder, not an index file"):
+            opener(tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(hs.IndexFormatError, match=r"not a regular file"):
+        hs.HashIndex.load(tmp_path / "fifo")

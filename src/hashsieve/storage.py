@@ -47,6 +47,7 @@ import json
 import mmap as _mmap
 import os
 import secrets
+import stat
 import struct
 import sys
 import threading
@@ -309,9 +310,25 @@ def read_metadata(path):
     given to save). Raises IndexFormatError if the header is damaged.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        return _parse_layout(path, lambda off, n: _pread_all(f.fileno(), off, n), size).info()
+    fd = _open_regular(path)
+    try:
+        return _parse_layout(path, lambda off, n: _pread_all(fd, off, n), os.fstat(fd).st_size).info()
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path):
+    """A read-only descriptor of path; IndexFormatError if it is a folder, FIFO, device or socket.
+
+    O_NONBLOCK: opening a FIFO must not wait for a writer.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        _fail(path, f"{what}, not an index file; give the path of the index file itself")
+    return fd
 
 
 # ====================================================================== checks
@@ -397,7 +414,7 @@ class _File:
 
 def _open_file(path, mmap, check=None):
     """_File of path; check(fd, st) may refuse it (raise) before its header is read."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd = _open_regular(path)
     keep_fd = False
     try:
         st = os.fstat(fd)
@@ -831,6 +848,11 @@ def save_index(index, path, metadata=None, created=None, incremental=True):
 
     target = os.path.realpath(path)
     folder, name = os.path.split(target)
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"{path} is a folder; save the index to a file name, e.g. "
+                                f"{os.path.join(path, 'lists.hsi')}")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save {path}: folder {folder} does not exist; create it first")
     _remove_stale_temps(folder, name)
     tmp_stem = f".{name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
 
