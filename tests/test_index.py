@@ -309,6 +309,40 @@ def test_shared_queries_from_many_threads(rng, share_every_query):
     assert not errors
 
 
+@pytest.mark.parametrize("batch", [False, True])
+def test_sharing_backs_off_when_a_helper_stalls(rng, batch):
+    """A helper that stops mid-job, as one that lost its core to another
+    process would, makes that shared query (or batch) far slower than running
+    alone: the gate runs the next ones alone, tries sharing again later, and
+    backs off again at the next stall. Answers stay exact on every path."""
+    codes = rng.integers(0, 2**64, 200_000, dtype=np.uint64)
+    ids = rng.permutation(len(codes)).astype(np.int64)
+    index = build(codes, ids)
+    size = 8 if batch else 1
+    queries = queries_for(rng, codes, 64 * size)
+    expected = [range_oracle(codes, ids, queries[i:i + size], 11) for i in range(0, len(queries), size)]
+    before_min, before_stall = _core.set_split_min_ns(1), _core.set_helper_stall_ns(1_000_000)
+    _core.share_counters(reset=True)
+    try:
+        for rep in range(40):       # back to back, so the helpers stay awake between jobs
+            got = [index.range_search(queries[i:i + size], 11, threads=2) for i in range(0, len(queries), size)]
+            for g, e in zip(got, expected):
+                assert_range_equal(g, e)
+            counts = _core.share_counters()
+            if counts["joined"] >= 6:
+                break
+    finally:
+        _core.set_helper_stall_ns(before_stall)
+        _core.set_split_min_ns(before_min)
+        _core.share_counters(reset=True)
+    if not counts["joined"]:
+        pytest.skip(f"no helper thread got a core to join a job (every core busy): {counts}")
+    # After a (re)start the first shared job is not judged (it wakes the
+    # helpers); the next one a stalled helper joined closes the gate.
+    assert counts["joined"] <= 2 * (counts["backoffs"] + 1), counts
+    assert counts["gated"] >= 16 * (counts["backoffs"] - 1), counts
+
+
 def test_shared_query_after_fork(rng, share_every_query):
     """A forked child has no helper threads; its shared queries still answer."""
     import os
