@@ -68,6 +68,11 @@ class BusyProcesses:
             p.wait()
 
 
+def share_counters():
+    """The native core's work-sharing counters (none in builds from before the gate, which this also measures)."""
+    return _core.share_counters() if hasattr(_core, "share_counters") else {}
+
+
 def timed(fn, *a):
     t = time.perf_counter()
     fn(*a)
@@ -100,16 +105,18 @@ def run_block(load, index, qs, fq, faiss_index, args, flip):
     return out
 
 
-def summary(times):
+def summary(times, anchor=True):
     med = {k: float(np.median(v)) * 1e6 for k, v in times.items() if v}
     s = {f"{k} median us": round(v, 1) for k, v in med.items()}
     s["default/threads=1"] = round(med["default"] / med["threads=1"], 3)
-    if "faiss" in med:
+    if "faiss" in med and anchor:
         s["faiss/default"] = round(med["faiss"] / med["default"], 1)
     for k in med:
         if k.startswith("batch") and k.endswith(" default"):
+            # Batch times are multimodal on a busy machine (how many others share our core): the mean too.
             b = k[:-len(" default")]
             s[f"{b} default/threads=1"] = round(med[k] / med[b + " threads=1"], 3)
+            s[f"{b} mean default/threads=1"] = round(np.mean(times[k]) / np.mean(times[b + " threads=1"]), 3)
     return s
 
 
@@ -129,7 +136,10 @@ def main():
     ap.add_argument("--batch-reps", type=int, default=4, help="batches of each size per setting per block")
     ap.add_argument("--faiss-queries", type=int, default=40)
     ap.add_argument("--no-faiss", action="store_true", help="skip FAISS (and the omp load)")
+    ap.add_argument("--faiss-n", type=harness.parse_size,
+                    help="codes in the FAISS index (default N); smaller keeps the omp load but drops the anchor")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--note", default="", help="stored in the JSON, e.g. which code was measured")
     args = ap.parse_args()
     loads = [x for x in args.loads.split(",") if x and not (args.no_faiss and x == "omp")]
     unknown = set(loads) - set(LOADS)
@@ -147,8 +157,9 @@ def main():
     nq = max([2 * args.queries] + [4 * b for b in args.batches])
     qs = datasets.make_queries(codes, nq, seed=1).codes
     faiss_index = None
+    faiss_n = args.faiss_n or args.n
     if not args.no_faiss:
-        faiss_index = harness.FaissMIHFamily().build(codes).index
+        faiss_index = harness.FaissMIHFamily().build(codes[:faiss_n]).index
     del codes
     n_single = 2 * args.queries
     fq = None if faiss_index is None else [harness.faiss_codes(qs[i:i + 1]) for i in range(n_single)]
@@ -156,7 +167,8 @@ def main():
         a, b = index.range_search(qs[i:i + 1], args.radius), index.range_search(qs[i:i + 1], args.radius, threads=1)
         assert all(np.array_equal(x, y) for x, y in zip(a, b)), f"query {i}: default differs from threads=1"
 
-    head = (f"{harness.size_name(args.n)} uniform codes, r={args.radius}, {args.queries} single queries per "
+    faiss_note = "" if args.no_faiss else f", FAISS MultiHash over the first {harness.size_name(faiss_n)}"
+    head = (f"{harness.size_name(args.n)} uniform codes{faiss_note}, r={args.radius}, {args.queries} single queries per "
             f"setting per block in sub-blocks of {args.block}, {args.rounds} rounds; {os.cpu_count()} cores, "
             f"load average {os.getloadavg()[0]:.2f} before starting")
     print("#", head, flush=True)
@@ -170,16 +182,16 @@ def main():
             for load in order:
                 busy.set({"busy1": 1, "busy2": 2}.get(load, 0))
                 time.sleep(SETTLE_S)
-                before = _core.share_counters()
+                before = share_counters()
                 times = run_block(load, index, qs, fq, faiss_index, args, rnd)
-                after = _core.share_counters()
+                after = share_counters()
                 busy.set(0)
                 shares = {f"{k} jobs": after[k] - before[k] for k in after}
                 for k, v in times.items():
                     all_times[load].setdefault(k, []).extend(v)
                 for k, v in shares.items():
                     all_shares[load][k] = all_shares[load].get(k, 0) + v
-                s = dict(summary(times), **shares)
+                s = dict(summary(times, faiss_n == args.n), **shares)
                 blocks.append(dict(round=rnd + 1, load=load, **s))
                 print(f"round {rnd + 1} {load:6s} {fmt(s)}", flush=True)
     finally:
@@ -187,11 +199,14 @@ def main():
     print("# overall (all rounds pooled)")
     overall = {}
     for load in loads:
-        overall[load] = dict(summary(all_times[load]), **all_shares[load])
+        overall[load] = dict(summary(all_times[load], faiss_n == args.n), **all_shares[load])
         print(f"{load:6s} {fmt(overall[load])}", flush=True)
     if args.json:
-        out = dict(command=" ".join(["bench/busy_latency.py"] + sys.argv[1:]), setup=head,
-                   machine=harness.machine(), build_s=round(build_s, 1), overall=overall, blocks=blocks)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        out = dict(command=" ".join(["bench/busy_latency.py"] + sys.argv[1:]), setup=head, commit=commit,
+                   note=args.note, date=time.strftime("%Y-%m-%d"), machine=harness.machine(),
+                   build_s=round(build_s, 1), overall=overall, blocks=blocks)
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
             json.dump(out, f, indent=1)

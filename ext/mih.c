@@ -699,20 +699,22 @@ static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, ui
  * queries. One core keeps ~HS_PF probes in flight, and at 100M codes that, not
  * the arithmetic, bounds a query. Starting a thread costs 35-220 us on the
  * development VM, more than the query, so helper threads persist: after a job
- * they spin HS_SPIN_NS for the next one (as OpenMP runtimes do, but yielding
- * the core to anyone who wants it) and then sleep. The caller claims work
- * itself, and a helper that comes late finds none.
+ * they spin HS_SPIN_NS for the next one (as OpenMP runtimes do) and then
+ * sleep. They spin by yielding, and never join from the caller's core, so a
+ * helper never takes a core that someone else (our caller, or another
+ * process) wants. The caller claims work itself, and a helper that comes late
+ * finds none.
  *
  * A helper that joined a job reads the caller's memory, so the caller waits
- * for it at the end. When another process (or another library's spinning
- * threads) keeps the cores busy, a helper can lose its core mid-job and the
+ * for it at the end. When other processes (or another library's spinning
+ * threads) keep the cores busy, a helper can lose its core mid-job, and the
  * caller then waits out a scheduler slice: milliseconds, for a 20 us query.
- * So sharing is an experiment that keeps being checked. A gate per kind of
- * job keeps two decayed averages of the time per unit of work (a probe, or a
- * query of a batch): of shared jobs, and of jobs run alone (every
- * HS_GATE_CONTROL-th job runs alone to keep it current). When shared jobs are
- * slower, the next jobs run alone, twice as many after each loss in a row,
- * then sharing is tried again. */
+ * So whether sharing pays is measured all the time. A gate per kind of job
+ * keeps two decayed averages of the time per unit of work (a probe, or a
+ * query of a batch): of shared jobs, and of jobs run alone (while sharing,
+ * every HS_GATE_CONTROL-th job runs alone to keep that one current). When
+ * shared jobs are the slower, the next jobs run alone, twice as many after
+ * each loss in a row, then sharing is tried again. */
 #define HS_MAX_HELPERS 63
 #define HS_SPIN_NS 200000
 #define HS_JOIN_SPIN_NS 50000       /* a caller waiting for helpers longer yields its core */
@@ -722,15 +724,15 @@ static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, ui
 #define HS_GATE_BACKOFF_MIN 16      /* jobs run alone after a loss, */
 #define HS_GATE_BACKOFF_MAX 65536   /* doubling up to this, */
 #define HS_GATE_MAX_CLOSED_NS 1000000000   /* or for this long, whichever ends first */
-#define HS_GATE_PROVEN 64           /* shared jobs without a loss that reset the backoff */
+#define HS_GATE_PROVEN 256          /* shared jobs without a loss that reset the backoff */
 static int64_t split_min_ns = 20000;   /* estimated cost from which a query is shared */
 /* pool.ticket: job generation << 32 | open << 31 | helpers wanted << 8 | joined */
 #define TICKET_OPEN (1ull << 31)
 
-/* A job: run(arg, worker) claims and does work until none is left and
- * returns how much it did; worker 0 is the caller, 1..joined the helpers. */
+/* A job: run(arg, worker) claims and does work until none is left; worker 0
+ * is the caller, 1..joined the helpers. */
 typedef struct {
-    size_t (*run)(void *arg, int worker);
+    void (*run)(void *arg, int worker);
     void *arg;
 } pool_task;
 
@@ -898,12 +900,10 @@ static void gate_alone(int kind, uint64_t ns, size_t items)
     pool_release();
 }
 
-/* What one shared job took: the caller did `own` units of work itself in
- * own_ns; the whole job took total_ns. */
+/* How one shared job went: how many helpers took part, and its time. */
 typedef struct {
     int joined;
-    size_t own;
-    uint64_t own_ns, total_ns;
+    uint64_t total_ns;
 } pool_outcome;
 
 /* Scores a shared job of `items` units of work, 0 if it stopped early (the
@@ -952,8 +952,8 @@ static pool_outcome pool_run(const pool_task *task, int helpers)
         pthread_mutex_unlock(&pool.mu);
     }
     pool_outcome o;
-    o.own = task->run(task->arg, 0);
-    o.own_ns = now_ns() - t0;
+    task->run(task->arg, 0);
+    const uint64_t t1 = now_ns();
     /* Close the job, then wait for the helpers that joined it. One that is
      * this late may be waiting for our core: then yield it. */
     uint64_t tk = __atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST);
@@ -962,7 +962,7 @@ static pool_outcome pool_run(const pool_task *task, int helpers)
         ;
     o.joined = (int)(tk & 0xff);
     while (__atomic_load_n(&pool.left, __ATOMIC_SEQ_CST) < (uint32_t)o.joined) {
-        if (now_ns() - t0 - o.own_ns < HS_JOIN_SPIN_NS)
+        if (now_ns() - t1 < HS_JOIN_SPIN_NS)
             _mm_pause();
         else
             sched_yield();
@@ -1043,7 +1043,7 @@ typedef struct {
     hs_stats *st;
 } split_job;
 
-static size_t split_run(void *arg, int worker)
+static void split_run(void *arg, int worker)
 {
     split_job *J = arg;
     hs_scratch *w = J->w;
@@ -1074,7 +1074,6 @@ static size_t split_run(void *arg, int worker)
             __atomic_store_n(&J->abort, 1, __ATOMIC_RELAXED);
         done += b - a;
     }
-    return done;
 }
 
 /* Probes the tables for nq queries on this thread and up to `helpers` others;
@@ -1213,7 +1212,7 @@ typedef struct {
     int failed, nworkers;
 } batch_job;
 
-static size_t batch_run(void *arg, int worker)
+static void batch_run(void *arg, int worker)
 {
     batch_job *J = arg;
     hs_scratch *w = &J->scratch[worker];
@@ -1221,7 +1220,7 @@ static size_t batch_run(void *arg, int worker)
     for (;;) {
         uint64_t i0 = __atomic_fetch_add(&J->next, J->chunk, __ATOMIC_RELAXED);
         if (i0 >= J->nq || __atomic_load_n(&J->failed, __ATOMIC_RELAXED))
-            return done;
+            return;
         if (worker && !done)
             helper_stall();
         uint64_t i1 = i0 + J->chunk < J->nq ? i0 + J->chunk : J->nq;
@@ -1255,7 +1254,7 @@ static size_t batch_run(void *arg, int worker)
                 memcpy(J->stats + i, st, (size_t)g * sizeof(hs_stats));
             if (rc) {
                 __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
-                return done;
+                return;
             }
         }
     }
