@@ -700,10 +700,10 @@ static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, ui
  * the arithmetic, bounds a query. Starting a thread costs 35-220 us on the
  * development VM, more than the query, so helper threads persist: after a job
  * they spin HS_SPIN_NS for the next one (as OpenMP runtimes do) and then
- * sleep. They spin by yielding, and never join from the caller's core, so a
- * helper never takes a core that someone else (our caller, or another
- * process) wants. The caller claims work itself, and a helper that comes late
- * finds none.
+ * sleep. They spin by yielding, so a spinning helper never holds a core that
+ * someone else (our caller, or another process) wants, and never join from
+ * the caller's core (where a wake-up often puts them): they step to another.
+ * The caller claims work itself, and a helper that comes late finds none.
  *
  * A helper that joined a job reads the caller's memory, so the caller waits
  * for it at the end. When other processes (or another library's spinning
@@ -771,10 +771,24 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Moves this thread to another core it may run on: the mask without `cpu`
+ * forces the move, then the thread gets its own mask back (the scheduler
+ * keeps it where it is until it balances otherwise). */
+static void move_off_cpu(int cpu)
+{
+    cpu_set_t mask, other;
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof mask, &mask))
+        return;
+    other = mask;
+    CPU_CLR(cpu, &other);
+    if (CPU_COUNT(&other) && sched_setaffinity(0, sizeof other, &other) == 0)
+        sched_setaffinity(0, sizeof mask, &mask);
+}
+
 static void *helper_main(void *arg)
 {
     (void)arg;
-    uint64_t seen = __atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST) >> 32;
+    uint64_t seen = __atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST) >> 32, moved_for = 0;
     uint64_t idle_since = now_ns();
     for (;;) {
         uint64_t t = __atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST);
@@ -783,8 +797,12 @@ static void *helper_main(void *arg)
              * caller waits for us, so the job stays valid while we work on it. */
             if ((t & TICKET_OPEN) && (t & 0xff) < ((t >> 8) & 0x7f)) {
                 /* Woken onto the caller's core, we would only take its turn:
-                 * let it run, and join from another core if we get one. */
-                if (sched_getcpu() == __atomic_load_n(&pool.caller_cpu, __ATOMIC_RELAXED)) {
+                 * step off it (once a job), and let the caller run. */
+                const int cpu = sched_getcpu();
+                if (cpu == __atomic_load_n(&pool.caller_cpu, __ATOMIC_RELAXED)) {
+                    if (moved_for != t >> 32)
+                        move_off_cpu(cpu);
+                    moved_for = t >> 32;
                     sched_yield();
                     continue;
                 }
