@@ -33,6 +33,7 @@ answer is checked against threads=1 first.
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -214,7 +215,7 @@ def main():
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-        out = dict(command=" ".join(["bench/busy_latency.py"] + sys.argv[1:]), setup=head, commit=commit,
+        out = dict(command=shlex.join(["bench/busy_latency.py"] + sys.argv[1:]), setup=head, commit=commit,
                    note=args.note, date=time.strftime("%Y-%m-%d"), machine=harness.machine(),
                    build_s=round(build_s, 1), overall=overall, blocks=blocks)
         tmp = args.json + ".tmp"

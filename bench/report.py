@@ -29,7 +29,7 @@ DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 SUMMARY = os.path.join(RESULTS, "summary.md")
 
 sys.path.insert(0, HERE)
-from harness import size_name  # noqa: E402
+from harness import parse_size, size_name  # noqa: E402
 
 ORDER = ["hashsieve", "hashsieve_scan", "faiss_mih", "faiss_mih_tuned", "faiss_hash", "faiss_flat",
          "numpy", "pybktree"]
@@ -337,7 +337,9 @@ BUSY_NOTE = (
     "turn about, 8 of each size per setting per block, on fresh queries; on a busy machine their times are "
     "multimodal (how many others share our core), so the table compares their means. The last column counts "
     "the default's jobs: shared with helper threads (those a helper joined), run alone on the gate's "
-    "advice, and the gate's backoffs (see ext/mih.c).")
+    "advice, and the gate's backoffs (see ext/mih.c). The runs noted \"before the gate\" measured the native "
+    "core of commit 7f41a59 (ext/ checked out from it and rebuilt) with the same script, just before the "
+    "runs of the current code.")
 
 
 def busy_section(paths):
@@ -395,7 +397,9 @@ def main(argv):
     doc.append("")
     if i2_table:
         doc += ["## Issue 2 figures", "", i2_note, "", i2_table, ""]
-    busy = sorted(glob.glob(os.path.join(RESULTS, "busy_latency_*.json")))
+    # busy_latency_<N>[_before].json: by N, the current code first
+    busy = sorted(glob.glob(os.path.join(RESULTS, "busy_latency_*.json")),
+                  key=lambda p: (parse_size(os.path.basename(p).split("_")[2].split(".")[0]), "_before" in p))
     if busy:
         doc += ["## Default threads on a busy machine", "", BUSY_NOTE, ""] + busy_section(busy)
     for name in made:

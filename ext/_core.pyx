@@ -270,9 +270,9 @@ def set_helper_stall_ns(ns):
 
 def share_counters(bint reset=False):
     """Counts since the last reset: "shared" jobs (scored by their gate),
-    "joined" (of those, jobs a helper thread took part in), "gated" (jobs the
-    gate ran alone) and "backoffs". reset also restarts the gates as in a new
-    process."""
+    "joined" (of those, jobs a helper thread took part in), "gated" (jobs run
+    alone while a gate backed off) and "backoffs". reset also restarts the
+    gates as in a new process."""
     cdef uint64_t out[HS_SHARE_COUNTERS]
     hs_share_counters(out, reset)
     return {"shared": out[0], "joined": out[1], "gated": out[2], "backoffs": out[3]}

@@ -97,8 +97,9 @@ int64_t hs_set_split_min_ns(int64_t ns);
  * Returns the previous value. */
 int64_t hs_set_helper_stall_ns(int64_t ns);
 /* Counters of the work sharing since the last reset: jobs shared (and scored
- * by their gate), those a helper joined, jobs a gate ran alone, and times a
- * gate backed off. reset also restarts the gates as in a new process. */
+ * by their gate), those a helper joined, jobs run alone while a gate backed
+ * off, and backoffs. reset also restarts the gates as in a new process. Waits
+ * for a shared job that is running. */
 enum { HS_SHARE_JOBS, HS_SHARE_JOINED, HS_SHARE_GATED, HS_SHARE_BACKOFFS, HS_SHARE_COUNTERS };
 void hs_share_counters(uint64_t out[HS_SHARE_COUNTERS], int reset);
 
