@@ -457,6 +457,24 @@ def set_strategy(name):
 
 def set_split_min_ns(ns):
     """Estimated single-thread cost (ns) from which one query's table probes are
-    shared between threads; returns the previous value.  0 shares every query:
-    for tests, which check that shared and unshared queries agree."""
+    shared between threads; returns the previous value.  0 shares every query
+    and batch whatever the gate that backs off from losing sharing says: for
+    tests, which check that shared and unshared queries agree."""
     return hs_set_split_min_ns(int(ns))
+
+
+def set_helper_stall_ns(ns):
+    """Make each helper thread stop ns after claiming its first work in a shared
+    query or batch, as one that lost its core would (0: off); returns the
+    previous value. For tests of the gate that stops sharing when it loses."""
+    return hs_set_helper_stall_ns(int(ns))
+
+
+def share_counters(bint reset=False):
+    """Counts since the last reset: "shared" jobs (scored by their gate),
+    "joined" (of those, jobs a helper thread took part in), "gated" (jobs run
+    alone while a gate backed off) and "backoffs". reset also restarts the
+    gates as in a new process."""
+    cdef uint64_t out[HS_SHARE_COUNTERS]
+    hs_share_counters(out, reset)
+    return {"shared": out[0], "joined": out[1], "gated": out[2], "backoffs": out[3]}

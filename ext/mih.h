@@ -89,8 +89,19 @@ int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queri
 enum { HS_STRATEGY_AUTO = 0, HS_STRATEGY_SCAN = 1, HS_STRATEGY_TABLES = 2 };
 int hs_set_strategy(int strategy);
 /* Estimated single-thread cost (ns) from which one query's probes are shared
- * between threads (default 20000); returns the previous value. */
+ * between threads (default 20000); returns the previous value. 0 shares every
+ * query and batch, bypassing the gate that backs off when sharing loses. */
 int64_t hs_set_split_min_ns(int64_t ns);
+/* Tests: a helper thread stops this long after claiming its first work in
+ * a job, as one that lost its core would (0, the default, turns it off).
+ * Returns the previous value. */
+int64_t hs_set_helper_stall_ns(int64_t ns);
+/* Counters of the work sharing since the last reset: jobs shared (and scored
+ * by their gate), those a helper joined, jobs run alone while a gate backed
+ * off, and backoffs. reset also restarts the gates as in a new process. Waits
+ * for a shared job that is running. */
+enum { HS_SHARE_JOBS, HS_SHARE_JOINED, HS_SHARE_GATED, HS_SHARE_BACKOFFS, HS_SHARE_COUNTERS };
+void hs_share_counters(uint64_t out[HS_SHARE_COUNTERS], int reset);
 
 /* ---- SIMD dispatch ---- */
 enum { HS_ISA_GENERIC = 0, HS_ISA_POPCNT = 1, HS_ISA_AVX2 = 2, HS_ISA_AVX512 = 3 };

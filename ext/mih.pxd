@@ -56,6 +56,9 @@ cdef extern from "mih.h" nogil:
         HS_STRATEGY_TABLES
     int hs_set_strategy(int strategy)
     int64_t hs_set_split_min_ns(int64_t ns)
+    int64_t hs_set_helper_stall_ns(int64_t ns)
+    enum: HS_SHARE_COUNTERS
+    void hs_share_counters(uint64_t *out, int reset)
 
     int hs_isa_supported(int isa)
     int hs_get_isa()

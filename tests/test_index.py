@@ -310,6 +310,47 @@ def test_shared_queries_from_many_threads(rng, share_every_query):
     assert not errors
 
 
+@pytest.mark.parametrize("batch", [False, True])
+def test_sharing_backs_off_when_a_helper_stalls(rng, batch):
+    """A helper that stops mid-job, as one that lost its core to another
+    process would, makes that shared query (or batch) far slower than running
+    alone: the gate runs the next ones alone, tries sharing again later, and
+    backs off again at the next stall. Answers stay exact on every path."""
+    codes = rng.integers(0, 2**64, 200_000, dtype=np.uint64)
+    ids = rng.permutation(len(codes)).astype(np.int64)
+    index = build(codes, ids)
+    queries = queries_for(rng, codes, 64)
+    if batch:
+        # Each batch the 64 queries 4 times over: long enough (~2 ms) for a helper to get a core
+        # even when every core is busy, and the oracle still cheap.
+        lims, dist, found = range_oracle(codes, ids, queries, 11)
+        jobs = [np.tile(queries, 4)] * 16
+        want = [(np.concatenate([[0], np.cumsum(np.tile(np.diff(lims), 4))]), np.tile(dist, 4),
+                 np.tile(found, 4))] * 16
+    else:
+        jobs = [queries[i:i + 1] for i in range(len(queries))]
+        want = [range_oracle(codes, ids, q, 11) for q in jobs]
+    before_min, before_stall = _core.set_split_min_ns(1), _core.set_helper_stall_ns(20_000_000)
+    _core.share_counters(reset=True)
+    try:
+        for _ in range(40):       # back to back, so the helpers stay awake between jobs
+            for job, w in zip(jobs, want):
+                assert_range_equal(index.range_search(job, 11, threads=2), w)
+            counts = _core.share_counters()
+            if counts["joined"] >= 6:
+                break
+    finally:
+        _core.set_helper_stall_ns(before_stall)
+        _core.set_split_min_ns(before_min)
+        _core.share_counters(reset=True)
+    if not counts["joined"]:
+        pytest.skip(f"no helper thread got a core to join a job (every core busy): {counts}")
+    # After a (re)start the first shared job is not judged (it wakes the
+    # helpers); the next one a stalled helper joined closes the gate.
+    assert counts["joined"] <= 2 * (counts["backoffs"] + 1), counts
+    assert counts["gated"] >= 16 * (counts["backoffs"] - 1), counts
+
+
 def test_shared_query_after_fork(rng, share_every_query):
     """A forked child has no helper threads; its shared queries still answer."""
     import os
