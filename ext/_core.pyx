@@ -431,6 +431,10 @@ def supported_isas():
 
 
 def get_isa():
+    """The popcount kernel in use: "avx512" (VPOPCNTDQ), "avx2", "popcnt" or "generic".
+
+    Chosen at import as the fastest this CPU runs (one build runs everywhere); set_isa() forces one.
+    """
     return ISA_NAMES[hs_get_isa()]
 
 

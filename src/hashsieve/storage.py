@@ -1045,12 +1045,15 @@ class IndexHandle:
             stop.set()
 
     def range_search(self, queries, radius, threads=None):
+        """HashIndex.range_search on the version being served: (lims, distances, ids), see there."""
         return self._index.range_search(queries, radius, threads=threads)
 
     def search(self, queries, k, threads=None):
+        """HashIndex.search (k nearest, -1 padded) on the version being served: (distances, ids)."""
         return self._index.search(queries, k, threads=threads)
 
     def explain(self, queries, radius=None, k=None, threads=None):
+        """HashIndex.explain (per-query probes, candidates, hits, scanned) on the version being served."""
         return self._index.explain(queries, radius=radius, k=k, threads=threads)
 
     def __len__(self):
