@@ -320,3 +320,20 @@ def test_degenerate_hashes_make_no_perceptual_match(tmp_path):
         allowed = li.match(queries, match_degenerate=True)
         assert [[m["id"] for m in r] for r in allowed] == [["SOLID"], ["STRIPES"], ["PHOTO"]]
         assert [[m["id"] for m in r] for r in li.nearest(queries, 1)] == [[], [], ["PHOTO"]]
+
+
+def test_semicolon_list_builds_from_the_command_line(tmp_path):
+    """Issue 11 item 13: a semicolon-separated CSV was refused ('no hash column (columns: hash;id;label)')."""
+    (tmp_path / "semi.csv").write_text("hash;id;label\n00000000ffffffff;S1;first\n")
+    run("build", "semi.csv", "-o", "i.hsi", cwd=tmp_path, check=0)
+    p = run("query", "i.hsi", "00000000ffffffff", "-r", "0", "--json", cwd=tmp_path, check=1)
+    assert [(m["id"], m["label"]) for m in json.loads(p.stdout)["matches"]] == [("S1", "first")]
+
+
+def test_help_and_docstrings_describe_defaults_and_threads():
+    """Issue 11 item 15: IndexHandle's query methods and get_isa had no docstrings; hash --kind showed no default."""
+    for f in (hs.IndexHandle.range_search, hs.IndexHandle.search, hs.IndexHandle.explain, hs.get_isa):
+        assert f.__doc__ and len(f.__doc__.strip()) > 20, f
+    assert "threads" in hs.HashIndex.__doc__
+    assert "default phash" in run("hash", "--help").stdout
+    assert "default radius" in run("query", "--help").stdout
