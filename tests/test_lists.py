@@ -271,8 +271,8 @@ def test_copy_of_an_updated_index_is_self_contained(tmp_path):
     assert "exists" in one_line_error(run("copy", "i.hsi", dst, cwd=src))
     for f in os.listdir(src):
         os.unlink(src / f)
-    names = sorted(n for n in os.listdir(dst) if not n.endswith(".lock"))
-    assert len(names) == 2 and names[0] == "i.hsi" and ".lists-" in names[1]
+    names = sorted(os.listdir(dst))
+    assert len(names) == 2 and names[0] == "i.hsi" and ".lists-" in names[1], names
     copied = json.loads(run("info", "i.hsi", "--json", cwd=dst, check=0).stdout)
     assert copied["count"] == 5001 and len(copied["files"]) == 2
     p = run("query", "i.hsi", "0f0f0f0f0f0f0f0f", "-r", "0", "--json", cwd=dst, check=1)
@@ -337,3 +337,61 @@ def test_help_and_docstrings_describe_defaults_and_threads():
     assert "threads" in hs.HashIndex.__doc__
     assert "default phash" in run("hash", "--help").stdout
     assert "default radius" in run("query", "--help").stdout
+
+
+# ====================================================================== review findings
+def test_wider_radius_keeps_exact_matches(tmp_path):
+    """The degenerate margin follows the radius only up to the kind's default: at r >= 32 every hash was degenerate."""
+    (tmp_path / "l.csv").write_text("hash,id\n8f0f3f7f0f0f0f00,a\nd1c4e8a3b5f60972,b\n")
+    run("build", "l.csv", "-o", "i.hsi", cwd=tmp_path, check=0)
+    for r in ("8", "24", "32", "40"):
+        p = run("query", "i.hsi", "d1c4e8a3b5f60972", "-r", r, "--json", cwd=tmp_path, check=1)
+        assert [m["id"] for m in json.loads(p.stdout)["matches"]][0] == "b", r
+
+
+def test_forged_index_cannot_take_another_indexs_table(tmp_path):
+    """A plain-looking name is not enough: the table must be the one this index was saved with."""
+    (tmp_path / "l.csv").write_text("hash,id\n8f0f3f7f0f0f0f00,a\n")
+    run("build", "l.csv", "-o", "b.hsi", cwd=tmp_path, check=0)
+    (b_table,) = [n for n in os.listdir(tmp_path) if n.startswith("b.hsi.lists-")]
+    _forged_index(tmp_path / "a.hsi", b_table)
+    for args in (["build", "l.csv", "-o", "a.hsi"], ["add", "a.hsi", "l.csv"], ["remove", "a.hsi", "l.csv"],
+                 ["info", "a.hsi"]):
+        assert "belongs to another index" in one_line_error(run(*args, cwd=tmp_path)), args
+    assert os.path.exists(tmp_path / b_table)
+    run("info", "b.hsi", cwd=tmp_path, check=0)
+
+
+def test_output_that_cannot_encode_names_is_escaped(tmp_path):
+    from PIL import Image
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(tmp_path / "in" / "\u65e5\u672c.png")
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(tmp_path / "in" / "z.png")
+    p = subprocess.run(CLI + ["hash", "in", "--workers", "1"], capture_output=True, cwd=tmp_path, timeout=60,
+                       env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.splitlines()) == 2 and b"\\u65e5" in p.stdout
+
+
+def test_limits_and_pipes_are_not_internal_errors(tmp_path):
+    (tmp_path / "l.csv").write_text("hash,id\n8f0f3f7f0f0f0f00,a\n")
+    run("build", "l.csv", "-o", "i.hsi", cwd=tmp_path, check=0)
+    assert "--max-file-mb" in one_line_error(run("hash", "l.csv", "--max-file-mb", "inf", cwd=tmp_path))
+    assert "--max-file-mb" in one_line_error(run("hash", "l.csv", "--max-file-mb", "1e-9", cwd=tmp_path))
+    p = run("scan", "l.csv", "--index", "i.hsi", "--workers", "1", "--report", "/dev/stdout", "--overwrite",
+            cwd=tmp_path)
+    assert p.returncode == 0 and json.loads(p.stdout.splitlines()[0])["path"] == "l.csv", p.stderr
+    # A hash list may come from a pipe (process substitution).
+    p = subprocess.run(["bash", "-c", " ".join(CLI) + " build hl=<(cat l.csv) -o p.hsi"], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(run("info", "p.hsi", "--json", cwd=tmp_path, check=0).stdout)["count"] == 1
+    assert "Is a directory" in one_line_error(run("build", "hl=.", "-o", "q.hsi", cwd=tmp_path))
+
+
+def test_remove_reports_skipped_rows(tmp_path):
+    (tmp_path / "l.csv").write_text("hash,id\n8f0f3f7f0f0f0f00,a\n")
+    run("build", "l.csv", "-o", "i.hsi", cwd=tmp_path, check=0)
+    (tmp_path / "gone.csv").write_text("hash,id\n8f0f3f7f0f0f0f00,a\nnothex,b\n")
+    p = run("remove", "i.hsi", "gone.csv", "--skip-bad", cwd=tmp_path, check=0)
+    assert "1 bad rows skipped" in p.stderr and "gone.csv:3: skipped" in p.stderr

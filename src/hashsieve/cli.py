@@ -9,12 +9,15 @@ report is complete up to the last finished file; continue with --resume).
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
+import stat
 import sys
 
+from ._validate import MAX_K, available_cores
+
 EXIT_OK, EXIT_MATCH, EXIT_ERROR, EXIT_INTERNAL = 0, 1, 2, 3
-MAX_QUERY_K = 10_000      # neighbours one `query -k` prints per hash
 
 
 class CliError(Exception):
@@ -81,12 +84,6 @@ def _add_lists(prov, hash_lists):
     return added
 
 
-def _check_kind(kind):
-    from .hashing import HASH_KINDS
-    if kind not in HASH_KINDS:
-        raise CliError(f"--kind must be one of {', '.join(HASH_KINDS)}")
-
-
 def cmd_build(a):
     from .index import HashIndex
     from .lists import IndexLock, Provenance, write_index
@@ -121,15 +118,28 @@ def _old_provenance(path):
 
     A file that is not a readable index has none; one whose metadata names a table unsafely is refused.
     """
-    from .lists import provenance_path
+    import sqlite3
+
+    from .lists import Provenance, check_provenance, provenance_path
     from .storage import IndexFormatError, read_metadata
     try:
         meta = read_metadata(path)["metadata"]
     except (IndexFormatError, OSError):
         return None
     try:
-        return provenance_path(path, meta)
-    except IndexFormatError as e:
+        prov_path = provenance_path(path, meta)
+        if prov_path is None or not os.path.exists(prov_path):
+            return None
+        try:
+            prov = Provenance(prov_path)
+        except (OSError, sqlite3.Error):
+            return None
+        try:
+            check_provenance(prov, path, meta)
+        finally:
+            prov.close()
+        return prov_path
+    except (IndexFormatError, sqlite3.Error) as e:
         raise CliError(f"{e}; or delete {path} yourself before building over it") from None
 
 
@@ -183,6 +193,7 @@ def cmd_remove(a):
         ids, removed, missing = [], 0, 0
         for hl in hash_lists:
             i, r, m = prov.remove_list_rows(hl, a.list)
+            _report_list(hl, 0)
             ids.append(i)
             removed += r
             missing += m
@@ -243,9 +254,10 @@ def cmd_copy(a):
         raise CliError(f"{dest} already exists; remove it first or copy to another name")
     if not os.path.isdir(os.path.dirname(os.path.abspath(dest))):
         raise CliError(f"folder {os.path.dirname(os.path.abspath(dest))} does not exist; create it first")
-    with IndexLock(dest):
+    with IndexLock(dest) as lock:
         prov = Provenance.new_file(dest, copy_from=li.prov)
         final = write_index(dest, li.index, prov, li.kind, incremental=False)
+        lock.remove()               # the copy is exactly two files
     li.close()
     _info(f"wrote {dest} ({len(li.index)} {li.kind} hashes) and its provenance table {final}; "
           "the two files are all the copy needs")
@@ -261,11 +273,11 @@ def cmd_query(a):
             parsed.append((h,) + parse_hash(h))
         except ValueError as e:
             raise CliError(f"query {e}") from None
-    radius = li._kind.default_radius if a.radius is None else a.radius
+    radius = li.default_radius if a.radius is None else a.radius
     if not 0 <= radius <= li.index.bits:
         raise CliError(f"--radius must be from 0 to {li.index.bits} bits, got {radius}")
-    if a.k is not None and not 1 <= a.k <= MAX_QUERY_K:
-        raise CliError(f"-k must be from 1 to {MAX_QUERY_K}, got {a.k}")
+    if a.k is not None and not 1 <= a.k <= MAX_K:
+        raise CliError(f"-k must be from 1 to {MAX_K}, got {a.k}")
     any_match = False
     for text, kind, h in parsed:
         if kind == "perceptual":
@@ -288,8 +300,8 @@ def cmd_query(a):
 
 def _limits(a):
     from .scan import Limits
-    if not a.max_file_mb > 0:
-        raise CliError(f"--max-file-mb must be a positive number of MiB, got {a.max_file_mb}")
+    if not (math.isfinite(a.max_file_mb) and a.max_file_mb * (1 << 20) >= 1):
+        raise CliError(f"--max-file-mb must be a finite number of MiB, at least one byte, got {a.max_file_mb}")
     if not a.max_pixels >= 1:
         raise CliError(f"--max-pixels must be at least 1, got {a.max_pixels}")
     return Limits(max_file_bytes=int(a.max_file_mb * (1 << 20)), max_pixels=a.max_pixels)
@@ -306,7 +318,6 @@ def _add_limit_options(p):
 
 def cmd_hash(a):
     from .scan import ScanOptions, record_name, scan
-    _check_kind(a.kind)
     for p in a.paths:
         if not os.path.lexists(p):
             raise CliError(f"{p}: no such file or folder")
@@ -387,7 +398,8 @@ def cmd_scan(a):
             progress.close()
         if out is not sys.stdout:
             out.flush()
-            os.fsync(out.fileno())
+            if stat.S_ISREG(os.fstat(out.fileno()).st_mode):    # a pipe or terminal cannot be fsynced
+                os.fsync(out.fileno())
             out.close()
     d = s.as_dict()
     rate = f"{d['images_per_second']} images/s" if d["images_per_second"] is not None else "-"
@@ -479,7 +491,7 @@ def build_parser():
     q.add_argument("hashes", nargs="+", metavar="HEX", help="16-digit perceptual hash, or 32/40-digit MD5/SHA-1")
     g = q.add_mutually_exclusive_group()
     g.add_argument("--radius", "-r", type=int, help=f"largest Hamming distance, inclusive (default per kind: {radii})")
-    g.add_argument("-k", type=int, help=f"the k nearest entries instead of a radius (1 to {MAX_QUERY_K}); the exit "
+    g.add_argument("-k", type=int, help=f"the k nearest entries instead of a radius (1 to {MAX_K}); the exit "
                                          "status is 1 only if one of them is within the kind's default radius")
     q.add_argument("--json", action="store_true", help="one JSON line per query")
     q.add_argument("--match-degenerate", action="store_true", help=degenerate_help)
@@ -513,9 +525,12 @@ def build_parser():
 
 
 def main(argv=None):
+    for stream in (sys.stdout, sys.stderr):     # a non-UTF-8 terminal gets escapes, never an error
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     a = parser.parse_args(argv)
-    most = 4 * len(os.sched_getaffinity(0))     # more worker processes than that only thrash
+    most = 4 * available_cores()                # more worker processes than that only thrash
     if getattr(a, "workers", None) is not None and not 1 <= a.workers <= most:
         parser.error(f"--workers must be from 1 to {most} (4 per core), got {a.workers}")
     try:
@@ -530,7 +545,7 @@ def main(argv=None):
         return EXIT_OK
     except OSError as e:        # a file we were told to read or write: name it
         where = f"{e.filename}: " if e.filename else ""
-        _err(f"{where}{e.strerror or e}; check the path and its permissions")
+        _err(f"{where}{e.strerror or e}; check the paths given and their permissions")
         return EXIT_ERROR
     except Exception as e:      # a bug: one line, never the 'match' status
         _err(f"internal error ({type(e).__name__}: {e}); this is a bug in hashsieve, please report it "

@@ -40,13 +40,18 @@ class HashKind:
     def __init__(self, name, default_radius, one_dimensional):
         self.name, self.default_radius, self._one_dimensional = name, default_radius, one_dimensional
 
-    def degenerate(self, codes, radius=None):
-        """bool array (n,): which uint64 codes carry no identity at this radius (default: the kind's).
+    def _bound(self, radius):
+        """The popcount margin: the radius in use, but never more than the kind's default. A wider
+        search radius must not make ordinary hashes degenerate (at r >= 32 every hash would be)."""
+        return self.default_radius if radius is None else min(radius, self.default_radius)
 
-        One-dimensional bits, or a popcount within the radius of all-zero or all-one.
+    def degenerate(self, codes, radius=None):
+        """bool array (n,): which uint64 codes carry no identity when matching at this radius.
+
+        One-dimensional bits, or a popcount within min(radius, default radius) of all-zero or all-one.
         """
         codes = np.ascontiguousarray(codes, dtype=np.uint64).reshape(-1)
-        r = self.default_radius if radius is None else radius
+        r = self._bound(radius)
         ones = np.bitwise_count(codes)
         return self._one_dimensional(codes) | (ones <= r) | (ones >= self.bits - r)
 

@@ -39,7 +39,6 @@ import os
 import re
 import secrets
 import sqlite3
-import stat
 import threading
 import time
 
@@ -58,6 +57,7 @@ META_KEY = "hashsieve"
 SCHEMA_VERSION = 1
 # The only provenance file names an index may point at: what Provenance.new_file writes.
 _PROVENANCE_NAME = re.compile(r"[^/\\\x00]+\.lists-[0-9a-f]{12}\.db\Z")
+MAX_LINE = 1 << 20          # bytes in one line of a hash list
 
 
 class ListError(ValueError):
@@ -135,6 +135,7 @@ class HashList:
         self.rows = self.skipped = self.degenerate = 0
         self.skipped_examples, self.degenerate_example = [], None
         self.counts = {"perceptual": 0, "md5": 0, "sha1": 0}
+        self._perceptual = []               # (line, hex) not yet judged degenerate or not
 
     def _lines(self):
         """(line number, text) of every line, decoded one at a time; hashes the bytes on the way."""
@@ -144,9 +145,10 @@ class HashList:
             raise ListError(self.path, 0, f"cannot read the list ({e.strerror or e}); check the path") from None
         sha = hashlib.sha256()
         with f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ListError(self.path, 0, "not a regular file; give the path of a hash list file")
-            for no, raw in enumerate(f, 1):      # binary lines end at b"\n" only
+            # Binary lines end at b"\n" only; a line is bounded, so a file without newlines cannot fill memory.
+            for no, raw in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
+                if len(raw) > MAX_LINE:
+                    raise ListError(self.path, no, f"line longer than {MAX_LINE >> 10} KiB; not a hash list")
                 sha.update(raw)
                 if no == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]
@@ -155,6 +157,7 @@ class HashList:
                 except UnicodeDecodeError as e:
                     raise ListError(self.path, no, f"not UTF-8 text (byte {raw[e.start]:#04x}); save the list "
                                                    "as UTF-8") from None
+        self._count_degenerate()
         self.sha256 = sha.hexdigest()
 
     def _bad(self, line, reason):
@@ -167,11 +170,20 @@ class HashList:
     def _entry(self, kind, h, row_id, label, line, extra):
         self.rows += 1
         self.counts[kind] += 1
-        if kind == "perceptual" and self.kind.degenerate(np.uint64(int(h, 16)))[0]:
-            self.degenerate += 1
-            if self.degenerate_example is None:
-                self.degenerate_example = (line, h)
+        if kind == "perceptual":
+            self._perceptual.append((line, h))
+            if len(self._perceptual) == 8192:
+                self._count_degenerate()
         return Entry(kind, h, row_id, label, line, extra)
+
+    def _count_degenerate(self):
+        """Judge the perceptual hashes read since the last call, in one vectorised step."""
+        if self._perceptual:
+            bad = np.flatnonzero(self.kind.degenerate(from_hex([h for _, h in self._perceptual])))
+            self.degenerate += len(bad)
+            if len(bad) and self.degenerate_example is None:
+                self.degenerate_example = self._perceptual[bad[0]]
+            self._perceptual = []
 
     def __iter__(self):
         lines = self._lines()
@@ -334,6 +346,9 @@ class Provenance:
             if copy_from is None:
                 prov.db.executescript(_SCHEMA)
                 prov.db.execute("INSERT INTO meta VALUES ('schema', ?), ('next_id', '0')", (str(SCHEMA_VERSION),))
+            # A secret the index's metadata repeats: a forged index can name this file, not know this.
+            prov.table_id = secrets.token_hex(16)
+            prov.db.execute("INSERT OR REPLACE INTO meta VALUES ('table_id', ?)", (prov.table_id,))
         except BaseException:
             prov.discard()
             raise
@@ -373,7 +388,14 @@ class Provenance:
         return cur.lastrowid
 
     def next_id(self):
-        return int(self.db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0])
+        with self._lock:
+            return int(self.db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0])
+
+    def stored_table_id(self):
+        """The table's own id (None for tables written before ids existed)."""
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key='table_id'").fetchone()
+        return row[0] if row else None
 
     def add_list(self, hash_list):
         """Stream a HashList's rows into the table; returns how many were already present and skipped.
@@ -482,16 +504,20 @@ class Provenance:
                                    "WHERE hash=? AND kind=? ORDER BY id", (hexdigest, kind)).fetchall()
 
     def has_digests(self):
-        return self.db.execute("SELECT 1 FROM entries WHERE kind != 'perceptual' LIMIT 1").fetchone() is not None
+        with self._lock:
+            return self.db.execute("SELECT 1 FROM entries WHERE kind != 'perceptual' LIMIT 1").fetchone() is not None
 
     def summary(self):
         """[{name, source, sha256, added, updated, perceptual, md5, sha1}] per list."""
         counts = {}
-        for list_no, kind, n in self.db.execute("SELECT list_no, kind, count(*) FROM entries GROUP BY 1, 2"):
+        with self._lock:
+            by_kind = self.db.execute("SELECT list_no, kind, count(*) FROM entries GROUP BY 1, 2").fetchall()
+            lists = self.db.execute("SELECT list_no, name, source, sha256, added, updated FROM lists "
+                                    "ORDER BY list_no").fetchall()
+        for list_no, kind, n in by_kind:
             counts.setdefault(list_no, {})[kind] = n
         out = []
-        for list_no, name, source, sha, added, updated in self.db.execute(
-                "SELECT list_no, name, source, sha256, added, updated FROM lists ORDER BY list_no"):
+        for list_no, name, source, sha, added, updated in lists:
             c = counts.get(list_no, {})
             out.append({"name": name, "source": source, "sha256": sha, "added": added, "updated": updated,
                         "perceptual": c.get("perceptual", 0), "md5": c.get("md5", 0), "sha1": c.get("sha1", 0)})
@@ -526,6 +552,7 @@ class ListIndex:
         self.info = metadata.get(META_KEY, {})
         self.kind = self.info.get("kind", "phash")
         self._kind = kind_of(self.kind)
+        self.default_radius = self._kind.default_radius
 
     def match(self, hashes, radius=None, threads=None, match_degenerate=False):
         """Match records of each hash, in input order.
@@ -624,17 +651,35 @@ def provenance_path(index_path, metadata):
     return path
 
 
+def check_provenance(prov, index_path, metadata):
+    """IndexFormatError unless prov (an open Provenance) is the table this index was saved with.
+
+    The index's metadata repeats the table's secret id; tables from before ids existed must at
+    least carry the index's own file name, as they were written.
+    """
+    from .storage import IndexFormatError
+    want = metadata[META_KEY].get("table_id")
+    if want is None:
+        ok = os.path.basename(prov.path).startswith(os.path.basename(index_path) + ".lists-")
+    else:
+        ok = prov.stored_table_id() == want
+    if not ok:
+        raise IndexFormatError(f"{index_path}: the provenance table {prov.path} it names belongs to another index "
+                               "(a forged, damaged or renamed index); nothing was changed or deleted. "
+                               "Rebuild the index from its hash lists")
+
+
 def open_lists(path, mmap=True):
     """ListIndex of an index written by the command line; IndexOpenError naming the fix otherwise."""
     from .index import HashIndex
-    from .storage import IndexFormatError, read_metadata
+    from .storage import IndexFormatError
     path = os.fspath(path)
     if not os.path.exists(path):
         raise IndexOpenError(f"{path}: no such index file; build one with `hashsieve build LIST... -o {path}`")
     try:
-        meta = read_metadata(path)["metadata"]
-        prov_path = provenance_path(path, meta)
         index = HashIndex.load(path, mmap=mmap)
+        meta = index.metadata           # of the very file loaded, not of a later version saved over it
+        prov_path = provenance_path(path, meta)
     except (IndexFormatError, OSError) as e:
         raise IndexOpenError(f"cannot open index {path}: {e}") from None
     if prov_path is None:
@@ -650,6 +695,11 @@ def open_lists(path, mmap=True):
     except (OSError, sqlite3.Error) as e:
         raise IndexOpenError(f"{path}: its provenance table {prov_path} is missing or unreadable ({e}); "
                              "keep the .lists-*.db file next to the index, or rebuild the index") from None
+    try:
+        check_provenance(prov, path, meta)
+    except IndexFormatError as e:
+        prov.close()
+        raise IndexOpenError(f"cannot open index {path}: {e}") from None
     return ListIndex(path, index, prov, meta)
 
 
@@ -665,7 +715,8 @@ def write_index(path, index, prov_tmp, kind, old_prov_path=None, extra_meta=None
     except BaseException:
         prov_tmp.discard()
         raise
-    info = {"kind": kind, "provenance": os.path.basename(final), "schema": SCHEMA_VERSION,
+    info = {"kind": kind, "provenance": os.path.basename(final), "table_id": prov_tmp.table_id,
+            "schema": SCHEMA_VERSION,
             "lists": [{k: s[k] for k in ("name", "sha256", "perceptual", "md5", "sha1", "updated")}
                       for s in prov_tmp.summary()]}
     info.update(extra_meta or {})
@@ -692,9 +743,17 @@ class IndexLock:
 
     def __enter__(self):
         import fcntl
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a planted INDEX.lock symlink must not make us create or open its target.
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
+
+    def remove(self):
+        """Delete the lock file while holding it (for a destination nobody else updates yet)."""
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
 
     def __exit__(self, *exc):
         os.close(self.fd)
