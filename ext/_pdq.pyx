@@ -1,0 +1,41 @@
+# PDQ hashing core (see pdq.h); the public API is hashsieve.pdq.
+cimport numpy as cnp
+from libc.stdint cimport uint8_t
+
+import numpy as np
+
+cnp.import_array()
+
+
+cdef extern from "pdq.h" nogil:
+    void pdq_init()
+    int pdq_coefficients(const uint8_t *pixels, int rows, int cols, int channels,
+                         int filter_64, float *coeffs, int *quality)
+    void pdq_bits(const float *coeffs, uint8_t *out)
+    void pdq_dihedral_bits(const float *coeffs, uint8_t *out)
+
+
+pdq_init()
+
+
+def hash_pixels(cnp.ndarray pixels, bint dihedral):
+    """(hash, quality) of a C-contiguous uint8 array (rows, cols) or (rows, cols, channels >= 3),
+    checked by the caller; hash is uint8 (32,), or (8, 32) when dihedral."""
+    cdef const uint8_t *px = <const uint8_t *>cnp.PyArray_DATA(pixels)
+    cdef int rows = pixels.shape[0], cols = pixels.shape[1]
+    cdef int channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    cdef float coeffs[256]
+    cdef int quality = 0, rc
+    out = np.empty(256 if dihedral else 32, dtype=np.uint8)
+    cdef uint8_t *o = <uint8_t *>cnp.PyArray_DATA(out)
+    with nogil:
+        # The reference's dihedral hash blurs a 64x64 image; its single hash does not.
+        rc = pdq_coefficients(px, rows, cols, channels, dihedral, coeffs, &quality)
+        if rc == 0:
+            if dihedral:
+                pdq_dihedral_bits(coeffs, o)
+            else:
+                pdq_bits(coeffs, o)
+    if rc != 0:
+        raise MemoryError(f"out of memory hashing a {rows}x{cols} image with PDQ")
+    return (out.reshape(8, 32) if dihedral else out), quality

@@ -1,0 +1,353 @@
+/* PDQ hashing, bit-identical to the reference (see pdq.h).
+ *
+ * The reference blurs the whole image in float with two rounds of a box
+ * filter along rows then along columns (a Jarosz tent filter) and then reads
+ * 64x64 samples.  Each box filter is a running sum (add the entering value,
+ * subtract the leaving one, divide by the window's count), so a sample's
+ * value depends on every earlier value of its row or column, rounding
+ * included.  We do the same float operations in the same order, but
+ *   - stream the image in groups of rows, so the first column pass reads its
+ *     input from a small ring of rows in cache instead of a full-size buffer;
+ *   - run the running sums of GROUP rows side by side (the sums are serial
+ *     within a row; independent rows hide the add latency), and do the column
+ *     passes across all columns at once (vectorised);
+ *   - divide only where an output is read: the second row pass only at the 64
+ *     sampled columns, the second column pass only at the 64 sampled rows and
+ *     only over those 64 columns.
+ * No fused multiply-adds and no reassociation: build with -ffp-contract=off
+ * and without -ffast-math.
+ */
+#include "pdq.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GROUP 4          /* rows whose running sums run side by side */
+#define MIN_DIM 5        /* smaller images hash to zero, quality 0 */
+
+static float dct_matrix[16 * 64];
+
+void pdq_init(void)
+{
+    const double pi = 3.14159265358979323846;
+    const float scale = (float)sqrt(2.0 / 64.0);
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 64; j++)
+            dct_matrix[i * 64 + j] =
+                (float)(scale * cos((pi / 2.0 / 64.0) * (double)(i + 1) * (double)(2 * j + 1)));
+}
+
+/* The box filter's window along a dimension: ceil(dim / 128). */
+static int window_for(int dim) { return (dim + 127) / 128; }
+
+/* A running box sum over n values with window w runs n + half - 1 steps; at
+ * step t it adds value t (t < n), subtracts value t - w (t >= w) and, from
+ * t = half - 1 on, outputs position t - half + 1.  The count divided by is the
+ * number of values in the window at that step. */
+static int half_for(int w) { return (w + 2) / 2; }
+static float count_at(int out, int n, int w)
+{
+    int t = out + half_for(w) - 1;
+    int added = t + 1 < n ? t + 1 : n;
+    int removed = t - w + 1 > 0 ? t - w + 1 : 0;
+    return (float)(added - removed);
+}
+
+/* Luma of one row, as pdqhash computes it: R*0.299 + G*0.587 + B*0.114 in
+ * double, rounded to float. */
+static void luma_row(const uint8_t *px, int cols, int channels, float *out)
+{
+    if (channels == 1) {
+        for (int j = 0; j < cols; j++) {
+            double v = (double)px[j];
+            out[j] = (float)(v * 0.299 + v * 0.587 + v * 0.114);
+        }
+    } else if (channels == 3) {
+        for (int j = 0; j < cols; j++)
+            out[j] = (float)((double)px[3 * j] * 0.299 + (double)px[3 * j + 1] * 0.587
+                             + (double)px[3 * j + 2] * 0.114);
+    } else {
+        for (int j = 0; j < cols; j++) {
+            const uint8_t *p = px + (size_t)j * channels;
+            out[j] = (float)((double)p[0] * 0.299 + (double)p[1] * 0.587 + (double)p[2] * 0.114);
+        }
+    }
+}
+
+/* Raw running sums (not yet divided) of k rows of n values, window w:
+ * sums[r][pos] for every output position.  Written for a constant k so the
+ * k independent chains interleave. */
+static inline __attribute__((always_inline)) void
+row_sums_k(const float *const *in, float *const *sums, int k, int n, int w)
+{
+    int half = half_for(w);
+    float s[GROUP] = {0};
+    int t = 0;
+    for (; t < half - 1; t++)
+        for (int r = 0; r < k; r++) s[r] += in[r][t];
+    for (; t < w; t++)
+        for (int r = 0; r < k; r++) { s[r] += in[r][t]; sums[r][t - half + 1] = s[r]; }
+    for (; t < n; t++)
+        for (int r = 0; r < k; r++) {
+            s[r] += in[r][t];
+            s[r] -= in[r][t - w];
+            sums[r][t - half + 1] = s[r];
+        }
+    for (; t < n + half - 1; t++)
+        for (int r = 0; r < k; r++) { s[r] -= in[r][t - w]; sums[r][t - half + 1] = s[r]; }
+}
+
+static void row_sums(const float *const *in, float *const *sums, int k, int n, int w)
+{
+    if (k == GROUP) {
+        row_sums_k(in, sums, GROUP, n, w);
+    } else {
+        for (int r = 0; r < k; r++) row_sums_k(in + r, sums + r, 1, n, w);
+    }
+}
+
+/* One step of a running box sum down columns, all n columns at once. */
+static void column_step(float *sum, const float *add, const float *sub, int n)
+{
+    if (add && sub) {
+        for (int j = 0; j < n; j++) sum[j] = (sum[j] + add[j]) - sub[j];
+    } else if (add) {
+        for (int j = 0; j < n; j++) sum[j] += add[j];
+    } else {
+        for (int j = 0; j < n; j++) sum[j] -= sub[j];
+    }
+}
+
+/* Scratch for one image; freed by free_scratch. */
+typedef struct {
+    float *ring;     /* rows of the first row pass: (ring_rows) x cols */
+    float *luma;     /* GROUP rows of luma */
+    float *stage;    /* GROUP rows of the first column pass's output */
+    float *sums;     /* GROUP rows of the second row pass's raw sums */
+    float *colsum;   /* cols running column sums */
+    float *row_count;/* cols counts of the row pass */
+    float *picked;   /* rows x 64: second row pass at the sampled columns */
+} scratch;
+
+static void free_scratch(scratch *s)
+{
+    free(s->ring); free(s->luma); free(s->stage); free(s->sums);
+    free(s->colsum); free(s->row_count); free(s->picked);
+}
+
+/* Blur and decimate to 64x64, bit-identical to the reference's
+ * jaroszFilterFloat (2 rounds) followed by decimateFloat. */
+static int blur_and_sample(const uint8_t *pixels, int rows, int cols, int channels,
+                           float out[64 * 64])
+{
+    const int wr = window_for(cols), wc = window_for(rows);
+    const int hc = half_for(wc);
+    const int ring_rows = wc + GROUP + 1;
+    int sample_col[64], sample_row[64];
+    for (int k = 0; k < 64; k++) {
+        sample_col[k] = (int)(((k + 0.5) * cols) / 64);
+        sample_row[k] = (int)(((k + 0.5) * rows) / 64);
+    }
+    scratch s = {0};
+    size_t c = (size_t)cols;
+    s.ring = malloc(sizeof(float) * c * ring_rows);
+    s.luma = malloc(sizeof(float) * c * GROUP);
+    s.stage = malloc(sizeof(float) * c * GROUP);
+    s.sums = malloc(sizeof(float) * c * GROUP);
+    s.colsum = calloc(c, sizeof(float));
+    s.row_count = malloc(sizeof(float) * c);
+    s.picked = malloc(sizeof(float) * 64 * (size_t)rows);
+    if (!s.ring || !s.luma || !s.stage || !s.sums || !s.colsum || !s.row_count || !s.picked) {
+        free_scratch(&s);
+        return -1;
+    }
+    for (int j = 0; j < cols; j++) s.row_count[j] = count_at(j, cols, wr);
+
+    const float *in[GROUP];
+    float *dst[GROUP];
+    int produced = 0, staged = 0;
+    /* Pass 1 (rows) streams into the ring; pass 2 (columns) steps over it and
+     * emits rows into `stage`; each full stage goes through pass 3 (rows). */
+    for (int t = 0; t < rows + hc - 1; t++) {
+        if (t < rows && t == produced) {
+            int k = rows - produced < GROUP ? rows - produced : GROUP;
+            for (int r = 0; r < k; r++) {
+                luma_row(pixels + (size_t)(produced + r) * c * channels, cols, channels,
+                         s.luma + r * c);
+                in[r] = s.luma + r * c;
+                dst[r] = s.ring + (size_t)((produced + r) % ring_rows) * c;
+            }
+            row_sums(in, dst, k, cols, wr);
+            for (int r = 0; r < k; r++)
+                for (int j = 0; j < cols; j++) dst[r][j] = dst[r][j] / s.row_count[j];
+            produced += k;
+        }
+        column_step(s.colsum, t < rows ? s.ring + (size_t)(t % ring_rows) * c : NULL,
+                    t >= wc ? s.ring + (size_t)((t - wc) % ring_rows) * c : NULL, cols);
+        if (t < hc - 1) continue;
+        int oi = t - hc + 1;
+        float count = count_at(oi, rows, wc);
+        float *o = s.stage + staged * c;
+        for (int j = 0; j < cols; j++) o[j] = s.colsum[j] / count;
+        staged++;
+        if (staged == GROUP || oi == rows - 1) {
+            for (int r = 0; r < staged; r++) { in[r] = s.stage + r * c; dst[r] = s.sums + r * c; }
+            row_sums(in, dst, staged, cols, wr);
+            for (int r = 0; r < staged; r++) {
+                float *p = s.picked + (size_t)(oi - staged + 1 + r) * 64;
+                for (int k = 0; k < 64; k++)
+                    p[k] = dst[r][sample_col[k]] / s.row_count[sample_col[k]];
+            }
+            staged = 0;
+        }
+    }
+    /* Pass 4 (columns) over the 64 sampled columns, read at the sampled rows. */
+    float sum[64] = {0};
+    int next = 0;
+    for (int t = 0; t < rows + hc - 1 && next < 64; t++) {
+        column_step(sum, t < rows ? s.picked + (size_t)t * 64 : NULL,
+                    t >= wc ? s.picked + (size_t)(t - wc) * 64 : NULL, 64);
+        if (t < hc - 1) continue;
+        int oi = t - hc + 1;
+        if (sample_row[next] != oi) continue;
+        float count = count_at(oi, rows, wc);
+        for (; next < 64 && sample_row[next] == oi; next++)
+            for (int k = 0; k < 64; k++) out[next * 64 + k] = sum[k] / count;
+    }
+    free_scratch(&s);
+    return 0;
+}
+
+/* The reference's quality: quantised gradients summed over neighbour pairs. */
+static int quality_of(const float a[64 * 64])
+{
+    int total = 0;
+    for (int i = 0; i < 63; i++)
+        for (int j = 0; j < 64; j++) {
+            int d = (int)(((a[i * 64 + j] - a[(i + 1) * 64 + j]) * 100.0f) / 255.0f);
+            total += abs(d);
+        }
+    for (int i = 0; i < 64; i++)
+        for (int j = 0; j < 63; j++) {
+            int d = (int)(((a[i * 64 + j] - a[i * 64 + j + 1]) * 100.0f) / 255.0f);
+            total += abs(d);
+        }
+    int q = total / 90;
+    return q > 100 ? 100 : q;
+}
+
+/* B = D A D^T for the 16 lowest non-DC frequencies, summing in the
+ * reference's order (k ascending, from 0). */
+static void dct_16(const float a[64 * 64], float b[256])
+{
+    float t[16 * 64];
+    for (int i = 0; i < 16; i++) {
+        const float *d = dct_matrix + i * 64;
+        float acc[64] = {0};
+        for (int k = 0; k < 64; k++)
+            for (int j = 0; j < 64; j++) acc[j] += d[k] * a[k * 64 + j];
+        memcpy(t + i * 64, acc, sizeof acc);
+    }
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++) {
+            const float *d = dct_matrix + j * 64, *r = t + i * 64;
+            float acc = 0.0f;
+            for (int k = 0; k < 64; k++) acc += r[k] * d[k];
+            b[i * 16 + j] = acc;
+        }
+}
+
+int pdq_coefficients(const uint8_t *pixels, int rows, int cols, int channels,
+                     int filter_64, float coeffs[256], int *quality)
+{
+    if (rows < MIN_DIM || cols < MIN_DIM) {
+        memset(coeffs, 0, 256 * sizeof(float));
+        *quality = 0;
+        return 0;
+    }
+    float a[64 * 64];
+    if (rows == 64 && cols == 64 && !filter_64) {
+        for (int i = 0; i < 64; i++)
+            luma_row(pixels + (size_t)i * 64 * channels, 64, channels, a + i * 64);
+    } else if (blur_and_sample(pixels, rows, cols, channels, a) != 0) {
+        return -1;
+    }
+    *quality = quality_of(a);
+    dct_16(a, coeffs);
+    return 0;
+}
+
+/* Median by Torben Mogensen's method (no copy, no reordering): bisect on
+ * value, counting the values below and above the guess. */
+static float median_of(const float *m, int n)
+{
+    float lo = m[0], hi = m[0];
+    for (int i = 1; i < n; i++) {
+        if (m[i] < lo) lo = m[i];
+        if (m[i] > hi) hi = m[i];
+    }
+    int below, above, equal;
+    float guess, max_below, min_above;
+    for (;;) {
+        guess = (lo + hi) / 2;
+        below = above = equal = 0;
+        max_below = lo;
+        min_above = hi;
+        for (int i = 0; i < n; i++) {
+            if (m[i] < guess) {
+                below++;
+                if (m[i] > max_below) max_below = m[i];
+            } else if (m[i] > guess) {
+                above++;
+                if (m[i] < min_above) min_above = m[i];
+            } else {
+                equal++;
+            }
+        }
+        if (below <= (n + 1) / 2 && above <= (n + 1) / 2) break;
+        if (below > above) hi = max_below;
+        else lo = min_above;
+    }
+    if (below >= (n + 1) / 2) return max_below;
+    if (below + equal >= (n + 1) / 2) return guess;
+    return min_above;
+}
+
+void pdq_bits(const float coeffs[256], uint8_t out[32])
+{
+    float median = median_of(coeffs, 256);
+    memset(out, 0, 32);
+    for (int k = 0; k < 256; k++)
+        if (coeffs[k] > median) out[31 - k / 8] |= (uint8_t)(1u << (k & 7));
+}
+
+/* Rotating or flipping the image changes a DCT coefficient (i, j) only in
+ * sign, (-1)^i or (-1)^j, and for the transposing ones moves it to (j, i).
+ * Per variant: transpose?, negate when i is even?, when j is even?, when
+ * i + j is odd?  (The reference's table, in pdqhash's order.) */
+static const struct { int transpose, even_i, even_j, odd_sum; } dihedral[8] = {
+    {0, 0, 0, 0},  /* original */
+    {1, 0, 1, 0},  /* rotate 90 */
+    {0, 0, 0, 1},  /* rotate 180 */
+    {1, 1, 0, 0},  /* rotate 270 */
+    {0, 1, 0, 0},  /* flip x */
+    {0, 0, 1, 0},  /* flip y */
+    {1, 0, 0, 0},  /* flip about the main diagonal */
+    {1, 0, 0, 1},  /* flip about the other diagonal */
+};
+
+void pdq_dihedral_bits(const float coeffs[256], uint8_t out[8 * 32])
+{
+    for (int v = 0; v < 8; v++) {
+        float b[256];
+        for (int i = 0; i < 16; i++)
+            for (int j = 0; j < 16; j++) {
+                int negate = (dihedral[v].even_i && !(i & 1)) || (dihedral[v].even_j && !(j & 1))
+                             || (dihedral[v].odd_sum && ((i + j) & 1));
+                float x = negate ? -coeffs[i * 16 + j] : coeffs[i * 16 + j];
+                b[dihedral[v].transpose ? j * 16 + i : i * 16 + j] = x;
+            }
+        pdq_bits(b, out + 32 * v);
+    }
+}
