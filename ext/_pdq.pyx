@@ -10,7 +10,7 @@ cnp.import_array()
 cdef extern from "pdq.h" nogil:
     void pdq_init()
     int pdq_coefficients(const uint8_t *pixels, int rows, int cols, int channels,
-                         int filter_64, float *coeffs, int *quality)
+                         int filter_64, int use_avx2, float *coeffs, int *quality)
     void pdq_bits(const float *coeffs, uint8_t *out)
     void pdq_dihedral_bits(const float *coeffs, uint8_t *out)
 
@@ -18,9 +18,10 @@ cdef extern from "pdq.h" nogil:
 pdq_init()
 
 
-def hash_pixels(cnp.ndarray pixels, bint dihedral):
+def hash_pixels(cnp.ndarray pixels, bint dihedral, bint use_avx2=True):
     """(hash, quality) of a C-contiguous uint8 array (rows, cols) or (rows, cols, channels >= 3),
-    checked by the caller; hash is uint8 (32,), or (8, 32) when dihedral."""
+    checked by the caller; hash is uint8 (32,), or (8, 32) when dihedral.  use_avx2=False
+    runs the portable C kernels (the same results; for tests)."""
     cdef const uint8_t *px = <const uint8_t *>cnp.PyArray_DATA(pixels)
     cdef int rows = pixels.shape[0], cols = pixels.shape[1]
     cdef int channels = 1 if pixels.ndim == 2 else pixels.shape[2]
@@ -30,7 +31,7 @@ def hash_pixels(cnp.ndarray pixels, bint dihedral):
     cdef uint8_t *o = <uint8_t *>cnp.PyArray_DATA(out)
     with nogil:
         # The reference's dihedral hash blurs a 64x64 image; its single hash does not.
-        rc = pdq_coefficients(px, rows, cols, channels, dihedral, coeffs, &quality)
+        rc = pdq_coefficients(px, rows, cols, channels, dihedral, use_avx2, coeffs, &quality)
         if rc == 0:
             if dihedral:
                 pdq_dihedral_bits(coeffs, o)

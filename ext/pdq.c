@@ -23,19 +23,38 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define GROUP 4          /* rows whose running sums run side by side */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HS_PDQ_X86 1
+#include <immintrin.h>
+#else
+#define HS_PDQ_X86 0
+#endif
+
+#define GROUP 8          /* rows whose running sums run side by side */
 #define MIN_DIM 5        /* smaller images hash to zero, quality 0 */
 
 static float dct_matrix[16 * 64];
 
 void pdq_init(void)
 {
+#if HS_PDQ_X86
+    __builtin_cpu_init();
+#endif
     const double pi = 3.14159265358979323846;
     const float scale = (float)sqrt(2.0 / 64.0);
     for (int i = 0; i < 16; i++)
         for (int j = 0; j < 64; j++)
             dct_matrix[i * 64 + j] =
                 (float)(scale * cos((pi / 2.0 / 64.0) * (double)(i + 1) * (double)(2 * j + 1)));
+}
+
+static int have_avx2(void)
+{
+#if HS_PDQ_X86
+    return __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
 }
 
 /* The box filter's window along a dimension: ceil(dim / 128). */
@@ -56,23 +75,88 @@ static float count_at(int out, int n, int w)
 
 /* Luma of one row, as pdqhash computes it: R*0.299 + G*0.587 + B*0.114 in
  * double, rounded to float. */
-static void luma_row(const uint8_t *px, int cols, int channels, float *out)
+static inline __attribute__((always_inline)) float luma_of(double r, double g, double b)
 {
-    if (channels == 1) {
-        for (int j = 0; j < cols; j++) {
-            double v = (double)px[j];
-            out[j] = (float)(v * 0.299 + v * 0.587 + v * 0.114);
+    return (float)(r * 0.299 + g * 0.587 + b * 0.114);
+}
+
+static void luma_row_generic(const uint8_t *px, int cols, int channels, float *out, int from)
+{
+    for (int j = from; j < cols; j++) {
+        const uint8_t *p = px + (size_t)j * channels;
+        out[j] = channels == 1 ? luma_of(p[0], p[0], p[0]) : luma_of(p[0], p[1], p[2]);
+    }
+}
+
+#if HS_PDQ_X86
+/* 8 luma values from 8 R, G and B values (int32 lanes), in the same double
+ * operations as luma_of (separate multiplies and adds: no FMA in this target). */
+__attribute__((target("avx2"))) static inline __m256
+luma8_avx2(__m256i r, __m256i g, __m256i b)
+{
+    const __m256d kr = _mm256_set1_pd(0.299), kg = _mm256_set1_pd(0.587), kb = _mm256_set1_pd(0.114);
+    __m128 half[2];
+    for (int h = 0; h < 2; h++) {
+        __m128i r4 = h ? _mm256_extracti128_si256(r, 1) : _mm256_castsi256_si128(r);
+        __m128i g4 = h ? _mm256_extracti128_si256(g, 1) : _mm256_castsi256_si128(g);
+        __m128i b4 = h ? _mm256_extracti128_si256(b, 1) : _mm256_castsi256_si128(b);
+        __m256d y = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(r4), kr),
+                                                _mm256_mul_pd(_mm256_cvtepi32_pd(g4), kg)),
+                                  _mm256_mul_pd(_mm256_cvtepi32_pd(b4), kb));
+        half[h] = _mm256_cvtpd_ps(y);
+    }
+    return _mm256_set_m128(half[1], half[0]);
+}
+
+__attribute__((target("avx2"))) static void
+luma_row_avx2(const uint8_t *px, int cols, int channels, float *out)
+{
+    int j = 0;
+    if (channels == 3) {
+        /* Bytes 0..15 and 16..23 of 8 pixels; pick each channel's 8 bytes. */
+        const __m128i r_lo = _mm_setr_epi8(0, 3, 6, 9, 12, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+        const __m128i r_hi = _mm_setr_epi8(-1, -1, -1, -1, -1, -1, 2, 5, -1, -1, -1, -1, -1, -1, -1, -1);
+        const __m128i g_lo = _mm_setr_epi8(1, 4, 7, 10, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+        const __m128i g_hi = _mm_setr_epi8(-1, -1, -1, -1, -1, 0, 3, 6, -1, -1, -1, -1, -1, -1, -1, -1);
+        const __m128i b_lo = _mm_setr_epi8(2, 5, 8, 11, 14, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+        const __m128i b_hi = _mm_setr_epi8(-1, -1, -1, -1, -1, 1, 4, 7, -1, -1, -1, -1, -1, -1, -1, -1);
+        for (; j + 8 <= cols; j += 8) {
+            const uint8_t *p = px + 3 * (size_t)j;
+            __m128i lo = _mm_loadu_si128((const __m128i *)p);
+            __m128i hi = _mm_loadl_epi64((const __m128i *)(p + 16));
+            __m256i r = _mm256_cvtepu8_epi32(_mm_or_si128(_mm_shuffle_epi8(lo, r_lo), _mm_shuffle_epi8(hi, r_hi)));
+            __m256i g = _mm256_cvtepu8_epi32(_mm_or_si128(_mm_shuffle_epi8(lo, g_lo), _mm_shuffle_epi8(hi, g_hi)));
+            __m256i b = _mm256_cvtepu8_epi32(_mm_or_si128(_mm_shuffle_epi8(lo, b_lo), _mm_shuffle_epi8(hi, b_hi)));
+            _mm256_storeu_ps(out + j, luma8_avx2(r, g, b));
         }
-    } else if (channels == 3) {
-        for (int j = 0; j < cols; j++)
-            out[j] = (float)((double)px[3 * j] * 0.299 + (double)px[3 * j + 1] * 0.587
-                             + (double)px[3 * j + 2] * 0.114);
-    } else {
-        for (int j = 0; j < cols; j++) {
-            const uint8_t *p = px + (size_t)j * channels;
-            out[j] = (float)((double)p[0] * 0.299 + (double)p[1] * 0.587 + (double)p[2] * 0.114);
+    } else if (channels == 4) {
+        const __m256i byte = _mm256_set1_epi32(0xff);
+        for (; j + 8 <= cols; j += 8) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(px + 4 * (size_t)j));
+            _mm256_storeu_ps(out + j, luma8_avx2(_mm256_and_si256(x, byte),
+                                                 _mm256_and_si256(_mm256_srli_epi32(x, 8), byte),
+                                                 _mm256_and_si256(_mm256_srli_epi32(x, 16), byte)));
+        }
+    } else if (channels == 1) {
+        for (; j + 8 <= cols; j += 8) {
+            __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(px + j)));
+            _mm256_storeu_ps(out + j, luma8_avx2(v, v, v));
         }
     }
+    luma_row_generic(px, cols, channels, out, j);
+}
+#endif
+
+static void luma_row(const uint8_t *px, int cols, int channels, float *out, int avx2)
+{
+#if HS_PDQ_X86
+    if (avx2) {
+        luma_row_avx2(px, cols, channels, out);
+        return;
+    }
+#endif
+    (void)avx2;
+    luma_row_generic(px, cols, channels, out, 0);
 }
 
 /* Raw running sums (not yet divided) of k rows of n values, window w:
@@ -107,16 +191,70 @@ static void row_sums(const float *const *in, float *const *sums, int k, int n, i
     }
 }
 
-/* One step of a running box sum down columns, all n columns at once. */
-static void column_step(float *sum, const float *add, const float *sub, int n)
+/* One step of a running box sum down columns, all n columns at once: add a
+ * row and/or subtract one (NULL = none), then, if out, write sum / count. */
+static inline __attribute__((always_inline)) void
+column_step_body(float *sum, const float *add, const float *sub, float *out, float count, int n)
 {
-    if (add && sub) {
-        for (int j = 0; j < n; j++) sum[j] = (sum[j] + add[j]) - sub[j];
-    } else if (add) {
-        for (int j = 0; j < n; j++) sum[j] += add[j];
-    } else {
-        for (int j = 0; j < n; j++) sum[j] -= sub[j];
+    for (int j = 0; j < n; j++) {
+        float v = sum[j];
+        if (add) v += add[j];
+        if (sub) v -= sub[j];
+        sum[j] = v;
+        if (out) out[j] = v / count;
     }
+}
+
+/* x[j] /= count[j]. */
+static inline __attribute__((always_inline)) void
+divide_body(float *x, const float *count, int n)
+{
+    for (int j = 0; j < n; j++) x[j] = x[j] / count[j];
+}
+
+static void column_step_generic(float *sum, const float *add, const float *sub, float *out,
+                                float count, int n)
+{
+    column_step_body(sum, add, sub, out, count, n);
+}
+
+static void divide_generic(float *x, const float *count, int n) { divide_body(x, count, n); }
+
+#if HS_PDQ_X86
+/* The same loops compiled for AVX2 (no FMA: each operation rounds alone). */
+__attribute__((target("avx2"))) static void
+column_step_avx2(float *sum, const float *add, const float *sub, float *out, float count, int n)
+{
+    column_step_body(sum, add, sub, out, count, n);
+}
+
+__attribute__((target("avx2"))) static void divide_avx2(float *x, const float *count, int n)
+{
+    divide_body(x, count, n);
+}
+#endif
+
+static void column_step(int avx2, float *sum, const float *add, const float *sub, float *out,
+                        float count, int n)
+{
+#if HS_PDQ_X86
+    if (avx2) {
+        column_step_avx2(sum, add, sub, out, count, n);
+        return;
+    }
+#endif
+    column_step_generic(sum, add, sub, out, count, n);
+}
+
+static void divide(int avx2, float *x, const float *count, int n)
+{
+#if HS_PDQ_X86
+    if (avx2) {
+        divide_avx2(x, count, n);
+        return;
+    }
+#endif
+    divide_generic(x, count, n);
 }
 
 /* Scratch for one image; freed by free_scratch. */
@@ -139,7 +277,7 @@ static void free_scratch(scratch *s)
 /* Blur and decimate to 64x64, bit-identical to the reference's
  * jaroszFilterFloat (2 rounds) followed by decimateFloat. */
 static int blur_and_sample(const uint8_t *pixels, int rows, int cols, int channels,
-                           float out[64 * 64])
+                           float out[64 * 64], int avx2)
 {
     const int wr = window_for(cols), wc = window_for(rows);
     const int hc = half_for(wc);
@@ -174,22 +312,20 @@ static int blur_and_sample(const uint8_t *pixels, int rows, int cols, int channe
             int k = rows - produced < GROUP ? rows - produced : GROUP;
             for (int r = 0; r < k; r++) {
                 luma_row(pixels + (size_t)(produced + r) * c * channels, cols, channels,
-                         s.luma + r * c);
+                         s.luma + r * c, avx2);
                 in[r] = s.luma + r * c;
                 dst[r] = s.ring + (size_t)((produced + r) % ring_rows) * c;
             }
             row_sums(in, dst, k, cols, wr);
-            for (int r = 0; r < k; r++)
-                for (int j = 0; j < cols; j++) dst[r][j] = dst[r][j] / s.row_count[j];
+            for (int r = 0; r < k; r++) divide(avx2, dst[r], s.row_count, cols);
             produced += k;
         }
-        column_step(s.colsum, t < rows ? s.ring + (size_t)(t % ring_rows) * c : NULL,
-                    t >= wc ? s.ring + (size_t)((t - wc) % ring_rows) * c : NULL, cols);
-        if (t < hc - 1) continue;
         int oi = t - hc + 1;
-        float count = count_at(oi, rows, wc);
-        float *o = s.stage + staged * c;
-        for (int j = 0; j < cols; j++) o[j] = s.colsum[j] / count;
+        column_step(avx2, s.colsum, t < rows ? s.ring + (size_t)(t % ring_rows) * c : NULL,
+                    t >= wc ? s.ring + (size_t)((t - wc) % ring_rows) * c : NULL,
+                    oi >= 0 ? s.stage + staged * c : NULL, oi >= 0 ? count_at(oi, rows, wc) : 1.0f,
+                    cols);
+        if (oi < 0) continue;
         staged++;
         if (staged == GROUP || oi == rows - 1) {
             for (int r = 0; r < staged; r++) { in[r] = s.stage + r * c; dst[r] = s.sums + r * c; }
@@ -206,8 +342,8 @@ static int blur_and_sample(const uint8_t *pixels, int rows, int cols, int channe
     float sum[64] = {0};
     int next = 0;
     for (int t = 0; t < rows + hc - 1 && next < 64; t++) {
-        column_step(sum, t < rows ? s.picked + (size_t)t * 64 : NULL,
-                    t >= wc ? s.picked + (size_t)(t - wc) * 64 : NULL, 64);
+        column_step(0, sum, t < rows ? s.picked + (size_t)t * 64 : NULL,
+                    t >= wc ? s.picked + (size_t)(t - wc) * 64 : NULL, NULL, 1.0f, 64);
         if (t < hc - 1) continue;
         int oi = t - hc + 1;
         if (sample_row[next] != oi) continue;
@@ -259,7 +395,7 @@ static void dct_16(const float a[64 * 64], float b[256])
 }
 
 int pdq_coefficients(const uint8_t *pixels, int rows, int cols, int channels,
-                     int filter_64, float coeffs[256], int *quality)
+                     int filter_64, int use_avx2, float coeffs[256], int *quality)
 {
     if (rows < MIN_DIM || cols < MIN_DIM) {
         memset(coeffs, 0, 256 * sizeof(float));
@@ -267,10 +403,11 @@ int pdq_coefficients(const uint8_t *pixels, int rows, int cols, int channels,
         return 0;
     }
     float a[64 * 64];
+    int avx2 = use_avx2 && have_avx2();
     if (rows == 64 && cols == 64 && !filter_64) {
         for (int i = 0; i < 64; i++)
-            luma_row(pixels + (size_t)i * 64 * channels, 64, channels, a + i * 64);
-    } else if (blur_and_sample(pixels, rows, cols, channels, a) != 0) {
+            luma_row(pixels + (size_t)i * 64 * channels, 64, channels, a + i * 64, avx2);
+    } else if (blur_and_sample(pixels, rows, cols, channels, a, avx2) != 0) {
         return -1;
     }
     *quality = quality_of(a);

@@ -17,10 +17,12 @@ void pdq_init(void);
  * 1 = greyscale (hashed as the grey value stacked into R, G and B), 3 or more
  * = R, G, B first (the rest ignored).  filter_64 = 0 hashes a 64x64 image
  * without the blur, as the reference's single hash does; 1 always blurs, as
- * its dihedral hash does.  Images under 5 px on a side give zero
- * coefficients and quality 0.  Returns 0, or -1 when out of memory. */
+ * its dihedral hash does.  use_avx2 = 1 runs the AVX2 kernels when the CPU
+ * has them, 0 the portable C (same results; for testing).  Images under 5 px
+ * on a side give zero coefficients and quality 0.  Returns 0, or -1 when out
+ * of memory. */
 int pdq_coefficients(const uint8_t *pixels, int rows, int cols, int channels,
-                     int filter_64, float coeffs[256], int *quality);
+                     int filter_64, int use_avx2, float coeffs[256], int *quality);
 
 /* The hash of 16x16 coefficients: bit k (k = 16 i + j, coefficient row i,
  * column j) is set when that coefficient is above their median, and is bit

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 import imagegen
+from hashsieve import _pdq
 from hashsieve.pdq import pdq_from_image, pdq_hash
 
 pdqhash = pytest.importorskip("pdqhash")
@@ -140,6 +141,18 @@ def test_pdq_from_image_refuses_modes_pdqhash_cannot_take(mode):
         else Image.fromarray(smooth(20, 20, 0)).convert(mode)
     with pytest.raises(ValueError, match=f"mode '{mode}'.*convert"):
         pdq_from_image(image)
+
+
+@pytest.mark.parametrize("use_avx2", [True, False])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_pdq_avx2_and_portable_kernels_identical_to_pdqhash(use_avx2, channels):
+    for height, width in [(5, 13), (64, 64), (97, 203), (480, 641), (1203, 1601)]:
+        rgba = np.ascontiguousarray(np.dstack([smooth(height, width, width), smooth(height, width, 1)[:, :, :1]]))
+        array = rgba[:, :, 0].copy() if channels == 1 else np.ascontiguousarray(rgba[:, :, :channels])
+        stacked = np.repeat(array[:, :, None], 3, axis=2) if channels == 1 else array
+        want, want_quality = reference(stacked)
+        got, quality = _pdq.hash_pixels(array, False, use_avx2)
+        assert np.array_equal(got, want) and quality == want_quality, (height, width)
 
 
 def test_pdq_greyscale_2d_equals_stacked_channels():
