@@ -135,6 +135,25 @@ def test_pdq_jpeg_decoded_identical_to_python_threatexchange_pipeline():
         assert_same(pytx_array(image), pdq_from_image(image))
 
 
+def test_pdq_identical_to_python_threatexchange_on_the_corpus():
+    """Every format and mode of tests/imagegen.py's corpus: the same hash and quality as
+    pytx's pipeline, and a clear ValueError exactly where pdqhash fails."""
+    hashed = refused = 0
+    for name, data in imagegen.corpus(seed=13, n_scenes=10):
+        image = Image.open(io.BytesIO(data))
+        try:
+            want = reference_hex(pytx_array(image))
+        except (ValueError, IndexError):
+            with pytest.raises(ValueError, match="cannot hash Pillow mode"):
+                pdq_from_image(image)
+            refused += 1
+            continue
+        got, quality = pdq_hash(pdq_from_image(image), with_quality=True)
+        assert (bytes(got).hex(), quality) == want, name
+        hashed += 1
+    assert hashed > 100 and refused > 0
+
+
 @pytest.mark.parametrize("mode", ["I;16", "I", "F", "PA", "La"])
 def test_pdq_from_image_refuses_modes_pdqhash_cannot_take(mode):
     image = Image.fromarray(smooth(20, 20, 0)).convert("L").convert(mode) if mode.startswith("I") or mode == "F" \
