@@ -62,7 +62,7 @@ def measure(paths, rounds):
             want = np.packbits(np.asarray(vector, dtype=np.uint8))
             assert np.array_equal(ours[0], want) and ours[1] == quality, f"{path}: differs from pdqhash"
         h, w = array.shape[:2]
-        rows.append({"image": os.path.basename(path), "megapixels": h * w / 1e6,
+        rows.append({"image": os.path.basename(path), "size": f"{w}x{h}", "megapixels": h * w / 1e6,
                      **{k: statistics.median(v) for k, v in times.items()}})
     return rows
 
@@ -70,17 +70,23 @@ def measure(paths, rounds):
 def speed(args):
     with tempfile.TemporaryDirectory() as folder:
         rows = measure(make_jpegs(folder, args.jpegs), args.rounds)
-    total = {k: sum(r[k] for r in rows) for k in ("decode", "ours", "pdqhash")}
     mp = sum(r["megapixels"] for r in rows)
     n = len(rows)
     print(f"{n} JPEGs, {mp / n:.2f} MP on average, median of {args.rounds} rounds, one thread; "
           f"every hash identical to pdqhash's")
-    print("| path | ms per image (ours) | ms per image (pdqhash) | speed-up |")
-    print("|---|---|---|---|")
-    for label, extra in (("hash only", 0.0), ("decode included", total["decode"])):
-        ours, ref = (total["ours"] + extra) / n * 1e3, (total["pdqhash"] + extra) / n * 1e3
-        print(f"| {label} | {ours:.1f} | {ref:.1f} | {ref / ours:.2f}x |")
-    print(f"(decode: Image.open + pdq_from_image, {total['decode'] / n * 1e3:.1f} ms per image)")
+    print("| images | path | ms per image (ours) | ms per image (pdqhash) | speed-up |")
+    print("|---|---|---|---|---|")
+    groups = sorted({(r["megapixels"], r["size"]) for r in rows}) + [(None, "all")]
+    for megapixels, size in groups:
+        group = [r for r in rows if megapixels is None or r["size"] == size]
+        label = f"{len(group)} x {size} ({megapixels:.1f} MP)" if megapixels else f"all {len(group)}"
+        total = {k: sum(r[k] for r in group) for k in ("decode", "ours", "pdqhash")}
+        for path, extra in (("hash only", 0.0), ("decode included", total["decode"])):
+            ours = (total["ours"] + extra) / len(group) * 1e3
+            ref = (total["pdqhash"] + extra) / len(group) * 1e3
+            print(f"| {label} | {path} | {ours:.1f} | {ref:.1f} | {ref / ours:.2f}x |")
+    print(f"(decode: Image.open + pdq_from_image, {sum(r['decode'] for r in rows) / n * 1e3:.1f} ms "
+          f"per image, the same for both)")
     _save("speed", {"rounds": args.rounds, "images": rows})
 
 

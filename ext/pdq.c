@@ -30,7 +30,7 @@
 #define HS_PDQ_X86 0
 #endif
 
-#define GROUP 8          /* rows whose running sums run side by side */
+#define GROUP 4          /* rows whose running sums run side by side */
 #define MIN_DIM 5        /* smaller images hash to zero, quality 0 */
 
 static float dct_matrix[16 * 64];
@@ -288,13 +288,15 @@ static int blur_and_sample(const uint8_t *pixels, int rows, int cols, int channe
         sample_row[k] = (int)(((k + 0.5) * rows) / 64);
     }
     scratch s = {0};
-    size_t c = (size_t)cols;
-    s.ring = malloc(sizeof(float) * c * ring_rows);
-    s.luma = malloc(sizeof(float) * c * GROUP);
-    s.stage = malloc(sizeof(float) * c * GROUP);
-    s.sums = malloc(sizeof(float) * c * GROUP);
-    s.colsum = calloc(c, sizeof(float));
-    s.row_count = malloc(sizeof(float) * c);
+    /* Row stride of the scratch rows: padded by a cache line so the rows that
+     * run side by side never share cache sets (a 2048-px width would). */
+    size_t stride = ((size_t)cols + 15) / 16 * 16 + 16;
+    s.ring = malloc(sizeof(float) * stride * ring_rows);
+    s.luma = malloc(sizeof(float) * stride * GROUP);
+    s.stage = malloc(sizeof(float) * stride * GROUP);
+    s.sums = malloc(sizeof(float) * stride * GROUP);
+    s.colsum = calloc((size_t)cols, sizeof(float));
+    s.row_count = malloc(sizeof(float) * (size_t)cols);
     s.picked = malloc(sizeof(float) * 64 * (size_t)rows);
     if (!s.ring || !s.luma || !s.stage || !s.sums || !s.colsum || !s.row_count || !s.picked) {
         free_scratch(&s);
@@ -311,24 +313,24 @@ static int blur_and_sample(const uint8_t *pixels, int rows, int cols, int channe
         if (t < rows && t == produced) {
             int k = rows - produced < GROUP ? rows - produced : GROUP;
             for (int r = 0; r < k; r++) {
-                luma_row(pixels + (size_t)(produced + r) * c * channels, cols, channels,
-                         s.luma + r * c, avx2);
-                in[r] = s.luma + r * c;
-                dst[r] = s.ring + (size_t)((produced + r) % ring_rows) * c;
+                luma_row(pixels + (size_t)(produced + r) * cols * channels, cols, channels,
+                         s.luma + r * stride, avx2);
+                in[r] = s.luma + r * stride;
+                dst[r] = s.ring + (size_t)((produced + r) % ring_rows) * stride;
             }
             row_sums(in, dst, k, cols, wr);
             for (int r = 0; r < k; r++) divide(avx2, dst[r], s.row_count, cols);
             produced += k;
         }
         int oi = t - hc + 1;
-        column_step(avx2, s.colsum, t < rows ? s.ring + (size_t)(t % ring_rows) * c : NULL,
-                    t >= wc ? s.ring + (size_t)((t - wc) % ring_rows) * c : NULL,
-                    oi >= 0 ? s.stage + staged * c : NULL, oi >= 0 ? count_at(oi, rows, wc) : 1.0f,
+        column_step(avx2, s.colsum, t < rows ? s.ring + (size_t)(t % ring_rows) * stride : NULL,
+                    t >= wc ? s.ring + (size_t)((t - wc) % ring_rows) * stride : NULL,
+                    oi >= 0 ? s.stage + staged * stride : NULL, oi >= 0 ? count_at(oi, rows, wc) : 1.0f,
                     cols);
         if (oi < 0) continue;
         staged++;
         if (staged == GROUP || oi == rows - 1) {
-            for (int r = 0; r < staged; r++) { in[r] = s.stage + r * c; dst[r] = s.sums + r * c; }
+            for (int r = 0; r < staged; r++) { in[r] = s.stage + r * stride; dst[r] = s.sums + r * stride; }
             row_sums(in, dst, staged, cols, wr);
             for (int r = 0; r < staged; r++) {
                 float *p = s.picked + (size_t)(oi - staged + 1 + r) * 64;
@@ -342,7 +344,7 @@ static int blur_and_sample(const uint8_t *pixels, int rows, int cols, int channe
     float sum[64] = {0};
     int next = 0;
     for (int t = 0; t < rows + hc - 1 && next < 64; t++) {
-        column_step(0, sum, t < rows ? s.picked + (size_t)t * 64 : NULL,
+        column_step(avx2, sum, t < rows ? s.picked + (size_t)t * 64 : NULL,
                     t >= wc ? s.picked + (size_t)(t - wc) * 64 : NULL, NULL, 1.0f, 64);
         if (t < hc - 1) continue;
         int oi = t - hc + 1;
