@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_pdq.py speed [--jpegs 16 --rounds 5]
     .venv/bin/python bench/bench_pdq.py modes [--scenes 40]
+    .venv/bin/python bench/bench_pdq.py fastcost [--jpegs 16 --rounds 5]
 
 speed: hashsieve.pdq against pdqhash (Meta's C++) in the same run.  Synthetic
 photo-like JPEGs of 1.2-3.8 MP (bench_hashing.make_jpegs, from tests/imagegen.py
@@ -13,6 +14,10 @@ Every hash is checked against pdqhash's.
 modes: for the Pillow modes python-threatexchange hashes oddly (palette indices,
 CMYK as RGB, mode "1" as 0/1), the distance between its hash and the hash of
 the image converted to RGB (what it looks like), over tests/imagegen.py's corpus.
+
+fastcost: what a reduced-size JPEG decode (Image.draft, libjpeg's DCT scaling to
+1/2, 1/4, 1/8) costs in bits from the exact hash and gains in time, against
+pdqhash on the full decode (python-threatexchange's pipeline), same JPEGs as speed.
 """
 import argparse
 import io
@@ -122,6 +127,44 @@ def modes(args):
     _save("modes", by_mode)
 
 
+def _draft_decode(path, scale):
+    with Image.open(path) as image:
+        image.draft("RGB", (image.width // scale, image.height // scale))
+        return pdq_from_image(image)
+
+
+def fastcost(args):
+    scales = (1, 2, 4, 8)
+    bits = {s: [] for s in scales}
+    times = {s: [] for s in scales}
+    reference_times = []
+    with tempfile.TemporaryDirectory() as folder:
+        paths = make_jpegs(folder, args.jpegs)
+        for path in paths:
+            exact = pdq_hash(_decode(path))
+            for s in scales:
+                bits[s].append(int(np.unpackbits(pdq_hash(_draft_decode(path, s)) ^ exact).sum()))
+            per_round = {s: [] for s in scales}
+            ref_round = []
+            for _ in range(args.rounds):
+                t, array = _timed(lambda: _decode(path))
+                ref_round.append(t + _timed(lambda: pdqhash.compute(array))[0])
+                for s in scales:
+                    per_round[s].append(_timed(lambda: pdq_hash(_draft_decode(path, s)))[0])
+            for s in scales:
+                times[s].append(statistics.median(per_round[s]))
+            reference_times.append(statistics.median(ref_round))
+    ref = sum(reference_times) / len(paths) * 1e3
+    print(f"{len(paths)} JPEGs of 1.2-3.8 MP, decode included, median of {args.rounds} rounds, one "
+          f"thread; pdqhash on the full decode: {ref:.1f} ms per image")
+    print("| JPEG decode scale | ms per image | speed-up vs pdqhash | bits from exact: mean | max |")
+    print("|---|---|---|---|---|")
+    for s in scales:
+        ours = sum(times[s]) / len(paths) * 1e3
+        print(f"| 1/{s} | {ours:.1f} | {ref / ours:.2f}x | {statistics.mean(bits[s]):.2f} | {max(bits[s])} |")
+    _save("fastcost", {"rounds": args.rounds, "pdqhash_ms": ref, "bits": bits, "seconds": times})
+
+
 def _save(name, result):
     path = os.path.join(HERE, "results", f"pdq_{name}.json")
     with open(path + ".tmp", "w") as f:
@@ -131,12 +174,12 @@ def _save(name, result):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("speed", "modes"))
+    ap.add_argument("what", choices=("speed", "modes", "fastcost"))
     ap.add_argument("--jpegs", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--scenes", type=int, default=40)
     args = ap.parse_args(argv)
-    {"speed": speed, "modes": modes}[args.what](args)
+    {"speed": speed, "modes": modes, "fastcost": fastcost}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,9 @@ def test_pdq_under_5_pixels_is_zero_hash_quality_0(height, width):
     hashed, quality = pdq_hash(array, with_quality=True)
     assert not hashed.any() and quality == 0
     assert_same(array)
+    eight, quality = pdq_hash(array, with_quality=True, dihedral=True)
+    assert eight.shape == (8, 32) and not eight.any() and quality == 0
+    assert pdqhash.compute_dihedral(array)[1] == 0 and not np.any(pdqhash.compute_dihedral(array)[0])
 
 
 def test_pdq_bytes_hex_is_python_threatexchange_hex():
