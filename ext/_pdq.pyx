@@ -18,6 +18,22 @@ cdef extern from "pdq.h" nogil:
 pdq_init()
 
 
+def coefficients(cnp.ndarray pixels, bint use_avx2=True):
+    """(the 16x16 DCT coefficients as float32 (256,) row-major, quality) of pixels as for
+    hash_pixels; for tests, which compare them with pdqhash.compute_float bit for bit."""
+    cdef const uint8_t *px = <const uint8_t *>cnp.PyArray_DATA(pixels)
+    cdef int rows = pixels.shape[0], cols = pixels.shape[1]
+    cdef int channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    cdef int quality = 0, rc
+    out = np.empty(256, dtype=np.float32)
+    cdef float *o = <float *>cnp.PyArray_DATA(out)
+    with nogil:
+        rc = pdq_coefficients(px, rows, cols, channels, 0, use_avx2, o, &quality)
+    if rc != 0:
+        raise MemoryError(f"out of memory hashing a {rows}x{cols} image with PDQ")
+    return out, quality
+
+
 def hash_pixels(cnp.ndarray pixels, bint dihedral, bint use_avx2=True):
     """(hash, quality) of a C-contiguous uint8 array (rows, cols) or (rows, cols, channels >= 3),
     checked by the caller; hash is uint8 (32,), or (8, 32) when dihedral.  use_avx2=False

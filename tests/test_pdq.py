@@ -45,10 +45,22 @@ def smooth(height, width, seed, cells=24):
 
 
 def assert_same(array, ours=None):
+    """Hash, quality and the 256 float DCT coefficients identical to pdqhash's (the floats
+    catch a rounding difference even where it flips no bit)."""
     want, want_quality = reference(array)
     got, quality = pdq_hash(array if ours is None else ours, with_quality=True)
     distance = int(np.unpackbits(want ^ got).sum())
     assert (distance, quality) == (0, want_quality), f"{array.shape}: {distance} bits off"
+    if min(array.shape[:2]) >= 5:  # pdqhash.compute_float has no small-image check
+        assert_same_floats(array, np.ascontiguousarray(array if ours is None else ours))
+
+
+def assert_same_floats(reference_array, pixels, use_avx2=True):
+    want, want_quality = pdqhash.compute_float(reference_array)
+    got, quality = _pdq.coefficients(pixels, use_avx2)
+    assert quality == want_quality
+    assert np.array_equal(got[::-1].view(np.uint32), np.asarray(want, np.float32).view(np.uint32)), \
+        f"{reference_array.shape}: DCT coefficients differ from pdqhash's"
 
 
 SIZES = [(5, 5), (5, 9), (7, 5), (31, 17), (63, 64), (64, 63), (64, 65), (100, 100),
@@ -175,6 +187,7 @@ def test_pdq_avx2_and_portable_kernels_identical_to_pdqhash(use_avx2, channels):
         want, want_quality = reference(stacked)
         got, quality = _pdq.hash_pixels(array, False, use_avx2)
         assert np.array_equal(got, want) and quality == want_quality, (height, width)
+        assert_same_floats(stacked, array, use_avx2)
 
 
 def test_pdq_greyscale_2d_equals_stacked_channels():
