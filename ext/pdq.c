@@ -34,6 +34,9 @@
 #define MIN_DIM 5        /* smaller images hash to zero, quality 0 */
 
 static float dct_matrix[16 * 64];
+/* v * 0.299, v * 0.587, v * 0.114 in double for every byte v: the luma's
+ * products, looked up by the portable kernel. */
+static double luma_r[256], luma_g[256], luma_b[256];
 
 void pdq_init(void)
 {
@@ -46,6 +49,11 @@ void pdq_init(void)
         for (int j = 0; j < 64; j++)
             dct_matrix[i * 64 + j] =
                 (float)(scale * cos((pi / 2.0 / 64.0) * (double)(i + 1) * (double)(2 * j + 1)));
+    for (int v = 0; v < 256; v++) {
+        luma_r[v] = v * 0.299;
+        luma_g[v] = v * 0.587;
+        luma_b[v] = v * 0.114;
+    }
 }
 
 static int have_avx2(void)
@@ -74,23 +82,19 @@ static float count_at(int out, int n, int w)
 }
 
 /* Luma of one row, as pdqhash computes it: R*0.299 + G*0.587 + B*0.114 in
- * double, rounded to float. */
-static inline __attribute__((always_inline)) float luma_of(double r, double g, double b)
-{
-    return (float)(r * 0.299 + g * 0.587 + b * 0.114);
-}
-
+ * double (the products from the tables), rounded to float. */
 static void luma_row_generic(const uint8_t *px, int cols, int channels, float *out, int from)
 {
     for (int j = from; j < cols; j++) {
         const uint8_t *p = px + (size_t)j * channels;
-        out[j] = channels == 1 ? luma_of(p[0], p[0], p[0]) : luma_of(p[0], p[1], p[2]);
+        out[j] = channels == 1 ? (float)(luma_r[p[0]] + luma_g[p[0]] + luma_b[p[0]])
+                               : (float)(luma_r[p[0]] + luma_g[p[1]] + luma_b[p[2]]);
     }
 }
 
 #if HS_PDQ_X86
 /* 8 luma values from 8 R, G and B values (int32 lanes), in the same double
- * operations as luma_of (separate multiplies and adds: no FMA in this target). */
+ * operations (separate multiplies and adds: no FMA in this target). */
 __attribute__((target("avx2"))) static inline __m256
 luma8_avx2(__m256i r, __m256i g, __m256i b)
 {
