@@ -1,4 +1,5 @@
-"""Build the native core (hashsieve._core) and the resize (hashsieve._resample) from ext/.
+"""Build the native core (hashsieve._core), the resize (hashsieve._resample) and PDQ
+(hashsieve._pdq) from ext/.
 
 Set HASHSIEVE_DEBUG=1 to build with bounds checks, assertions and
 AddressSanitizer for debugging.
@@ -49,5 +50,18 @@ resample = Extension(
     extra_link_args=link_args,
 )
 
+# PDQ, bit-identical to Meta's reference.  -ffp-contract=off: the reference is
+# built for baseline x86-64 (no FMA instructions), so every multiply and add
+# rounds on its own; fused multiply-adds would change the float results.
+pdq = Extension(
+    "hashsieve._pdq",
+    sources=["ext/_pdq.pyx", "ext/pdq.c"],
+    depends=["ext/pdq.h"],
+    include_dirs=["ext", np.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")] + ([] if debug else [("NDEBUG", "1")]),
+    extra_compile_args=compile_args + ["-ffp-contract=off"],
+    extra_link_args=link_args,
+)
+
 setup(ext_modules=cythonize([core], compiler_directives=directives)
-      + cythonize([resample], compiler_directives=directives, build_dir="build/cython"))
+      + cythonize([resample, pdq], compiler_directives=directives, build_dir="build/cython"))
