@@ -4,6 +4,7 @@
     hashsieve.hash_image(path, "phash")     imagehash-compatible hashes (hashsieve.hashing)
     index.save(path) / HashIndex.load(path) durable memory-mapped files (hashsieve.storage)
     hashsieve.open_lists(path).match(h)     an index built from hash lists, matches with provenance (hashsieve.lists)
+    hashsieve.pdq_hash(rgb)                 Meta's 256-bit PDQ, bit-identical to pdqhash (hashsieve.pdq)
 """
 from ._core import get_isa, supported_isas
 from .hashing import (HASH_KINDS, HashResults, ImageHashError, hash_image, hash_images, image_detail,
@@ -11,6 +12,7 @@ from .hashing import (HASH_KINDS, HashResults, ImageHashError, hash_image, hash_
 from .hexcodes import from_hex, to_hex
 from .index import HashIndex
 from .lists import IndexOpenError, ListIndex, open_lists
+from .pdq import pdq_from_image, pdq_hash
 from .storage import IndexFormatError, IndexHandle, read_metadata
 
 __all__ = [
@@ -19,5 +21,6 @@ __all__ = [
     "iter_hash_images",
     "IndexFormatError", "IndexHandle", "read_metadata",
     "IndexOpenError", "ListIndex", "open_lists",
+    "pdq_hash", "pdq_from_image",
 ]
 __version__ = "0.1.0"
