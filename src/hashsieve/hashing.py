@@ -640,13 +640,15 @@ class HashResults:
 
 
 def _job(image):
-    """What crosses to a worker process: paths and bytes, never open files."""
-    if isinstance(image, (str, bytes, Image.Image)):
+    """What crosses to a worker process: paths and bytes, never open files.  Plain str and
+    bytes: a subclass defined in the caller's script would not unpickle in a worker, which
+    does not import the script."""
+    if isinstance(image, Image.Image):
         return image
-    if isinstance(image, os.PathLike):
-        return os.fspath(image)
-    if isinstance(image, (bytearray, memoryview)):
-        return bytes(image)
+    if isinstance(image, (str, os.PathLike)):
+        return str.__str__(os.fsdecode(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return image if type(image) is bytes else bytes(image)
     _check_input_type(image)
     data = image.read()             # a file object: read it here, hash it there
     if not data:
@@ -776,6 +778,17 @@ def _decoding_turn(img):
         _pool_conn.send(("done",))
 
 
+# Worker processes are named so; the fork server (hashsieve._worker) starts them without
+# importing the caller's __main__.
+WORKER_NAME = "hashsieve-worker"
+# The exit code of a "spawn" worker that found the caller's script calling the pool again
+# while the worker imported it: the pool then raises _UNGUARDED instead of reporting deaths.
+_UNGUARDED_EXIT = 87
+_UNGUARDED = ("the worker processes import the calling script again (as the 'spawn' start method does) and "
+              "it starts hashing at its top level; put that code under `if __name__ == \"__main__\":`, or "
+              "use the default start method (forkserver), which needs no guard")
+
+
 def _mp_context(name=None):
     import multiprocessing as mp
     if name is None:
@@ -785,7 +798,7 @@ def _mp_context(name=None):
     ctx = mp.get_context(name)
     if name == "forkserver":
         # Import and warm up once in the server instead of once per worker.
-        ctx.set_forkserver_preload(["__main__", "hashsieve._worker"])
+        ctx.set_forkserver_preload(["hashsieve._worker"])
     return ctx
 
 
@@ -842,7 +855,8 @@ class _Worker:
 
     def __init__(self, ctx, fn, args):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), fn, args), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), fn, args), daemon=True,
+                                name=WORKER_NAME)
         self.proc.start()
         child.close()
         # [unit, indices of its jobs, result if it dies on this one-job task]: running, then queued
@@ -920,7 +934,12 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
         unit's data is dropped here once its worker has it.
     stop: a threading.Event; once set, nothing more is yielded and the workers are ended.
     """
+    import multiprocessing as mp
     from multiprocessing.connection import wait
+    if getattr(mp.current_process(), "_inheriting", False):
+        # A "spawn" worker importing the caller's script, which calls us at its top level:
+        # starting a pool here would fail in every worker; say so to the pool that started us.
+        os._exit(_UNGUARDED_EXIT)
     ctx = _mp_context(mp_context)
     max_bytes = INFLIGHT_BYTES_PER_WORKER * workers if max_bytes is None else max_bytes
     units = iter(units)
@@ -948,6 +967,7 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
                     if not w.proc.is_alive():
                         w.stop()
                         w.join()
+                        _check_start(w)
                         w = pool[k] = _Worker(ctx, fn, args)
                     _dispatch(w, ready.popleft(), died)
             for w in pool:
@@ -982,6 +1002,7 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
                     _lost(w, ready, died)
                     w.stop()
                     w.join()
+                    _check_start(w)
                     pool[pool.index(w)] = _Worker(ctx, fn, args)
                     continue
                 if isinstance(results, tuple):      # from _decoding_turn
@@ -999,6 +1020,11 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
             w.stop()
         for w in pool:              # (after all were told: they end together)
             w.join()
+
+
+def _check_start(w):
+    if w.proc.exitcode == _UNGUARDED_EXIT:
+        raise RuntimeError(_UNGUARDED) from None
 
 
 def _message(jobs):
@@ -1063,8 +1089,10 @@ def hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpos
     images: any iterable of what hash_image accepts (paths are best: workers read
         the files themselves; file objects are read here and sent as bytes).
     workers: processes to use; None = all available cores, 1 = in this process.
-        Worker processes start with "forkserver" (or mp_context=), so scripts
-        calling this need the usual ``if __name__ == "__main__":`` guard.
+        Worker processes fork from a "forkserver" and do not import the calling
+        script again, so a script needs no ``if __name__ == "__main__":`` guard.
+        With mp_context="spawn" (the only method on Windows) it does: without it,
+        RuntimeError says so.
     Other arguments as hash_image.
 
     Returns HashResults: ``.hashes`` (uint64 array in input order, 0 on failure),
