@@ -112,7 +112,7 @@ def throughput(a):
                 f.write(f"{int(code) * 2 + 1 & (2**64 - 1):016x},R{k},random\n")
             listed = 0
             for k, p in enumerate(paths[:a.jpegs:2]):
-                code, det = hash_image(p, with_detail=True)
+                code, det, _ = hash_image(p, with_detail=True)
                 f.write(f"{code:016x},P{k},listed\n")
                 listed += det >= LOW_DETAIL_THRESHOLD
         index = os.path.join(tmp, "idx.hsi")
@@ -201,7 +201,7 @@ def detail(a):
         imgs = [_contrast(b, c, k) for k, b in enumerate(bases)]
         codes, dets, near = [], [], []
         for im in imgs:
-            code, d = hash_image(imagegen.encode(im, "PNG"), with_detail=True)
+            code, d, _ = hash_image(imagegen.encode(im, "PNG"), with_detail=True)
             codes.append(code)
             dets.append(d)
             near.append(bin(code ^ hash_image(_near(im))).count("1"))

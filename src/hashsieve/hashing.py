@@ -25,6 +25,7 @@ import pickle
 import signal
 import threading
 import time
+import warnings
 from collections import deque
 
 import numpy as np
@@ -362,9 +363,9 @@ def _explain(exc):
         return "not an image Pillow can read (unknown or unsupported format, or not an image file)"
     if isinstance(exc, MemoryError):
         return "ran out of memory while decoding; lower max_pixels or hash it with fast=True"
-    if "truncated" in msg or isinstance(exc, EOFError):
-        return (f"truncated image data ({msg or type(exc).__name__}); the file is incomplete, "
-                "re-fetch or re-export it")
+    if "truncated" in msg.lower() or isinstance(exc, EOFError):
+        # (not Pillow's "image file is truncated (0 bytes not processed)": its count says nothing)
+        return "truncated: the file ends before its image data does; it is incomplete, re-fetch or re-export it"
     return f"corrupt or unsupported image data ({type(exc).__name__}: {msg})"
 
 
@@ -422,11 +423,20 @@ _VIA_RGB = ("CMYK", "HSV")
 _BAND_PIXELS = 1 << 20
 
 
-def _greyscale(img):
+def _greyscale(img, owned=True):
     """The image as mode "L", converted exactly as imagehash does (Image.convert)."""
     if img.mode == "L":
         img.load()
         return img          # convert("L") would only copy it
+    if isinstance(img.info.get("transparency"), bytes):
+        # Pillow warns ("Palette images with Transparency expressed in bytes ...") and converts
+        # the pixels without it: converting them without it gives the same image, silently.
+        bare = img if owned else img.copy()
+        trns = bare.info.pop("transparency")
+        try:
+            return bare.convert("L")
+        finally:
+            bare.info["transparency"] = trns    # (the alpha check and flattening need it)
     w, h = img.size
     rows = max(1, _BAND_PIXELS // max(w, 1))
     if img.mode not in _VIA_RGB or rows >= h:
@@ -489,16 +499,43 @@ def _lanczos(grey, size):
     return _resample.lanczos_image(grey, size[0], size[1], order=order)
 
 
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Flattening backgrounds, in the order tried: white (what converters that flatten use), then black.
+_BACKGROUNDS = ((255, 255, 255, 255), (0, 0, 0, 255))
+
+
+def _has_alpha(img):
+    return img.mode in _ALPHA_MODES or ("transparency" in img.info and img.mode in ("P", "L", "RGB", "1"))
+
+
 def _is_fully_transparent(img):
     # (getextrema per band: no copy of the alpha channel)
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if img.mode in _ALPHA_MODES:
         return img.getextrema()[-1][1] == 0
-    if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1"):
+    if _has_alpha(img):
         return img.convert("RGBA").getextrema()[3][1] == 0
     return False
 
 
+def _flattened(img, background):
+    """The image composited onto an opaque RGBA background colour, as mode "L" (a band of rows
+    at a time: no whole RGBA copy)."""
+    w, h = img.size
+    rows = max(1, _BAND_PIXELS // max(w, 1))
+    grey = Image.new("L", img.size)
+    for y in range(0, h, rows):
+        band = img.crop((0, y, w, min(h, y + rows))).convert("RGBA")
+        grey.paste(Image.alpha_composite(Image.new("RGBA", band.size, background), band).convert("L"), (0, y))
+    return grey
+
+
 def _hash_pil(img, kind, fast, exif_transpose, with_detail, owned=True):
+    """(hash, detail or None, flattened) of a PIL image.
+
+    Images with alpha whose hash (imagehash's: the alpha dropped) is degenerate, such as a logo
+    whose shape is only in the alpha channel, are hashed flattened onto white, or else black,
+    if that hash is not degenerate (flattened=True); all others exactly as imagehash does.
+    """
     size0 = img.size                      # whash's scale comes from the original size
     if kind == "whash":
         scale = _whash_scale(size0)
@@ -512,35 +549,47 @@ def _hash_pil(img, kind, fast, exif_transpose, with_detail, owned=True):
         _draft(img, need)
     with _decoding_turn(img):
         if exif_transpose:
-            img = ImageOps.exif_transpose(img)
-        transparent = with_detail and _is_fully_transparent(img)
-        grey = _greyscale(img)
-        if owned and grey is not img:
+            img, owned = ImageOps.exif_transpose(img), True
+        alpha = _has_alpha(img)
+        transparent = with_detail and alpha and _is_fully_transparent(img)
+        grey = _greyscale(img, owned)
+        if owned and grey is not img and not alpha:
             img.close()     # free the colour pixels now: 4 bytes a pixel, 358 MB at the default max_pixels
+        code, detail = _hash_grey(grey, kind, fast, need, scale, with_detail)
+        del grey
+        flattened = False
+        if alpha and KINDS[kind].degenerate(np.uint64(code))[0]:
+            for background in _BACKGROUNDS:
+                flat = _hash_grey(_flattened(img, background), kind, fast, need, scale, with_detail)
+                if not KINDS[kind].degenerate(np.uint64(flat[0]))[0]:
+                    (code, detail), flattened = flat, True
+                    break
+        return code, 0.0 if transparent else detail, flattened
 
-        thumb32 = None
-        if kind == "phash":
-            thumb32 = _resize(grey, (_PHASH_SIZE, _PHASH_SIZE), fast, need)
-            bits = _phash_bits(thumb32)
-        elif kind == "dhash":
-            px = _resize(grey, (_HASH_SIZE + 1, _HASH_SIZE), fast, need)
-            bits = px[:, 1:] > px[:, :-1]
-        elif kind == "ahash":
-            px = _resize(grey, (_HASH_SIZE, _HASH_SIZE), fast, need)
-            bits = px > px.sum(dtype=np.int64) / px.size     # np.mean: exact sum / 64
-        elif kind == "whash":
-            low = _whash_low(_resize(grey, (scale, scale), fast, need), scale)
-            bits = low > _median64(low)
-        else:
-            raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
-        code = _bits_to_int(bits)
-        if not with_detail:
-            return code, None
-        if transparent:
-            return code, 0.0
-        if thumb32 is None:
-            thumb32 = _resize(grey, (_DETAIL_SIZE, _DETAIL_SIZE), fast, need)
-        return code, float(np.asarray(thumb32, dtype=np.float64).std())
+
+def _hash_grey(grey, kind, fast, need, scale, with_detail):
+    """(hash, detail or None) of the mode "L" image."""
+    thumb32 = None
+    if kind == "phash":
+        thumb32 = _resize(grey, (_PHASH_SIZE, _PHASH_SIZE), fast, need)
+        bits = _phash_bits(thumb32)
+    elif kind == "dhash":
+        px = _resize(grey, (_HASH_SIZE + 1, _HASH_SIZE), fast, need)
+        bits = px[:, 1:] > px[:, :-1]
+    elif kind == "ahash":
+        px = _resize(grey, (_HASH_SIZE, _HASH_SIZE), fast, need)
+        bits = px > px.sum(dtype=np.int64) / px.size     # np.mean: exact sum / 64
+    elif kind == "whash":
+        low = _whash_low(_resize(grey, (scale, scale), fast, need), scale)
+        bits = low > _median64(low)
+    else:
+        raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
+    code = _bits_to_int(bits)
+    if not with_detail:
+        return code, None
+    if thumb32 is None:
+        thumb32 = _resize(grey, (_DETAIL_SIZE, _DETAIL_SIZE), fast, need)
+    return code, float(np.asarray(thumb32, dtype=np.float64).std())
 
 
 def _check_kind(kind):
@@ -549,7 +598,7 @@ def _check_kind(kind):
 
 
 def _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels):
-    """(hash, detail-or-None); ImageHashError for any image that cannot be hashed."""
+    """(hash, detail or None, flattened); ImageHashError for any image that cannot be hashed."""
     name = _describe(image)
     img, owned = _open(image, name)
     try:
@@ -577,10 +626,13 @@ def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_de
         times faster on big JPEGs, at a cost of about 1 bit (see docs/hashing.md).
     exif_transpose: apply the EXIF orientation tag first.  Off by default because
         imagehash does not, so lists built with imagehash hash the stored pixels.
-    with_detail: return (hash, detail) where detail is the standard deviation of a
-        32x32 greyscale thumbnail (0-127.5): 0.0 for solid, blank and fully
+    with_detail: return (hash, detail, flattened).  detail is the standard deviation
+        of a 32x32 greyscale thumbnail (0-127.5): 0.0 for solid, blank and fully
         transparent images, whose hashes are degenerate (0000000000000000 or
-        8000000000000000) and match each other.
+        8000000000000000) and match each other.  flattened is True when the image has
+        alpha and was hashed flattened onto white (or black) because its imagehash
+        hash, which drops the alpha, is degenerate (kinds.py; e.g. a logo whose shape
+        is only in the alpha channel); then, and only then, the hash is not imagehash's.
     max_pixels: images with more pixels are refused before decoding (None: only
         Pillow's own PIL.Image.MAX_IMAGE_PIXELS applies).  It bounds decoding memory, so a
         WebP pixel, which Pillow needs 18 bytes to decode instead of 5, counts 18/5 times.
@@ -590,8 +642,8 @@ def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_de
     """
     _check_kind(kind)
     _check_input_type(image)
-    code, detail = _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels)
-    return (code, detail) if with_detail else code
+    code, detail, flattened = _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels)
+    return (code, detail, flattened) if with_detail else code
 
 
 def image_detail(image, fast=False, *, exif_transpose=False, max_pixels=DEFAULT_MAX_PIXELS):
@@ -613,14 +665,16 @@ class HashResults:
         0 is also the hash of a black image).
     errors: list of None or the error message for that image.
     detail: float64 array of detail scores when requested (NaN on failure), else None.
+    flattened: bool array, True where the image was hashed flattened (see hash_image).
     """
 
-    __slots__ = ("hashes", "errors", "detail")
+    __slots__ = ("hashes", "errors", "detail", "flattened")
 
-    def __init__(self, hashes, errors, detail=None):
+    def __init__(self, hashes, errors, detail, flattened):
         self.hashes = hashes
         self.errors = errors
         self.detail = detail
+        self.flattened = flattened
 
     @property
     def ok(self):
@@ -661,24 +715,23 @@ def _hash_chunk(jobs, kind, fast, exif_transpose, with_detail, max_pixels):
     for image in jobs:
         try:
             _check_input_type(image)
-            code, detail = _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels)
-            out.append((code, detail, None))
+            out.append(_hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels) + (None,))
         except (ImageHashError, TypeError) as e:
-            out.append((0, None, str(e)))
+            out.append((0, None, False, str(e)))
         except Exception as e:      # never let one image stop the batch
-            out.append((0, None, f"cannot hash {_describe(image)}: unexpected {type(e).__name__}: {e}"))
+            out.append((0, None, False, f"cannot hash {_describe(image)}: unexpected {type(e).__name__}: {e}"))
     return out
 
 
 def _died(job):
-    return 0, None, (f"cannot hash {_describe(job)}: the worker process died while decoding it "
+    return 0, None, False, (f"cannot hash {_describe(job)}: the worker process died while decoding it "
                      "(decoder crash or out-of-memory kill); try a smaller max_pixels")
 
 
 def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpose=False,
                      with_detail=False, max_pixels=DEFAULT_MAX_PIXELS, chunksize=None,
                      mp_context=None):
-    """Yield (hash, detail, error) per image, in input order, as results arrive.
+    """Yield (hash, detail, flattened, error) per image, in input order, as results arrive.
 
     Streaming form of hash_images (for progress bars and very long inputs): the
     input may be any iterable; at most a few chunks per worker are in flight.
@@ -708,7 +761,7 @@ def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_tra
     for failed, results in run_in_workers(units, _hash_chunk, args, _died, workers, mp_context):
         it = iter(results)
         for f in failed:
-            yield (0, None, f.message) if f is not None else next(it)
+            yield (0, None, False, f.message) if f is not None else next(it)
 
 
 def _chunks(images, sizes):
@@ -806,6 +859,9 @@ def _worker_main(conn, parent_pid, fn, args):
     """A worker process: fn(jobs, *args) on each chunk received; the list of results goes back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's business
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Decoders' warnings (Pillow's on palette transparency, corrupt EXIF ...) would reach the
+    # user's terminal once per worker; what matters about a file is in its result.
+    warnings.simplefilter("ignore")
     # With forkserver the workers are not the caller's children: if it is killed (SIGKILL,
     # OOM) nobody tells a busy worker to stop, so each watches the caller's pid.
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
@@ -1096,15 +1152,17 @@ def hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpos
     Other arguments as hash_image.
 
     Returns HashResults: ``.hashes`` (uint64 array in input order, 0 on failure),
-    ``.errors`` (None or a message naming the image), ``.ok``, ``.failed`` and,
-    with with_detail=True, ``.detail``.
+    ``.errors`` (None or a message naming the image), ``.ok``, ``.failed``,
+    ``.flattened`` and, with with_detail=True, ``.detail``.
     """
-    hashes, errors, details = [], [], []
-    for code, detail, error in iter_hash_images(
+    hashes, errors, details, flattened = [], [], [], []
+    for code, detail, flat, error in iter_hash_images(
             images, kind, workers, fast, exif_transpose=exif_transpose, with_detail=with_detail,
             max_pixels=max_pixels, chunksize=chunksize, mp_context=mp_context):
         hashes.append(code)
         errors.append(error)
         details.append(np.nan if detail is None else detail)
+        flattened.append(flat)
     return HashResults(np.array(hashes, dtype=np.uint64), errors,
-                       np.array(details, dtype=np.float64) if with_detail else None)
+                       np.array(details, dtype=np.float64) if with_detail else None,
+                       np.array(flattened, dtype=bool))

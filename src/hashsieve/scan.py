@@ -5,7 +5,13 @@ The report has one JSON line per file, in walk order, flushed as it is written::
     {"path": "...", "member": null | "name in archive", "member_path": null | ["name", ...],
      "hash": "hex" | null, "detail": float | null, "low_detail": bool, "degenerate": bool,
      "md5": "...", "sha1": "...", "matches": [{"list", "id", "label", "distance", "kind", "line"}],
-     "error": null | "text"}
+     "error": null | "text", "flattened": true (only when true)}
+
+``flattened``: present, and true, only for an image with alpha that was hashed flattened onto
+white (or black) because its imagehash hash, which drops the alpha, is degenerate (a logo whose
+shape is only in the alpha channel); that hash is not imagehash's (hashing.hash_image).
+``md5`` / ``sha1``: of the file's bytes as read, also when it is empty or cannot be decoded;
+null only when it could not be read.
 
 ``degenerate``: the hash carries no identity (kinds.py: one-dimensional bits, or within the
 radius of all-zero / all-one), so it makes no perceptual match unless match_degenerate; list
@@ -415,7 +421,8 @@ def walk(paths, limits=None, done=frozenset(), exclude=(), follow_symlinks=False
 
 # ====================================================================== workers
 def _hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
-    """[(code|None, detail|None, md5|None, sha1|None, error|None)] per job ((path, dev, ino) or bytes)."""
+    """[(code|None, detail|None, flattened, md5|None, sha1|None, error|None)] per job ((path, dev, ino)
+    or bytes); md5 and sha1 are those of the content read, empty too."""
     out = []
     for job in jobs:
         md5 = sha1 = None
@@ -432,22 +439,24 @@ def _hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
                     data = f.read(max_bytes + 1)
             else:
                 data = job
-            if data:
-                md5 = hashlib.md5(data).hexdigest()
-                sha1 = hashlib.sha1(data).hexdigest()
-            code, detail = hash_image(data, kind, fast, with_detail=True, max_pixels=max_pixels)
-            out.append((code, detail, md5, sha1, None))
+            md5 = hashlib.md5(data).hexdigest()
+            sha1 = hashlib.sha1(data).hexdigest()
+            if not data:
+                out.append((None, None, False, md5, sha1, "empty file (0 bytes); the upload or copy was "
+                                                          "probably cut short"))
+                continue
+            out.append(hash_image(data, kind, fast, with_detail=True, max_pixels=max_pixels) + (md5, sha1, None))
         except ImageHashError as e:
-            out.append((None, None, md5, sha1, e.reason))
+            out.append((None, None, False, md5, sha1, e.reason))
         except OSError as e:
-            out.append((None, None, md5, sha1, f"cannot read the file ({e.strerror or e})"))
+            out.append((None, None, False, md5, sha1, f"cannot read the file ({e.strerror or e})"))
         except Exception as e:          # never let one file stop the scan
-            out.append((None, None, md5, sha1, f"unexpected {type(e).__name__}: {e}"))
+            out.append((None, None, False, md5, sha1, f"unexpected {type(e).__name__}: {e}"))
     return out
 
 
 def _worker_died(job):
-    return None, None, None, None, ("the worker process died while decoding this file "
+    return None, None, False, None, None, ("the worker process died while decoding this file "
                                     "(decoder crash or out-of-memory kill)")
 
 
@@ -677,13 +686,16 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
             if summary.files % 8 == 0:
                 progress.set_postfix_str(_postfix(summary, t0), refresh=False)
 
-    def record(item, code=None, detail=None, md5=None, sha1=None, error=None):
-        return {**_name_fields(item.path, item.member),
-                "hash": None if code is None else f"{code:016x}",
-                "detail": None if detail is None else round(float(detail), 3),
-                "low_detail": detail is not None and detail < opts.low_detail,
-                "degenerate": code is not None and bool(kind.degenerate(np.uint64(code), opts.radius)[0]),
-                "md5": md5, "sha1": sha1, "matches": [], "error": None if error is None else _text(error)}
+    def record(item, code=None, detail=None, flattened=False, md5=None, sha1=None, error=None):
+        rec = {**_name_fields(item.path, item.member),
+               "hash": None if code is None else f"{code:016x}",
+               "detail": None if detail is None else round(float(detail), 3),
+               "low_detail": detail is not None and detail < opts.low_detail,
+               "degenerate": code is not None and bool(kind.degenerate(np.uint64(code), opts.radius)[0]),
+               "md5": md5, "sha1": sha1, "matches": [], "error": None if error is None else _text(error)}
+        if flattened:
+            rec["flattened"] = True
+        return rec
 
     def finish_chunk(metas, results):
         recs = [record(it, *res) for it, res in zip(metas, results)]
