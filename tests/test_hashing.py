@@ -383,6 +383,49 @@ def test_fast_path_on_large_photos_costs_about_a_bit():
         assert max(d) <= 6 and np.mean(d) <= 3, (kind, d)
 
 
+def _progressive_jpegs():
+    """{name: bytes}: progressive JPEGs with a short side >= 1024 (fast phash decodes them at 1/8)."""
+    photo = imagegen.camera_photo(1280, 1040, seed=3)
+    return {
+        "4:2:0, EXIF rotated": imagegen.encode(photo, "JPEG", quality=90, progressive=True,
+                                               exif=imagegen.camera_exif(6)),
+        "4:4:4": imagegen.encode(photo, "JPEG", quality=95, progressive=True, subsampling=0),
+        "grey, restart markers": imagegen.encode(photo.convert("L"), "JPEG", quality=85, progressive=True,
+                                                 restart_marker_blocks=7),
+        "CMYK": imagegen.encode(photo.convert("CMYK"), "JPEG", quality=88, progressive=True),
+    }
+
+
+def test_fast_path_decodes_only_the_scans_of_a_progressive_jpeg_that_its_pixels_need(monkeypatch):
+    files = _progressive_jpegs()
+    fast = {name: [hash_image(data, kind, fast=True, exif_transpose=name.endswith("rotated"))
+                   for kind in HASH_KINDS] for name, data in files.items()}
+    for name, data in files.items():
+        fewer = hashsieve.hashing._scans_for_eighth(Image.open(io.BytesIO(data)))
+        assert fewer is not None and len(fewer) < 0.4 * len(data), name
+        whole, cut = Image.open(io.BytesIO(data)), Image.open(io.BytesIO(fewer))
+        for im in (whole, cut):
+            im.draft("L", (128, 128))
+        assert whole.size == cut.size and np.array_equal(np.asarray(whole), np.asarray(cut)), name
+        assert cut.getexif() == whole.getexif()
+    # the hashes are fast=True's on the whole file (dhash keeps 256 px, so 1/4 scale: not cut)
+    monkeypatch.setattr(hashsieve.hashing, "_scans_for_eighth", lambda img: None)
+    for name, data in files.items():
+        assert fast[name] == [hash_image(data, kind, fast=True, exif_transpose=name.endswith("rotated"))
+                              for kind in HASH_KINDS], name
+
+
+def test_only_whole_progressive_jpegs_are_cut():
+    data = _progressive_jpegs()["4:2:0, EXIF rotated"]
+    baseline = imagegen.encode(imagegen.camera_photo(1280, 1040, seed=3), "JPEG", quality=90)
+    dht = data.index(b"\xff\xc4")
+    bad_length = data[:dht + 2] + b"\xff\xff" + data[dht + 4:]          # a table running past the end
+    for broken in (baseline, data[:len(data) // 2], data[:-2], bad_length):
+        assert hashsieve.hashing._scans_for_eighth(Image.open(io.BytesIO(broken))) is None
+    with pytest.raises(ImageHashError, match="truncated"):
+        hash_image(data[:len(data) // 2], fast=True)
+
+
 def test_fast_path_equals_exact_when_there_is_nothing_to_reduce(corpus_paths):
     small_png = [p for p in corpus_paths if p.suffix == ".png" and min(Image.open(p).size) < 256
                  and not p.name.startswith("edge")]

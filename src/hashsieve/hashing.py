@@ -22,6 +22,7 @@ import io
 import math
 import os
 import pickle
+import re
 import signal
 import threading
 import time
@@ -407,13 +408,89 @@ def _bits_to_int(bits):
 
 
 def _draft(img, need):
-    # libjpeg decodes straight to grey at 1/2, 1/4 or 1/8 scale, keeping the short
-    # side >= need.  Only when it can scale: grey decoding alone saves little and
-    # (Y instead of RGB->L, +-1 per pixel) flips bits of flat, tie-prone images.
-    # A no-op once the image is loaded.
-    if img.format in ("JPEG", "MPO") and hasattr(img, "draft"):
-        if min(img.size[0] // need, img.size[1] // need) >= 2:
-            img.draft("L", (need, need))
+    """The image to hash, set to decode straight to grey at 1/2, 1/4 or 1/8 scale if it is a JPEG
+    (libjpeg's DCT scaling), keeping the short side >= need; a progressive JPEG decoded at 1/8
+    comes back as a new image of fewer scans (_scans_for_eighth)."""
+    # Only when libjpeg can scale: grey decoding alone saves little and (Y instead of RGB->L,
+    # +-1 per pixel) flips bits of flat, tie-prone images.  A no-op once the image is loaded.
+    if img.format not in ("JPEG", "MPO") or not hasattr(img, "draft"):
+        return img
+    reduction = min(img.size[0] // need, img.size[1] // need)
+    if reduction >= 8 and img.format == "JPEG" and img.info.get("progressive"):
+        fewer = _scans_for_eighth(img)
+        if fewer is not None:
+            img = Image.open(io.BytesIO(fewer))     # (the caller closes the original)
+    if reduction >= 2:
+        img.draft("L", (need, need))
+    return img
+
+
+# A JPEG marker inside entropy-coded data: 0xFF followed by neither a stuffed 0x00, a restart
+# marker (RST0-7) nor another fill 0xFF.
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_SOF2, _SOS, _EOI = 0xC2, 0xDA, 0xD9
+
+
+def _scans_for_eighth(img):
+    """The progressive JPEG's bytes with only the scans its 1/8-scale decode needs, or None.
+
+    At 1/8 scale libjpeg's inverse DCT reads only each block's DC coefficient, so a progressive
+    file's AC scans, most of its bytes and of its decoding time, change nothing; kept are every DC
+    scan and each component's first AC scan that reaches coefficients 1-9 (without any AC data
+    libjpeg's block smoothing would also interpolate the DC values).  The pixels are the same
+    as the whole file's at 1/8 (tests/test_hashing.py).  None, and the whole file is decoded,
+    for anything unexpected: no SOF2, a damaged or cut segment, no end of image, or a file
+    bigger than 2 bytes a pixel (which would cost more memory than it saves).
+    """
+    fp = getattr(img, "fp", None)
+    if fp is None:
+        return None
+    try:
+        fp.seek(0, io.SEEK_END)
+        if fp.tell() > 2 * img.size[0] * img.size[1]:
+            return None
+        fp.seek(0)
+        data = fp.read()
+    except (OSError, ValueError):
+        return None
+    if data[:2] != b"\xff\xd8":
+        return None
+    parts, pos, progressive, first_ac = [data[:2]], 2, False, set()
+    while pos + 2 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        if data[pos + 1] == 0xFF:       # fill byte
+            pos += 1
+            continue
+        marker = data[pos + 1]
+        if marker == _EOI:
+            parts.append(data[pos:pos + 2])
+            return b"".join(parts) if progressive else None
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if not pos + 4 <= end <= len(data):
+            return None
+        keep = True
+        progressive |= marker == _SOF2
+        if marker == _SOS:
+            if not progressive:
+                return None
+            n = data[pos + 4]
+            if end != pos + 8 + 2 * n:
+                return None
+            ss = data[pos + 5 + 2 * n]
+            if ss:                      # an AC scan: one component (ITU T.81, G.1.1.1.1)
+                component = data[pos + 5]
+                keep = ss <= 9 and component not in first_ac
+                if keep:
+                    first_ac.add(component)
+            found = _MARKER.search(data, end)
+            if found is None:
+                return None
+            end = found.start()
+        if keep:
+            parts.append(data[pos:end])
+        pos = end
+    return None
 
 
 # Pillow converts these modes to "L" through a whole RGB copy (4 more bytes a pixel);
@@ -546,7 +623,7 @@ def _hash_pil(img, kind, fast, exif_transpose, with_detail, owned=True):
         scale = None
         need = _FAST_MIN_SIDE[kind]
     if fast and owned:              # never change the mode/size of a caller's image
-        _draft(img, need)
+        img = _draft(img, need)
     with _decoding_turn(img):
         if exif_transpose:
             img, owned = ImageOps.exif_transpose(img), True
