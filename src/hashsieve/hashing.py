@@ -10,9 +10,14 @@ synthetic and symmetric images produce exact ties at the median that are broken
 by rounding noise: a mathematically equal DCT would still flip bits there.
 
 ``fast=True`` trades a few bits for speed: JPEGs are decoded at 1/2-1/8 scale
-in greyscale (libjpeg DCT scaling via ``Image.draft``) and large images are
-box-reduced before the LANCZOS resize.  Its cost in bits is measured in
-docs/hashing.md.
+in greyscale (libjpeg DCT scaling via ``Image.draft``; a progressive JPEG
+decoded at 1/8 is first cut to the scans that scale reads, same pixels) and
+large images are box-reduced before the LANCZOS resize.  Its cost in bits is
+measured in docs/hashing.md.
+
+Images with alpha whose hash is degenerate the imagehash way (the alpha
+dropped) are hashed flattened onto white or black (_hash_pil); all others as
+imagehash hashes them.
 
 Hash layout: the 8x8 bit matrix row-major, first bit most significant, so
 ``int(str(imagehash.phash(im)), 16) == hash_image(im)``.
@@ -698,9 +703,10 @@ def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_de
         file, a binary file object, or a PIL.Image (hashed as it is, current frame).
     kind: "phash", "dhash", "ahash" or "whash" (imagehash's functions with
         hash_size=8; whash is haar with remove_max_haar_ll=True).
-    fast: False (default) is bit-exact with imagehash 4.3.  True decodes JPEGs at
-        reduced scale in greyscale and box-reduces large images first: several
-        times faster on big JPEGs, at a cost of about 1 bit (see docs/hashing.md).
+    fast: False (default) is bit-exact with imagehash 4.3 (but see with_detail on
+        flattening).  True decodes JPEGs at reduced scale in greyscale (a big
+        progressive one from fewer scans) and box-reduces large images first:
+        several times faster on big JPEGs, at a cost of about 1 bit (docs/hashing.md).
     exif_transpose: apply the EXIF orientation tag first.  Off by default because
         imagehash does not, so lists built with imagehash hash the stored pixels.
     with_detail: return (hash, detail, flattened).  detail is the standard deviation
@@ -802,7 +808,7 @@ def _hash_chunk(jobs, kind, fast, exif_transpose, with_detail, max_pixels):
 
 def _died(job):
     return 0, None, False, (f"cannot hash {_describe(job)}: the worker process died while decoding it "
-                     "(decoder crash or out-of-memory kill); try a smaller max_pixels")
+                            "(decoder crash or out-of-memory kill); try a smaller max_pixels")
 
 
 def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpose=False,

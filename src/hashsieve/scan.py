@@ -555,7 +555,7 @@ def _hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
 
 def _worker_died(job):
     return None, None, False, None, None, ("the worker process died while decoding this file "
-                                    "(decoder crash or out-of-memory kill)")
+                                           "(decoder crash or out-of-memory kill)")
 
 
 def _units(items, chunk):
