@@ -451,8 +451,9 @@ def progress(a):
                 runs[with_bar].append((first[0], time.perf_counter() - t, time.process_time() - c))
         print("| bar | first line s | all s, wall | scan process CPU s |\n|---|---|---|---|")
         for with_bar, rs in runs.items():
-            med = [statistics.median(x[k] for x in rs) for k in range(3)]
-            print(f"| {'yes' if with_bar else 'no'} | {med[0]:.3f} | {med[1]:.1f} | {med[2]:.2f} |")
+            cells = [f"{statistics.median(x[k] for x in rs):.{d}f} (min {min(x[k] for x in rs):.{d}f})"
+                     for k, d in ((0, 3), (1, 1), (2, 2))]
+            print(f"| {'yes' if with_bar else 'no'} | {' | '.join(cells)} |")
         print(f"\n(medians of {a.rounds} runs each, interleaved; load average at end {os.getloadavg()[0]:.2f})\n")
 
 

@@ -445,7 +445,8 @@ def _scans_for_eighth(img):
     libjpeg's block smoothing would also interpolate the DC values).  The pixels are the same
     as the whole file's at 1/8 (tests/test_hashing.py).  None, and the whole file is decoded,
     for anything unexpected: no SOF2, a damaged or cut segment, no end of image, or a file
-    bigger than 2 bytes a pixel (which would cost more memory than it saves).
+    bigger than 2 bytes a pixel (the file and its cut copy stay in memory while libjpeg decodes;
+    camera files are 0.2-0.5 bytes a pixel).
     """
     fp = getattr(img, "fp", None)
     if fp is None:
