@@ -5,6 +5,7 @@
     .venv/bin/python bench/bench_hashing.py fastcost   [--jpegs 40]
     .venv/bin/python bench/bench_hashing.py resize     [--rounds 3]
     .venv/bin/python bench/bench_hashing.py poolstart  [--rounds 3]
+    .venv/bin/python bench/bench_hashing.py photos     [--photos 24 --rounds 3 --cache DIR]
     .venv/bin/python bench/bench_hashing.py all
 
 Every image is synthetic (tests/imagegen.py), written to a temporary folder so
@@ -271,13 +272,116 @@ def poolstart(args):
           f"{statistics.median(times) * 1e3:.1f} ms, all {ms}\n")
 
 
+# ---------------------------------------------------------------------------
+# camera-like JPEGs: large, progressive or baseline, 4:2:0 or 4:4:4, with EXIF
+# ---------------------------------------------------------------------------
+
+PHOTO_SIZES = ((2560, 1600), (3000, 2000), (3840, 2160), (4032, 3024), (4608, 3456), (5040, 3360))  # 4-17 MP
+PHOTO_SCENES = ("photo", "landscape", "clouds")
+
+
+def make_photos(folder, n, seed=11):
+    """[(path, description)]: pairs of one size, one baseline and one progressive; the last third
+    of the pairs 4:4:4, the others 4:2:0; quality 85-95; every fourth rotated by EXIF."""
+    out = []
+    for i in range(n):
+        pair = i // 2
+        w, h = PHOTO_SIZES[pair % len(PHOTO_SIZES)]
+        progressive = i % 2 == 1
+        subsampling = 0 if pair >= (2 * (n // 2)) // 3 else 2
+        quality = 85 + (pair * 5) % 11
+        orientation = 6 if i % 4 == 3 else 1
+        what = (f"{'progressive' if progressive else 'baseline'} {'4:4:4' if subsampling == 0 else '4:2:0'}")
+        p = os.path.join(folder, f"camera{seed}-{i:02d}-{w}x{h}-q{quality}-{what.replace(' ', '-').replace(':', '')}"
+                                 f"-o{orientation}.jpg")
+        if not os.path.exists(p):
+            img = imagegen.camera_photo(w, h, seed * 100 + i, PHOTO_SCENES[i % len(PHOTO_SCENES)])
+            data = imagegen.encode(img, "JPEG", quality=quality, subsampling=subsampling, progressive=progressive,
+                                   exif=imagegen.camera_exif(orientation))
+            with open(p + ".part", "wb") as f:
+                f.write(data)
+            os.replace(p + ".part", p)
+        out.append((p, what))
+    return out
+
+
+def photos(args):
+    """fast=True, the exact path and imagehash on camera-like JPEGs, interleaved, CPU time per call."""
+    import imagehash
+    from PIL import Image
+    from hashsieve import hashing
+    whole_file = {}
+
+    def fast_whole_file(p):
+        # fast=True as it was before progressive files were cut to the scans a 1/8 decode needs
+        saved, hashing._scans_for_eighth = hashing._scans_for_eighth, lambda img: None
+        try:
+            return hash_image(p, fast=True)
+        finally:
+            hashing._scans_for_eighth = saved
+
+    methods = {
+        "imagehash.phash": lambda p: int(str(imagehash.phash(Image.open(p))), 16),
+        "hashsieve exact": lambda p: hash_image(p),
+        "hashsieve fast": lambda p: hash_image(p, fast=True),
+        "hashsieve fast, whole progressive file (before)": fast_whole_file,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.cache or tmp
+        os.makedirs(folder, exist_ok=True)
+        t = time.perf_counter()
+        items = make_photos(folder, args.photos)
+        print(f"# camera-like JPEGs: {len(items)} images, {sum(os.path.getsize(p) for p, _ in items) / 1e6:.0f} MB "
+              f"(made or found in {time.perf_counter() - t:.0f} s); {os.cpu_count()} CPUs, load average "
+              f"{os.getloadavg()[0]:.2f}; CPU time per call, {args.rounds} rounds, methods in rotating order\n")
+        for p, _ in items[:2]:      # warm-up: imports, the resize probe, page cache
+            for fn in methods.values():
+                fn(p)
+        cpu = {m: {p: [] for p, _ in items} for m in methods}
+        answers = {m: {} for m in methods}
+        names = list(methods)
+        for r in range(args.rounds):
+            for k, (p, _) in enumerate(items):
+                order = names[(r + k) % len(names):] + names[:(r + k) % len(names)]
+                for m in order:
+                    c = time.process_time()
+                    answers[m][p] = methods[m](p)
+                    cpu[m][p].append(time.process_time() - c)
+        for p, what in items:    # the answers: exact is imagehash's, the cut file gives fast's hash
+            assert answers["hashsieve exact"][p] == answers["imagehash.phash"][p], p
+            assert answers["hashsieve fast"][p] == answers["hashsieve fast, whole progressive file (before)"][p], p
+        groups = {"all": [p for p, _ in items]}
+        for p, what in items:
+            groups.setdefault(what, []).append(p)
+        print("| images | method | ms per image | x imagehash |\n|---|---|---|---|")
+        for g, paths in groups.items():
+            base = [sum(cpu["imagehash.phash"][p][r] for p in paths) for r in range(args.rounds)]
+            for m in methods:
+                tot = [sum(cpu[m][p][r] for p in paths) for r in range(args.rounds)]
+                ratio = statistics.median(b / t for b, t in zip(base, tot))
+                label = f"{g} ({len(paths)}, {sum(os.path.getsize(p) for p in paths) / len(paths) / 1e6:.1f} MB avg)"
+                print(f"| {label} | {m} | {1e3 * statistics.median(tot) / len(paths):.0f} | {ratio:.2f}x |")
+                label = ""
+        print("\nfast=True against the exact path, bits differing per image:\n")
+        print("| images | kind | mean | median | max | identical |\n|---|---|---|---|---|---|")
+        for g in ("all", "baseline 4:2:0", "progressive 4:2:0", "baseline 4:4:4", "progressive 4:4:4"):
+            for kind in HASH_KINDS:
+                d = np.array([popcount(hash_image(p, kind) ^ hash_image(p, kind, fast=True)) for p in groups.get(g, [])])
+                if d.size:
+                    print(f"| {g} ({d.size}) | {kind} | {d.mean():.2f} | {np.median(d):.0f} | {d.max()} | "
+                          f"{100 * (d == 0).mean():.0f}% |")
+        print(f"\nload average at end: {os.getloadavg()[0]:.2f}\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("throughput", "neardup", "fastcost", "resize", "poolstart", "all"))
+    ap.add_argument("what", choices=("throughput", "neardup", "fastcost", "resize", "poolstart", "photos", "all"))
     ap.add_argument("--jpegs", type=int, default=24)
     ap.add_argument("--pngs", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--originals", type=int, default=120)
+    ap.add_argument("--photos", type=int, default=24)
+    ap.add_argument("--cache", help="folder to keep the generated photos in between runs")
     args = ap.parse_args(argv)
     if args.what in ("throughput", "all"):
         throughput(args)
@@ -289,6 +393,8 @@ def main(argv=None):
         resize(args)
     if args.what in ("poolstart", "all"):
         poolstart(args)
+    if args.what in ("photos", "all"):
+        photos(args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     .venv/bin/python bench/bench_scan.py memory [--workers 2 --members 12 --cases zip png rgbpng mix]
     .venv/bin/python bench/bench_scan.py decodecost
     .venv/bin/python bench/bench_scan.py zipdir [--entries 200000]
+    .venv/bin/python bench/bench_scan.py progress [--files 10000 --per-folder 100 --zip-entries 100000]
 
 throughput: 1-4 megapixel synthetic JPEGs in a temporary folder; `hashsieve scan`
 (the real command, in a subprocess, against an index of 100,000 random hashes plus
@@ -40,6 +41,12 @@ peak RSS (VmHWM) from before Image.open to after the grey copy, over 9 million.
 zipdir: what opening a zip of many (empty) members costs the scan process:
 zipfile reads the whole central directory into one ZipInfo per member (the
 walk stops at Limits.max_members, 1,000,000).
+
+progress: what keeping the progress bar's total costs (scan._Total): a tree of tiny PNGs in
+folders of --per-folder, plus a zip of --zip-entries empty members; the background count alone
+(seconds, and the peak of Python allocations while it runs, tracemalloc), and scan() with
+workers=2 with and without a bar, interleaved: seconds to the first report line and in all,
+and the CPU time of the scan process (where the bar's work is done), medians.
 """
 import argparse
 import io
@@ -112,7 +119,7 @@ def throughput(a):
                 f.write(f"{int(code) * 2 + 1 & (2**64 - 1):016x},R{k},random\n")
             listed = 0
             for k, p in enumerate(paths[:a.jpegs:2]):
-                code, det = hash_image(p, with_detail=True)
+                code, det, _ = hash_image(p, with_detail=True)
                 f.write(f"{code:016x},P{k},listed\n")
                 listed += det >= LOW_DETAIL_THRESHOLD
         index = os.path.join(tmp, "idx.hsi")
@@ -201,7 +208,7 @@ def detail(a):
         imgs = [_contrast(b, c, k) for k, b in enumerate(bases)]
         codes, dets, near = [], [], []
         for im in imgs:
-            code, d = hash_image(imagegen.encode(im, "PNG"), with_detail=True)
+            code, d, _ = hash_image(imagegen.encode(im, "PNG"), with_detail=True)
             codes.append(code)
             dets.append(d)
             near.append(bin(code ^ hash_image(_near(im))).count("1"))
@@ -387,6 +394,69 @@ def zipdir(a):
               f"by {peak / 2**20:.0f} MiB, {peak / n:.0f} bytes a member")
 
 
+class _Bar:
+    """The part of a tqdm bar scan() uses."""
+
+    def __init__(self):
+        self.n = self.initial = self.total = 0
+
+    def update(self, k):
+        self.n += k
+
+    def set_postfix_str(self, text, refresh=True):
+        pass
+
+
+def progress(a):
+    import tracemalloc
+    import zipfile
+    from hashsieve.scan import Limits, ScanOptions, _Total, scan
+    tiny = imagegen.encode(imagegen.scene("shapes", 24, 16, 1), "PNG")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "tree")
+        for k in range(a.files):
+            folder = os.path.join(root, f"d{k // (a.per_folder * 10):03d}", f"e{k // a.per_folder:05d}")
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, f"{k:07d}.png"), "wb") as f:
+                f.write(tiny)
+        with zipfile.ZipFile(os.path.join(root, "many.zip"), "w") as z:
+            for k in range(a.zip_entries):
+                z.writestr(f"m/{k:08d}.png", b"")
+        lines = a.files + a.zip_entries
+        tracemalloc.start()
+        t = time.perf_counter()
+        total = _Total([root], Limits(), set())
+        while total.counting:
+            time.sleep(0.001)
+        count_s = time.perf_counter() - t
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"# progress: {a.files:,} files in folders of {a.per_folder}, a zip of {a.zip_entries:,} members "
+              f"({lines:,} report lines); load average {os.getloadavg()[0]:.2f}\n")
+        print(f"background count alone: {total.counted:,} lines in {count_s:.2f} s, peak Python allocations "
+              f"{peak / 2**10:.0f} KiB\n")
+        scan([os.path.join(root, "d000", "e00000")], None, lambda rec: None, ScanOptions(workers=2))   # warm-up
+        runs = {True: [], False: []}
+        for r in range(a.rounds):
+            for with_bar in (r % 2 == 0, r % 2 == 1):
+                first = []
+                t, c = time.perf_counter(), time.process_time()
+
+                def out(rec):
+                    if not first:
+                        first.append(time.perf_counter() - t)
+
+                s = scan([root], None, out, ScanOptions(workers=2), progress=_Bar() if with_bar else None)
+                assert s.files == lines
+                runs[with_bar].append((first[0], time.perf_counter() - t, time.process_time() - c))
+        print("| bar | first line s | all s, wall | scan process CPU s |\n|---|---|---|---|")
+        for with_bar, rs in runs.items():
+            cells = [f"{statistics.median(x[k] for x in rs):.{d}f} (min {min(x[k] for x in rs):.{d}f})"
+                     for k, d in ((0, 3), (1, 1), (2, 2))]
+            print(f"| {'yes' if with_bar else 'no'} | {' | '.join(cells)} |")
+        print(f"\n(medians of {a.rounds} runs each, interleaved; load average at end {os.getloadavg()[0]:.2f})\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -411,6 +481,12 @@ def main():
     z = sub.add_parser("zipdir")
     z.add_argument("--entries", type=int, default=200_000)
     z.set_defaults(func=zipdir)
+    g = sub.add_parser("progress")
+    g.add_argument("--files", type=int, default=10_000)
+    g.add_argument("--per-folder", type=int, default=100)
+    g.add_argument("--zip-entries", type=int, default=100_000)
+    g.add_argument("--rounds", type=int, default=2)
+    g.set_defaults(func=progress)
     a = p.parse_args()
     a.func(a)
 

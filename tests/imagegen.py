@@ -6,6 +6,7 @@ version).  Reused by tests/test_hashing.py and bench/bench_hashing.py.
 
     scene(name, width, height, seed)  -> PIL RGB image
     photo(width, height, seed)        -> photo-like RGB image (the default scene for benchmarks)
+    camera_photo(width, height, seed) -> large photo-like image with detail at every scale
     corpus(seed, n_scenes)            -> [(name, encoded bytes)] covering every format and mode
     variants(image, seed)             -> {name: near-duplicate PIL image}
     broken_files()                    -> {name: bytes} that must fail to hash
@@ -178,6 +179,26 @@ def scene(name, width, height, seed=0):
 
 def photo(width, height, seed=0):
     return scene("photo", width, height, seed)
+
+
+def camera_photo(width, height, seed=0, name="photo"):
+    """A large photo-like RGB image with detail at every scale, as a camera stores one: the scene
+    rendered at half size and upscaled, plus fine texture (~3 px) and per-pixel sensor grain at
+    full size.  int16 arithmetic: a 17 MP image needs ~150 MB and a few seconds."""
+    rng = _rng(seed)
+    w2, h2 = (width + 1) // 2, (height + 1) // 2
+    arr = np.asarray(scene(name, w2, h2, seed).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+    fine = Image.fromarray(rng.integers(0, 256, (height // 3 + 1, width // 3 + 1), dtype=np.uint8))
+    texture = np.asarray(fine.resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16) - 128
+    arr += (texture >> 2)[..., None] + rng.integers(-4, 5, (height, width, 1), dtype=np.int16)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def camera_exif(orientation=1):
+    """EXIF a camera writes: make, model, date and the orientation tag."""
+    exif = _exif_orientation(orientation)
+    exif[0x010F], exif[0x0110], exif[0x0132] = "Synthetic", "hashsieve camera", "2026:12:01 10:00:00"
+    return exif
 
 
 # ---------------------------------------------------------------------------

@@ -317,11 +317,13 @@ def _add_limit_options(p):
 
 
 def cmd_hash(a):
-    from .scan import ScanOptions, record_name, scan
+    from .scan import ScanOptions, progress_bar, record_name, scan
     for p in a.paths:
         if not os.path.lexists(p):
             raise CliError(f"{p}: no such file or folder")
     failed = [0]
+    # A bar only when the hashes go to a file or pipe: on the terminal they show the progress.
+    progress = None if sys.stdout.isatty() else progress_bar("hash")
 
     def out(rec):
         name = record_name(rec)
@@ -329,12 +331,20 @@ def cmd_hash(a):
             print(f"{rec['hash']}\t{name}", flush=True)
         else:
             failed[0] += 1
-            print(f"hashsieve: {name}: {rec['error']}", file=sys.stderr, flush=True)
+            line = f"hashsieve: {name}: {rec['error']}"
+            if progress is None:
+                print(line, file=sys.stderr, flush=True)
+            else:
+                progress.write(line, file=sys.stderr)   # (clears the bar, writes, draws it again)
 
     opts = ScanOptions(kind=a.kind, workers=a.workers, fast=a.fast, limits=_limits(a),
                        follow_symlinks=a.follow_symlinks)
     stop = _install_stop()
-    s = scan(a.paths, None, out, opts, stop=stop)
+    try:
+        s = scan(a.paths, None, out, opts, progress=progress, stop=stop)
+    finally:
+        if progress is not None:
+            progress.close()
     if s.interrupted:
         return 130 if stop.signum == signal.SIGINT else 143
     return EXIT_MATCH if failed[0] else EXIT_OK
@@ -349,7 +359,7 @@ def _install_stop():
 
 
 def cmd_scan(a):
-    from .scan import ScanOptions, read_report, scan
+    from .scan import ScanOptions, progress_bar, read_report, scan
     for p in a.paths:
         if not os.path.lexists(p):
             raise CliError(f"{p}: no such file or folder; check the path")
@@ -382,13 +392,8 @@ def cmd_scan(a):
         out = open(a.report, "a" if a.resume else "w", encoding="utf-8")
     else:
         out = sys.stdout
-    progress = None
-    try:
-        from tqdm import tqdm
-        progress = tqdm(unit="file", file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True,
-                        initial=len(previous), desc="scan")
-    except ImportError:
-        pass
+    # No bar between report lines on the terminal: they show the progress.
+    progress = None if out is sys.stdout and sys.stdout.isatty() else progress_bar("scan", initial=len(previous))
     stop = _install_stop()
     exclude = [a.index, a.index + ".lock", li.prov.path] + ([a.report] if a.report else [])
     try:

@@ -10,9 +10,14 @@ synthetic and symmetric images produce exact ties at the median that are broken
 by rounding noise: a mathematically equal DCT would still flip bits there.
 
 ``fast=True`` trades a few bits for speed: JPEGs are decoded at 1/2-1/8 scale
-in greyscale (libjpeg DCT scaling via ``Image.draft``) and large images are
-box-reduced before the LANCZOS resize.  Its cost in bits is measured in
-docs/hashing.md.
+in greyscale (libjpeg DCT scaling via ``Image.draft``; a progressive JPEG
+decoded at 1/8 is first cut to the scans that scale reads, same pixels) and
+large images are box-reduced before the LANCZOS resize.  Its cost in bits is
+measured in docs/hashing.md.
+
+Images with alpha whose hash is degenerate the imagehash way (the alpha
+dropped) are hashed flattened onto white or black (_hash_pil); all others as
+imagehash hashes them.
 
 Hash layout: the 8x8 bit matrix row-major, first bit most significant, so
 ``int(str(imagehash.phash(im)), 16) == hash_image(im)``.
@@ -22,9 +27,11 @@ import io
 import math
 import os
 import pickle
+import re
 import signal
 import threading
 import time
+import warnings
 from collections import deque
 
 import numpy as np
@@ -362,9 +369,9 @@ def _explain(exc):
         return "not an image Pillow can read (unknown or unsupported format, or not an image file)"
     if isinstance(exc, MemoryError):
         return "ran out of memory while decoding; lower max_pixels or hash it with fast=True"
-    if "truncated" in msg or isinstance(exc, EOFError):
-        return (f"truncated image data ({msg or type(exc).__name__}); the file is incomplete, "
-                "re-fetch or re-export it")
+    if "truncated" in msg.lower() or isinstance(exc, EOFError):
+        # (not Pillow's "image file is truncated (0 bytes not processed)": its count says nothing)
+        return "truncated: the file ends before its image data does; it is incomplete, re-fetch or re-export it"
     return f"corrupt or unsupported image data ({type(exc).__name__}: {msg})"
 
 
@@ -406,13 +413,90 @@ def _bits_to_int(bits):
 
 
 def _draft(img, need):
-    # libjpeg decodes straight to grey at 1/2, 1/4 or 1/8 scale, keeping the short
-    # side >= need.  Only when it can scale: grey decoding alone saves little and
-    # (Y instead of RGB->L, +-1 per pixel) flips bits of flat, tie-prone images.
-    # A no-op once the image is loaded.
-    if img.format in ("JPEG", "MPO") and hasattr(img, "draft"):
-        if min(img.size[0] // need, img.size[1] // need) >= 2:
-            img.draft("L", (need, need))
+    """The image to hash, set to decode straight to grey at 1/2, 1/4 or 1/8 scale if it is a JPEG
+    (libjpeg's DCT scaling), keeping the short side >= need; a progressive JPEG decoded at 1/8
+    comes back as a new image of fewer scans (_scans_for_eighth)."""
+    # Only when libjpeg can scale: grey decoding alone saves little and (Y instead of RGB->L,
+    # +-1 per pixel) flips bits of flat, tie-prone images.  A no-op once the image is loaded.
+    if img.format not in ("JPEG", "MPO") or not hasattr(img, "draft"):
+        return img
+    reduction = min(img.size[0] // need, img.size[1] // need)
+    if reduction >= 8 and img.format == "JPEG" and img.info.get("progressive"):
+        fewer = _scans_for_eighth(img)
+        if fewer is not None:
+            img = Image.open(io.BytesIO(fewer))     # (the caller closes the original)
+    if reduction >= 2:
+        img.draft("L", (need, need))
+    return img
+
+
+# A JPEG marker inside entropy-coded data: 0xFF followed by neither a stuffed 0x00, a restart
+# marker (RST0-7) nor another fill 0xFF.
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_SOF2, _SOS, _EOI = 0xC2, 0xDA, 0xD9
+
+
+def _scans_for_eighth(img):
+    """The progressive JPEG's bytes with only the scans its 1/8-scale decode needs, or None.
+
+    At 1/8 scale libjpeg's inverse DCT reads only each block's DC coefficient, so a progressive
+    file's AC scans, most of its bytes and of its decoding time, change nothing; kept are every DC
+    scan and each component's first AC scan that reaches coefficients 1-9 (without any AC data
+    libjpeg's block smoothing would also interpolate the DC values).  The pixels are the same
+    as the whole file's at 1/8 (tests/test_hashing.py).  None, and the whole file is decoded,
+    for anything unexpected: no SOF2, a damaged or cut segment, no end of image, or a file
+    bigger than 2 bytes a pixel (the file and its cut copy stay in memory while libjpeg decodes;
+    camera files are 0.2-0.5 bytes a pixel).
+    """
+    fp = getattr(img, "fp", None)
+    if fp is None:
+        return None
+    try:
+        fp.seek(0, io.SEEK_END)
+        if fp.tell() > 2 * img.size[0] * img.size[1]:
+            return None
+        fp.seek(0)
+        data = fp.read()
+    except (OSError, ValueError):
+        return None
+    if data[:2] != b"\xff\xd8":
+        return None
+    parts, pos, progressive, first_ac = [data[:2]], 2, False, set()
+    while pos + 2 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        if data[pos + 1] == 0xFF:       # fill byte
+            pos += 1
+            continue
+        marker = data[pos + 1]
+        if marker == _EOI:
+            parts.append(data[pos:pos + 2])
+            return b"".join(parts) if progressive else None
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if not pos + 4 <= end <= len(data):
+            return None
+        keep = True
+        progressive |= marker == _SOF2
+        if marker == _SOS:
+            if not progressive:
+                return None
+            n = data[pos + 4]
+            if end != pos + 8 + 2 * n:
+                return None
+            ss = data[pos + 5 + 2 * n]
+            if ss:                      # an AC scan: one component (ITU T.81, G.1.1.1.1)
+                component = data[pos + 5]
+                keep = ss <= 9 and component not in first_ac
+                if keep:
+                    first_ac.add(component)
+            found = _MARKER.search(data, end)
+            if found is None:
+                return None
+            end = found.start()
+        if keep:
+            parts.append(data[pos:end])
+        pos = end
+    return None
 
 
 # Pillow converts these modes to "L" through a whole RGB copy (4 more bytes a pixel);
@@ -422,11 +506,20 @@ _VIA_RGB = ("CMYK", "HSV")
 _BAND_PIXELS = 1 << 20
 
 
-def _greyscale(img):
+def _greyscale(img, owned=True):
     """The image as mode "L", converted exactly as imagehash does (Image.convert)."""
     if img.mode == "L":
         img.load()
         return img          # convert("L") would only copy it
+    if isinstance(img.info.get("transparency"), bytes):
+        # Pillow warns ("Palette images with Transparency expressed in bytes ...") and converts
+        # the pixels without it: converting them without it gives the same image, silently.
+        bare = img if owned else img.copy()
+        trns = bare.info.pop("transparency")
+        try:
+            return bare.convert("L")
+        finally:
+            bare.info["transparency"] = trns    # (the alpha check and flattening need it)
     w, h = img.size
     rows = max(1, _BAND_PIXELS // max(w, 1))
     if img.mode not in _VIA_RGB or rows >= h:
@@ -489,16 +582,43 @@ def _lanczos(grey, size):
     return _resample.lanczos_image(grey, size[0], size[1], order=order)
 
 
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Flattening backgrounds, in the order tried: white (what converters that flatten use), then black.
+_BACKGROUNDS = ((255, 255, 255, 255), (0, 0, 0, 255))
+
+
+def _has_alpha(img):
+    return img.mode in _ALPHA_MODES or ("transparency" in img.info and img.mode in ("P", "L", "RGB", "1"))
+
+
 def _is_fully_transparent(img):
     # (getextrema per band: no copy of the alpha channel)
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if img.mode in _ALPHA_MODES:
         return img.getextrema()[-1][1] == 0
-    if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1"):
+    if _has_alpha(img):
         return img.convert("RGBA").getextrema()[3][1] == 0
     return False
 
 
+def _flattened(img, background):
+    """The image composited onto an opaque RGBA background colour, as mode "L" (a band of rows
+    at a time: no whole RGBA copy)."""
+    w, h = img.size
+    rows = max(1, _BAND_PIXELS // max(w, 1))
+    grey = Image.new("L", img.size)
+    for y in range(0, h, rows):
+        band = img.crop((0, y, w, min(h, y + rows))).convert("RGBA")
+        grey.paste(Image.alpha_composite(Image.new("RGBA", band.size, background), band).convert("L"), (0, y))
+    return grey
+
+
 def _hash_pil(img, kind, fast, exif_transpose, with_detail, owned=True):
+    """(hash, detail or None, flattened) of a PIL image.
+
+    Images with alpha whose hash (imagehash's: the alpha dropped) is degenerate, such as a logo
+    whose shape is only in the alpha channel, are hashed flattened onto white, or else black,
+    if that hash is not degenerate (flattened=True); all others exactly as imagehash does.
+    """
     size0 = img.size                      # whash's scale comes from the original size
     if kind == "whash":
         scale = _whash_scale(size0)
@@ -509,38 +629,50 @@ def _hash_pil(img, kind, fast, exif_transpose, with_detail, owned=True):
         scale = None
         need = _FAST_MIN_SIDE[kind]
     if fast and owned:              # never change the mode/size of a caller's image
-        _draft(img, need)
+        img = _draft(img, need)
     with _decoding_turn(img):
         if exif_transpose:
-            img = ImageOps.exif_transpose(img)
-        transparent = with_detail and _is_fully_transparent(img)
-        grey = _greyscale(img)
-        if owned and grey is not img:
+            img, owned = ImageOps.exif_transpose(img), True
+        alpha = _has_alpha(img)
+        transparent = with_detail and alpha and _is_fully_transparent(img)
+        grey = _greyscale(img, owned)
+        if owned and grey is not img and not alpha:
             img.close()     # free the colour pixels now: 4 bytes a pixel, 358 MB at the default max_pixels
+        code, detail = _hash_grey(grey, kind, fast, need, scale, with_detail)
+        del grey
+        flattened = False
+        if alpha and KINDS[kind].degenerate(np.uint64(code))[0]:
+            for background in _BACKGROUNDS:
+                flat = _hash_grey(_flattened(img, background), kind, fast, need, scale, with_detail)
+                if not KINDS[kind].degenerate(np.uint64(flat[0]))[0]:
+                    (code, detail), flattened = flat, True
+                    break
+        return code, 0.0 if transparent else detail, flattened
 
-        thumb32 = None
-        if kind == "phash":
-            thumb32 = _resize(grey, (_PHASH_SIZE, _PHASH_SIZE), fast, need)
-            bits = _phash_bits(thumb32)
-        elif kind == "dhash":
-            px = _resize(grey, (_HASH_SIZE + 1, _HASH_SIZE), fast, need)
-            bits = px[:, 1:] > px[:, :-1]
-        elif kind == "ahash":
-            px = _resize(grey, (_HASH_SIZE, _HASH_SIZE), fast, need)
-            bits = px > px.sum(dtype=np.int64) / px.size     # np.mean: exact sum / 64
-        elif kind == "whash":
-            low = _whash_low(_resize(grey, (scale, scale), fast, need), scale)
-            bits = low > _median64(low)
-        else:
-            raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
-        code = _bits_to_int(bits)
-        if not with_detail:
-            return code, None
-        if transparent:
-            return code, 0.0
-        if thumb32 is None:
-            thumb32 = _resize(grey, (_DETAIL_SIZE, _DETAIL_SIZE), fast, need)
-        return code, float(np.asarray(thumb32, dtype=np.float64).std())
+
+def _hash_grey(grey, kind, fast, need, scale, with_detail):
+    """(hash, detail or None) of the mode "L" image."""
+    thumb32 = None
+    if kind == "phash":
+        thumb32 = _resize(grey, (_PHASH_SIZE, _PHASH_SIZE), fast, need)
+        bits = _phash_bits(thumb32)
+    elif kind == "dhash":
+        px = _resize(grey, (_HASH_SIZE + 1, _HASH_SIZE), fast, need)
+        bits = px[:, 1:] > px[:, :-1]
+    elif kind == "ahash":
+        px = _resize(grey, (_HASH_SIZE, _HASH_SIZE), fast, need)
+        bits = px > px.sum(dtype=np.int64) / px.size     # np.mean: exact sum / 64
+    elif kind == "whash":
+        low = _whash_low(_resize(grey, (scale, scale), fast, need), scale)
+        bits = low > _median64(low)
+    else:
+        raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
+    code = _bits_to_int(bits)
+    if not with_detail:
+        return code, None
+    if thumb32 is None:
+        thumb32 = _resize(grey, (_DETAIL_SIZE, _DETAIL_SIZE), fast, need)
+    return code, float(np.asarray(thumb32, dtype=np.float64).std())
 
 
 def _check_kind(kind):
@@ -549,7 +681,7 @@ def _check_kind(kind):
 
 
 def _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels):
-    """(hash, detail-or-None); ImageHashError for any image that cannot be hashed."""
+    """(hash, detail or None, flattened); ImageHashError for any image that cannot be hashed."""
     name = _describe(image)
     img, owned = _open(image, name)
     try:
@@ -572,15 +704,19 @@ def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_de
         file, a binary file object, or a PIL.Image (hashed as it is, current frame).
     kind: "phash", "dhash", "ahash" or "whash" (imagehash's functions with
         hash_size=8; whash is haar with remove_max_haar_ll=True).
-    fast: False (default) is bit-exact with imagehash 4.3.  True decodes JPEGs at
-        reduced scale in greyscale and box-reduces large images first: several
-        times faster on big JPEGs, at a cost of about 1 bit (see docs/hashing.md).
+    fast: False (default) is bit-exact with imagehash 4.3 (but see with_detail on
+        flattening).  True decodes JPEGs at reduced scale in greyscale (a big
+        progressive one from fewer scans) and box-reduces large images first:
+        several times faster on big JPEGs, at a cost of about 1 bit (docs/hashing.md).
     exif_transpose: apply the EXIF orientation tag first.  Off by default because
         imagehash does not, so lists built with imagehash hash the stored pixels.
-    with_detail: return (hash, detail) where detail is the standard deviation of a
-        32x32 greyscale thumbnail (0-127.5): 0.0 for solid, blank and fully
+    with_detail: return (hash, detail, flattened).  detail is the standard deviation
+        of a 32x32 greyscale thumbnail (0-127.5): 0.0 for solid, blank and fully
         transparent images, whose hashes are degenerate (0000000000000000 or
-        8000000000000000) and match each other.
+        8000000000000000) and match each other.  flattened is True when the image has
+        alpha and was hashed flattened onto white (or black) because its imagehash
+        hash, which drops the alpha, is degenerate (kinds.py; e.g. a logo whose shape
+        is only in the alpha channel); then, and only then, the hash is not imagehash's.
     max_pixels: images with more pixels are refused before decoding (None: only
         Pillow's own PIL.Image.MAX_IMAGE_PIXELS applies).  It bounds decoding memory, so a
         WebP pixel, which Pillow needs 18 bytes to decode instead of 5, counts 18/5 times.
@@ -590,8 +726,8 @@ def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_de
     """
     _check_kind(kind)
     _check_input_type(image)
-    code, detail = _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels)
-    return (code, detail) if with_detail else code
+    code, detail, flattened = _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels)
+    return (code, detail, flattened) if with_detail else code
 
 
 def image_detail(image, fast=False, *, exif_transpose=False, max_pixels=DEFAULT_MAX_PIXELS):
@@ -613,14 +749,16 @@ class HashResults:
         0 is also the hash of a black image).
     errors: list of None or the error message for that image.
     detail: float64 array of detail scores when requested (NaN on failure), else None.
+    flattened: bool array, True where the image was hashed flattened (see hash_image).
     """
 
-    __slots__ = ("hashes", "errors", "detail")
+    __slots__ = ("hashes", "errors", "detail", "flattened")
 
-    def __init__(self, hashes, errors, detail=None):
+    def __init__(self, hashes, errors, detail, flattened):
         self.hashes = hashes
         self.errors = errors
         self.detail = detail
+        self.flattened = flattened
 
     @property
     def ok(self):
@@ -640,13 +778,15 @@ class HashResults:
 
 
 def _job(image):
-    """What crosses to a worker process: paths and bytes, never open files."""
-    if isinstance(image, (str, bytes, Image.Image)):
+    """What crosses to a worker process: paths and bytes, never open files.  Plain str and
+    bytes: a subclass defined in the caller's script would not unpickle in a worker, which
+    does not import the script."""
+    if isinstance(image, Image.Image):
         return image
-    if isinstance(image, os.PathLike):
-        return os.fspath(image)
-    if isinstance(image, (bytearray, memoryview)):
-        return bytes(image)
+    if isinstance(image, (str, os.PathLike)):
+        return str.__str__(os.fsdecode(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return image if type(image) is bytes else bytes(image)
     _check_input_type(image)
     data = image.read()             # a file object: read it here, hash it there
     if not data:
@@ -659,24 +799,23 @@ def _hash_chunk(jobs, kind, fast, exif_transpose, with_detail, max_pixels):
     for image in jobs:
         try:
             _check_input_type(image)
-            code, detail = _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels)
-            out.append((code, detail, None))
+            out.append(_hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels) + (None,))
         except (ImageHashError, TypeError) as e:
-            out.append((0, None, str(e)))
+            out.append((0, None, False, str(e)))
         except Exception as e:      # never let one image stop the batch
-            out.append((0, None, f"cannot hash {_describe(image)}: unexpected {type(e).__name__}: {e}"))
+            out.append((0, None, False, f"cannot hash {_describe(image)}: unexpected {type(e).__name__}: {e}"))
     return out
 
 
 def _died(job):
-    return 0, None, (f"cannot hash {_describe(job)}: the worker process died while decoding it "
-                     "(decoder crash or out-of-memory kill); try a smaller max_pixels")
+    return 0, None, False, (f"cannot hash {_describe(job)}: the worker process died while decoding it "
+                            "(decoder crash or out-of-memory kill); try a smaller max_pixels")
 
 
 def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpose=False,
                      with_detail=False, max_pixels=DEFAULT_MAX_PIXELS, chunksize=None,
                      mp_context=None):
-    """Yield (hash, detail, error) per image, in input order, as results arrive.
+    """Yield (hash, detail, flattened, error) per image, in input order, as results arrive.
 
     Streaming form of hash_images (for progress bars and very long inputs): the
     input may be any iterable; at most a few chunks per worker are in flight.
@@ -706,7 +845,7 @@ def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_tra
     for failed, results in run_in_workers(units, _hash_chunk, args, _died, workers, mp_context):
         it = iter(results)
         for f in failed:
-            yield (0, None, f.message) if f is not None else next(it)
+            yield (0, None, False, f.message) if f is not None else next(it)
 
 
 def _chunks(images, sizes):
@@ -776,6 +915,17 @@ def _decoding_turn(img):
         _pool_conn.send(("done",))
 
 
+# Worker processes are named so; the fork server (hashsieve._worker) starts them without
+# importing the caller's __main__.
+WORKER_NAME = "hashsieve-worker"
+# The exit code of a "spawn" worker that found the caller's script calling the pool again
+# while the worker imported it: the pool then raises _UNGUARDED instead of reporting deaths.
+_UNGUARDED_EXIT = 87
+_UNGUARDED = ("the worker processes import the calling script again (as the 'spawn' start method does) and "
+              "it starts hashing at its top level; put that code under `if __name__ == \"__main__\":`, or "
+              "use the default start method (forkserver), which needs no guard")
+
+
 def _mp_context(name=None):
     import multiprocessing as mp
     if name is None:
@@ -785,7 +935,7 @@ def _mp_context(name=None):
     ctx = mp.get_context(name)
     if name == "forkserver":
         # Import and warm up once in the server instead of once per worker.
-        ctx.set_forkserver_preload(["__main__", "hashsieve._worker"])
+        ctx.set_forkserver_preload(["hashsieve._worker"])
     return ctx
 
 
@@ -793,6 +943,9 @@ def _worker_main(conn, parent_pid, fn, args):
     """A worker process: fn(jobs, *args) on each chunk received; the list of results goes back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's business
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Decoders' warnings (Pillow's on palette transparency, corrupt EXIF ...) would reach the
+    # user's terminal once per worker; what matters about a file is in its result.
+    warnings.simplefilter("ignore")
     # With forkserver the workers are not the caller's children: if it is killed (SIGKILL,
     # OOM) nobody tells a busy worker to stop, so each watches the caller's pid.
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
@@ -842,7 +995,8 @@ class _Worker:
 
     def __init__(self, ctx, fn, args):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), fn, args), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), fn, args), daemon=True,
+                                name=WORKER_NAME)
         self.proc.start()
         child.close()
         # [unit, indices of its jobs, result if it dies on this one-job task]: running, then queued
@@ -920,7 +1074,12 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
         unit's data is dropped here once its worker has it.
     stop: a threading.Event; once set, nothing more is yielded and the workers are ended.
     """
+    import multiprocessing as mp
     from multiprocessing.connection import wait
+    if getattr(mp.current_process(), "_inheriting", False):
+        # A "spawn" worker importing the caller's script, which calls us at its top level:
+        # starting a pool here would fail in every worker; say so to the pool that started us.
+        os._exit(_UNGUARDED_EXIT)
     ctx = _mp_context(mp_context)
     max_bytes = INFLIGHT_BYTES_PER_WORKER * workers if max_bytes is None else max_bytes
     units = iter(units)
@@ -948,6 +1107,7 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
                     if not w.proc.is_alive():
                         w.stop()
                         w.join()
+                        _check_start(w)
                         w = pool[k] = _Worker(ctx, fn, args)
                     _dispatch(w, ready.popleft(), died)
             for w in pool:
@@ -982,6 +1142,7 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
                     _lost(w, ready, died)
                     w.stop()
                     w.join()
+                    _check_start(w)
                     pool[pool.index(w)] = _Worker(ctx, fn, args)
                     continue
                 if isinstance(results, tuple):      # from _decoding_turn
@@ -999,6 +1160,11 @@ def run_in_workers(units, fn, args, died, workers, mp_context=None, max_bytes=No
             w.stop()
         for w in pool:              # (after all were told: they end together)
             w.join()
+
+
+def _check_start(w):
+    if w.proc.exitcode == _UNGUARDED_EXIT:
+        raise RuntimeError(_UNGUARDED) from None
 
 
 def _message(jobs):
@@ -1063,20 +1229,24 @@ def hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpos
     images: any iterable of what hash_image accepts (paths are best: workers read
         the files themselves; file objects are read here and sent as bytes).
     workers: processes to use; None = all available cores, 1 = in this process.
-        Worker processes start with "forkserver" (or mp_context=), so scripts
-        calling this need the usual ``if __name__ == "__main__":`` guard.
+        Worker processes fork from a "forkserver" and do not import the calling
+        script again, so a script needs no ``if __name__ == "__main__":`` guard.
+        With mp_context="spawn" (the only method on Windows) it does: without it,
+        RuntimeError says so.
     Other arguments as hash_image.
 
     Returns HashResults: ``.hashes`` (uint64 array in input order, 0 on failure),
-    ``.errors`` (None or a message naming the image), ``.ok``, ``.failed`` and,
-    with with_detail=True, ``.detail``.
+    ``.errors`` (None or a message naming the image), ``.ok``, ``.failed``,
+    ``.flattened`` and, with with_detail=True, ``.detail``.
     """
-    hashes, errors, details = [], [], []
-    for code, detail, error in iter_hash_images(
+    hashes, errors, details, flattened = [], [], [], []
+    for code, detail, flat, error in iter_hash_images(
             images, kind, workers, fast, exif_transpose=exif_transpose, with_detail=with_detail,
             max_pixels=max_pixels, chunksize=chunksize, mp_context=mp_context):
         hashes.append(code)
         errors.append(error)
         details.append(np.nan if detail is None else detail)
+        flattened.append(flat)
     return HashResults(np.array(hashes, dtype=np.uint64), errors,
-                       np.array(details, dtype=np.float64) if with_detail else None)
+                       np.array(details, dtype=np.float64) if with_detail else None,
+                       np.array(flattened, dtype=bool))

@@ -5,7 +5,13 @@ The report has one JSON line per file, in walk order, flushed as it is written::
     {"path": "...", "member": null | "name in archive", "member_path": null | ["name", ...],
      "hash": "hex" | null, "detail": float | null, "low_detail": bool, "degenerate": bool,
      "md5": "...", "sha1": "...", "matches": [{"list", "id", "label", "distance", "kind", "line"}],
-     "error": null | "text"}
+     "error": null | "text", "flattened": true (only when true)}
+
+``flattened``: present, and true, only for an image with alpha that was hashed flattened onto
+white (or black) because its imagehash hash, which drops the alpha, is degenerate (a logo whose
+shape is only in the alpha channel); that hash is not imagehash's (hashing.hash_image).
+``md5`` / ``sha1``: of the file's bytes as read, also when it is empty or cannot be decoded;
+null only when it could not be read.
 
 ``degenerate``: the hash carries no identity (kinds.py: one-dimensional bits, or within the
 radius of all-zero / all-one), so it makes no perceptual match unless match_degenerate; list
@@ -43,6 +49,7 @@ import os
 import re
 import signal
 import stat
+import sys
 import tarfile
 import threading
 import time
@@ -55,7 +62,7 @@ from .hashing import CHUNK_BYTES, DEFAULT_MAX_PIXELS, ImageHashError, hash_image
 from .kinds import kind_of
 
 __all__ = ["Limits", "ScanOptions", "scan", "walk", "LOW_DETAIL_THRESHOLD", "read_report",
-           "record_key", "record_name"]
+           "record_key", "record_name", "progress_bar"]
 
 # Detail score (hashing.image_detail: std of the 32x32 grey thumbnail, 0-127.5) below which an
 # image is flagged low_detail in the report (information only; matching asks the kind's gate).
@@ -413,9 +420,107 @@ def walk(paths, limits=None, done=frozenset(), exclude=(), follow_symlinks=False
         yield from visit(p, True)
 
 
+# ====================================================================== progress
+def progress_bar(desc, initial=0):
+    """A tqdm bar on standard error that scan() keeps a total, rate and ETA on (files, as
+    _Total counts them), or None when standard error is not a terminal or tqdm is missing."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(unit="file", file=sys.stderr, dynamic_ncols=True, initial=initial, total=initial, desc=desc)
+
+
+def _zip_entries(path, limits):
+    """The entries a zip's end-of-central-directory record declares (directories too; zip64
+    too), at most max_members; 1 for a file that is no zip.  Reads at most the last 64 KiB."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, io.SEEK_END)
+            start = max(0, size - (22 + 0xFFFF))
+            f.seek(start)
+            tail = f.read()
+            i = tail.rfind(b"PK\x05\x06")
+            if i < 0 or i + 22 > len(tail):
+                return 1
+            n = int.from_bytes(tail[i + 10:i + 12], "little")
+            if n == 0xFFFF and i >= 20 and tail[i - 20:i - 16] == b"PK\x06\x07":     # zip64
+                f.seek(int.from_bytes(tail[i - 12:i - 4], "little"))
+                record = f.read(40)
+                if record[:4] == b"PK\x06\x06" and len(record) == 40:
+                    n = int.from_bytes(record[32:40], "little")
+    except OSError:
+        return 1
+    return max(1, min(n, limits.max_members))
+
+
+def _estimate(path, limits):
+    """Report lines a file is expected to give: a zip's entries, anything else (a tar, whose
+    members cannot be counted without decompressing it all) one."""
+    return _zip_entries(path, limits) if path.lower().endswith((".zip", ".cbz")) else 1
+
+
+class _Total:
+    """The progress bar's total: a background walk of the folders (names only, no file opened but
+    zips' directories) sums _estimate over the files, and the scan's own walk adds what each file
+    gives beyond its estimate (a tar's members, archives inside archives) as it reads them.
+    Neither holds more than the folders being listed."""
+
+    def __init__(self, paths, limits, done):
+        self.limits = limits
+        self.done = {}                  # path: report lines resumed from it (not counted again)
+        for path, _ in done:
+            self.done[path] = self.done.get(path, 0) + 1
+        self.counted = 0                # the background walk's sum
+        self.counting = True
+        self.extra = 0                  # lines beyond the estimate, in files the scan has finished
+        self.path, self.expected, self.got = None, 0, 0     # the file the scan is reading
+        self._stop = threading.Event()
+        threading.Thread(target=self._count, args=(paths,), daemon=True).start()
+
+    def _expected(self, path):
+        return max(0, _estimate(path, self.limits) - self.done.get(path, 0))
+
+    def _count(self, paths):
+        for top in paths:
+            stack = [top] if os.path.isdir(top) else []
+            if not stack:
+                self.counted += self._expected(top)
+            while stack and not self._stop.is_set():
+                try:
+                    with os.scandir(stack.pop()) as entries:
+                        for e in entries:
+                            if e.is_dir(follow_symlinks=False):
+                                stack.append(e.path)
+                            else:
+                                self.counted += self._expected(e.path)
+                except OSError:
+                    self.counted += 1       # the walk reports the folder it cannot list
+        self.counting = False
+
+    def follow(self, items):
+        """The items, unchanged, counted per file as they pass."""
+        for item in items:
+            if item.path != self.path:
+                self.extra += self.got - self.expected
+                self.path, self.expected, self.got = item.path, self._expected(item.path), 0
+            self.got += 1
+            yield item
+
+    def close(self):
+        self._stop.set()
+
+    @property
+    def value(self):
+        return self.counted + self.extra + max(self.got, self.expected) - self.expected
+
+
 # ====================================================================== workers
 def _hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
-    """[(code|None, detail|None, md5|None, sha1|None, error|None)] per job ((path, dev, ino) or bytes)."""
+    """[(code|None, detail|None, flattened, md5|None, sha1|None, error|None)] per job ((path, dev, ino)
+    or bytes); md5 and sha1 are those of the content read, empty too."""
     out = []
     for job in jobs:
         md5 = sha1 = None
@@ -432,23 +537,25 @@ def _hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
                     data = f.read(max_bytes + 1)
             else:
                 data = job
-            if data:
-                md5 = hashlib.md5(data).hexdigest()
-                sha1 = hashlib.sha1(data).hexdigest()
-            code, detail = hash_image(data, kind, fast, with_detail=True, max_pixels=max_pixels)
-            out.append((code, detail, md5, sha1, None))
+            md5 = hashlib.md5(data).hexdigest()
+            sha1 = hashlib.sha1(data).hexdigest()
+            if not data:
+                out.append((None, None, False, md5, sha1, "empty file (0 bytes); the upload or copy was "
+                                                          "probably cut short"))
+                continue
+            out.append(hash_image(data, kind, fast, with_detail=True, max_pixels=max_pixels) + (md5, sha1, None))
         except ImageHashError as e:
-            out.append((None, None, md5, sha1, e.reason))
+            out.append((None, None, False, md5, sha1, e.reason))
         except OSError as e:
-            out.append((None, None, md5, sha1, f"cannot read the file ({e.strerror or e})"))
+            out.append((None, None, False, md5, sha1, f"cannot read the file ({e.strerror or e})"))
         except Exception as e:          # never let one file stop the scan
-            out.append((None, None, md5, sha1, f"unexpected {type(e).__name__}: {e}"))
+            out.append((None, None, False, md5, sha1, f"unexpected {type(e).__name__}: {e}"))
     return out
 
 
 def _worker_died(job):
-    return None, None, None, None, ("the worker process died while decoding this file "
-                                    "(decoder crash or out-of-memory kill)")
+    return None, None, False, None, None, ("the worker process died while decoding this file "
+                                           "(decoder crash or out-of-memory kill)")
 
 
 def _units(items, chunk):
@@ -647,6 +754,8 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
     JSON line to the text stream out (or calling out(record) if it is callable).
 
     resume_records: records of an earlier run to skip.  Returns a Summary.
+    progress: None or a tqdm bar (progress_bar()): a step per report line, and a total that a
+    background count of the folders keeps up to date (_Total).
     Memory: see docs/hashing.md ("Worker pool and memory"); the worker pool keeps at most
     hashing.INFLIGHT_BYTES_PER_WORKER x workers of file data in flight beyond one file.
     """
@@ -662,6 +771,10 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
     stop = stop or _Stop()
     t0 = time.monotonic()
     items = walk(paths, opts.limits, done, exclude, opts.follow_symlinks)
+    total = None
+    if progress is not None:
+        total = _Total([os.fspath(p) for p in paths], opts.limits, done)
+        items = total.follow(items)
     # The report is UTF-8; any other stream gets JSON's \u escapes, which every encoding can carry.
     ascii_only = not callable(out) and (getattr(out, "encoding", None) or "").lower().replace("-", "") != "utf8"
 
@@ -673,17 +786,21 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
             out.flush()
         summary.count(rec)
         if progress is not None:
+            progress.total = max(progress.n + 1, progress.initial + total.value)
             progress.update(1)
             if summary.files % 8 == 0:
-                progress.set_postfix_str(_postfix(summary, t0), refresh=False)
+                progress.set_postfix_str(_postfix(summary, t0, total), refresh=False)
 
-    def record(item, code=None, detail=None, md5=None, sha1=None, error=None):
-        return {**_name_fields(item.path, item.member),
-                "hash": None if code is None else f"{code:016x}",
-                "detail": None if detail is None else round(float(detail), 3),
-                "low_detail": detail is not None and detail < opts.low_detail,
-                "degenerate": code is not None and bool(kind.degenerate(np.uint64(code), opts.radius)[0]),
-                "md5": md5, "sha1": sha1, "matches": [], "error": None if error is None else _text(error)}
+    def record(item, code=None, detail=None, flattened=False, md5=None, sha1=None, error=None):
+        rec = {**_name_fields(item.path, item.member),
+               "hash": None if code is None else f"{code:016x}",
+               "detail": None if detail is None else round(float(detail), 3),
+               "low_detail": detail is not None and detail < opts.low_detail,
+               "degenerate": code is not None and bool(kind.degenerate(np.uint64(code), opts.radius)[0]),
+               "md5": md5, "sha1": sha1, "matches": [], "error": None if error is None else _text(error)}
+        if flattened:
+            rec["flattened"] = True
+        return rec
 
     def finish_chunk(metas, results):
         recs = [record(it, *res) for it, res in zip(metas, results)]
@@ -713,10 +830,14 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
         if stop.signum is not None:
             summary.interrupted = signal.Signals(stop.signum).name
         if progress is not None:
+            total.close()
+            if stop.signum is None:
+                progress.total = progress.n         # the estimate was off by excluded files and the like
             progress.set_postfix_str(_postfix(summary, t0), refresh=True)
     return summary
 
 
-def _postfix(s, t0):
+def _postfix(s, t0, total=None):
     dt = max(time.monotonic() - t0, 1e-9)
-    return f"{s.hashed_now / dt:.1f} img/s, matched {s.matched}, errors {s.errors}"
+    counting = "counting files, " if total is not None and total.counting else ""
+    return f"{counting}{s.hashed_now / dt:.1f} img/s, matched {s.matched}, errors {s.errors}"
