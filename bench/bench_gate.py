@@ -55,7 +55,16 @@ sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
 import imagegen  # noqa: E402
 from hashsieve.hashing import hash_image  # noqa: E402
-from hashsieve.scan import DEFAULT_RADIUS, LOW_DETAIL_THRESHOLD  # noqa: E402
+from hashsieve.kinds import KINDS  # noqa: E402
+from hashsieve.scan import LOW_DETAIL_THRESHOLD  # noqa: E402
+
+DEFAULT_RADIUS = {name: kind.default_radius for name, kind in KINDS.items()}
+
+
+def imagehash_way(img, kind, **kw):
+    """The hash exactly as imagehash computes it: alpha dropped by the greyscale conversion.
+    (hash_image itself flattens an image with alpha whose hash that way is degenerate.)"""
+    return hash_image(img.convert("L") if has_alpha(img) else img, kind, **kw)
 
 PHOTO_SCENES = ("photo", "landscape", "clouds", "shapes", "text", "radial", "noise")
 SIZES = ((160, 120), (128, 128), (200, 150), (120, 160), (256, 192), (150, 100))
@@ -334,10 +343,10 @@ class Pool:
         self.listed = np.array(listed)
         self.is_copy = np.array(is_copy)
         self.variant = np.array(variant)
-        with_detail = [hash_image(im, "phash", with_detail=True) for im in images]
-        self.detail = np.array([d for _, d in with_detail])
-        self.codes = {kind: np.array([c for c, _ in with_detail] if kind == "phash" else
-                                     [hash_image(im, kind) for im in images], dtype=np.uint64)
+        with_detail = [imagehash_way(im, "phash", with_detail=True) for im in images]
+        self.detail = np.array([d for _, d, _ in with_detail])
+        self.codes = {kind: np.array([c for c, _, _ in with_detail] if kind == "phash" else
+                                     [imagehash_way(im, kind) for im in images], dtype=np.uint64)
                       for kind in kinds}
         self.entries = np.flatnonzero(self.listed & ~self.is_copy)           # the list
         self.uploads = np.flatnonzero(~(self.listed & ~self.is_copy))        # copies + unlisted originals
@@ -433,7 +442,7 @@ def rules_for(kind, r):
         out.append(("popcount != 32 (any tie at the median)", lambda codes, detail: popcount(codes) != 32))
     out.append(("one-dimensional bits", lambda codes, detail: one_dimensional(kind, codes)))
     out.append((f"RECOMMENDED: one-dimensional, or popcount <= {r} or >= {64 - r}",
-                lambda codes, detail: degenerate(kind, codes, r)))
+                lambda codes, detail: KINDS[kind].degenerate(codes, r)))   # the gate as shipped (kinds.py)
     if kind != "phash":
         out.append((f"within 2 bits of one-dimensional, or popcount <= {r} or >= {64 - r}",
                     lambda codes, detail: (bits_from_one_dimensional(kind, codes) <= 2) | unbalanced(codes, r)))
@@ -592,7 +601,7 @@ def has_alpha(img):
 def flatten_if_degenerate(img, kind, backgrounds):
     """The hash as imagehash computes it, unless that is degenerate and the image has alpha:
     then the hash of the image flattened onto the first background that gives a hash that is not."""
-    code = hash_image(img, kind)
+    code = imagehash_way(img, kind)
     if not has_alpha(img):
         return code
     for bg in (None,) + backgrounds:
@@ -603,7 +612,7 @@ def flatten_if_degenerate(img, kind, backgrounds):
 
 
 ALPHA_METHODS = {
-    "as imagehash (alpha dropped)": lambda im, kind: hash_image(im, kind),
+    "as imagehash (alpha dropped)": imagehash_way,
     "always flatten on white": lambda im, kind: hash_image(flatten(im, WHITE), kind),
     "always flatten on black": lambda im, kind: hash_image(flatten(im, BLACK), kind),
     "flatten only if degenerate (white, then black)": lambda im, kind: flatten_if_degenerate(im, kind, (WHITE, BLACK)),
