@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -252,3 +253,43 @@ def test_summary_says_when_every_file_failed(tmp_path, index):
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stderr.strip().splitlines()[-1])["all_failed"] is True
 
+
+
+def test_folder_swapped_for_a_symlink_during_the_walk_is_not_followed(tmp_path):
+    """A folder on the path replaced by a link mid-walk led the walk out of the tree (the check looked at
+    the last path component only)."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "up" / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for name in ("a.png", "z.png"):
+        (root / "up" / "sub" / name).write_bytes(b"inside")
+        (outside / name).write_bytes(b"outside")
+    items = walk([str(root)])
+    first = next(items)
+    assert first.path.endswith("a.png") and first.error is None
+    shutil.rmtree(root / "up" / "sub")
+    os.symlink(outside, root / "up" / "sub")
+    rest = list(items)
+    assert [(os.path.basename(i.path), "resolves outside" in (i.error or "")) for i in rest] == [("z.png", True)]
+
+
+def test_zip_member_flagged_utf8_with_invalid_bytes_hides_nothing(tmp_path):
+    """One member whose UTF-8-flagged name is not UTF-8 made zipfile refuse the whole archive, so every
+    image in it went unscanned (an evasion)."""
+    good = png(1)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("good.png", good)
+        z.writestr("bad\u00e9.png", png(2))          # written with the UTF-8 flag: b"bad\xc3\xa9.png"
+    data = buf.getvalue().replace(b"bad\xc3\xa9.png", b"bad\xff\xfe.png")   # same length, invalid UTF-8
+    (tmp_path / "evil.zip").write_bytes(data)
+    with pytest.raises(UnicodeDecodeError):
+        zipfile.ZipFile(tmp_path / "evil.zip")
+    items = list(walk([str(tmp_path / "evil.zip")]))
+    assert [i.error for i in items] == [None, None]
+    assert items[0].member == ("good.png",) and items[0].job == good
+    assert items[1].member == ("bad\udcff\udcfe.png",)
+    recs = []
+    scan([str(tmp_path / "evil.zip")], None, recs.append, ScanOptions(workers=1))
+    assert [r["hash"] is not None for r in recs] == [True, True]
+    assert base64.b64decode(recs[1]["member_path_b64"][0]) == b"bad\xff\xfe.png"

@@ -39,7 +39,9 @@ written before it existed) are keyed by their member split at ``!/``, as those s
 """
 import base64
 import binascii
+import bisect
 import bz2
+import errno
 import gzip
 import hashlib
 import io
@@ -58,6 +60,7 @@ import zlib
 
 import numpy as np
 
+from ._validate import available_cores
 from .hashing import CHUNK_BYTES, DEFAULT_MAX_PIXELS, ImageHashError, hash_image, run_in_workers
 from .kinds import kind_of
 
@@ -241,13 +244,91 @@ def _unique(name, seen):
     return f"{name}#{n}"
 
 
+class _CentralDirectoryAsCp437(io.RawIOBase):
+    """A zip file seen with the UTF-8 name flag cleared in its central directory.
+
+    zipfile decodes a flagged name strictly, so one member whose flagged name is not UTF-8
+    made the whole archive unreadable (and every image in it unscanned). Through this view
+    every name decodes as cp437, one character per byte, which _zip_name() turns back into
+    the exact bytes; the member data are read unchanged.
+    """
+
+    def __init__(self, f):
+        self.f = f
+        endrec = zipfile._EndRecData(f)
+        if endrec is None:
+            raise zipfile.BadZipFile("no end of central directory record")
+        start = endrec[zipfile._ECD_LOCATION] - endrec[zipfile._ECD_SIZE]
+        if endrec[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+            start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+        concat = start - endrec[zipfile._ECD_OFFSET]    # bytes prepended to the archive (self-extractors)
+        # Where each name's flag byte is (central record and local header: zipfile checks both),
+        # and whether the name was flagged UTF-8.
+        self.flag_bytes, self.utf8 = set(), []
+        pos, end = start, start + endrec[zipfile._ECD_SIZE]
+        while pos + 46 <= end:
+            f.seek(pos)
+            rec = f.read(46)
+            if rec[:4] != b"PK\x01\x02":
+                break
+            self.flag_bytes.add(pos + 9)             # the high byte of the flags holds bit 11 (0x800)
+            local = int.from_bytes(rec[42:46], "little")
+            if local != 0xFFFFFFFF:                  # (a zip64 offset lives in the extra field: left as it is)
+                self.flag_bytes.add(local + concat + 7)
+            self.utf8.append(bool(rec[9] & 0x08))
+            pos += 46 + int.from_bytes(rec[28:30], "little") + int.from_bytes(rec[30:32], "little") + \
+                int.from_bytes(rec[32:34], "little")
+        self.flag_bytes = sorted(self.flag_bytes)
+        f.seek(0)
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=0):
+        return self.f.seek(offset, whence)
+
+    def tell(self):
+        return self.f.tell()
+
+    def read(self, n=-1):
+        at = self.f.tell()
+        data = self.f.read(n)
+        lo = bisect.bisect_left(self.flag_bytes, at)
+        hi = bisect.bisect_left(self.flag_bytes, at + len(data))
+        if lo < hi:
+            data = bytearray(data)
+            for p in self.flag_bytes[lo:hi]:
+                data[p - at] &= 0xF7
+            data = bytes(data)
+        return data
+
+
+def _zip_name(info, utf8):
+    """The member's name as the walk reports it: bytes of a flagged name decoded as UTF-8 (with surrogate
+    escapes for invalid bytes, as file names are), others as cp437, as zipfile does."""
+    return info.filename.encode("cp437").decode("utf-8", "surrogateescape") if utf8 else info.filename
+
+
+def _open_zip(fileobj):
+    """(ZipFile, whether each member's name was flagged UTF-8 or None to use the names as zipfile gives them)."""
+    try:
+        return zipfile.ZipFile(fileobj), None
+    except UnicodeDecodeError:          # a flagged name that is not UTF-8: read the names byte for byte
+        view = _CentralDirectoryAsCp437(fileobj)
+        return zipfile.ZipFile(view), view.utf8
+
+
 def _walk_zip(fileobj, size, path, prefix, depth, limits, done):
-    zf = zipfile.ZipFile(fileobj)
+    zf, utf8 = _open_zip(fileobj)
     seen, total = {}, 0
-    for info in zf.infolist()[:limits.max_members]:
+    for k, info in enumerate(zf.infolist()[:limits.max_members]):
         if info.is_dir():
             continue
-        member = prefix + (_unique(info.filename, seen),)
+        name = info.filename if utf8 is None else _zip_name(info, k < len(utf8) and utf8[k])
+        member = prefix + (_unique(name, seen),)
         if (path, member) in done:
             continue
         if info.flag_bits & 1:
@@ -339,6 +420,8 @@ def _walk_file(path, st, limits, done):
         yield Item(path, None, error=f"cannot read the file ({e.strerror or e})")
 
 
+_OUTSIDE = ("resolves outside the folders being scanned (a folder on its path is a symbolic link, or was "
+            "replaced by one during the scan); not read (pass --follow-symlinks to allow it)")
 _CHANGED = "the file was replaced while it was being scanned (it is not the file the walk checked); not read"
 
 
@@ -375,7 +458,7 @@ def walk(paths, limits=None, done=frozenset(), exclude=(), follow_symlinks=False
             st = os.stat(path)
         except OSError as e:
             if (path, None) not in done:
-                why = "symbolic link loop" if getattr(e, "errno", None) == 40 else "broken symbolic link"
+                why = "symbolic link loop" if getattr(e, "errno", None) == errno.ELOOP else "broken symbolic link"
                 yield Item(path, None, error=f"{why} ({e.strerror or e}); not followed" if is_link
                            else f"cannot read ({e.strerror or e})")
             return
@@ -384,6 +467,10 @@ def walk(paths, limits=None, done=frozenset(), exclude=(), follow_symlinks=False
                 if (path, None) not in done:
                     yield Item(path, None, error="symbolic link to a folder; not followed (scan its target "
                                                  "directly if it belongs to the archive)")
+                return
+            if not top and not follow_symlinks and not _inside(os.path.realpath(path), roots):
+                if (path, None) not in done:
+                    yield Item(path, None, error=_OUTSIDE)
                 return
             ident = (st.st_dev, st.st_ino)
             if ident in seen_dirs:
@@ -401,10 +488,12 @@ def walk(paths, limits=None, done=frozenset(), exclude=(), follow_symlinks=False
         real = os.path.realpath(path)
         if real in exclude:
             return
-        if is_link and not top and not follow_symlinks and not _inside(real, roots):
+        if not top and not follow_symlinks and not _inside(real, roots):
+            # A link, or a path through a folder swapped for a link while the walk ran.
             if (path, None) not in done:
                 yield Item(path, None, error=f"symbolic link to {real}, outside the folders being scanned; "
-                                             "not followed (pass --follow-symlinks to scan what it points to)")
+                                             "not followed (pass --follow-symlinks to scan what it points to)"
+                           if is_link else _OUTSIDE)
             return
         if not stat.S_ISREG(st.st_mode):
             if (path, None) not in done:
@@ -695,7 +784,7 @@ class ScanOptions:
                  low_detail=LOW_DETAIL_THRESHOLD, limits=None, chunk=4, follow_symlinks=False):
         self.kind = kind_of(kind).name
         self.radius = kind_of(kind).default_radius if radius is None else radius
-        self.workers = workers or max(1, len(os.sched_getaffinity(0)))
+        self.workers = workers or available_cores()
         self.fast, self.match_degenerate, self.low_detail = fast, match_degenerate, low_detail
         self.limits = limits or Limits()
         self.chunk = chunk
