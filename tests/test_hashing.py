@@ -346,6 +346,18 @@ def test_pixel_limit_counts_what_webp_costs_to_decode():
     assert hash_image(webp, max_pixels=216_000) == hash_image(webp)
 
 
+def test_pixel_limit_counts_what_a_progressive_jpeg_costs_to_decode():
+    """libjpeg keeps every coefficient of a progressive JPEG: up to 10 bytes a pixel, not 5 (the pool's
+    memory budget undercounted them 2x)."""
+    img = imagegen.photo(300, 200, 2)
+    progressive = imagegen.encode(img, "JPEG", quality=90, progressive=True)
+    baseline = imagegen.encode(img, "JPEG", quality=90)
+    assert hash_image(baseline, max_pixels=60_000) == hash_image(baseline)
+    with pytest.raises(ImageHashError, match="progressive JPEG.*as much as 120,000 pixels, above max_pixels=60,000"):
+        hash_image(progressive, max_pixels=60_000)
+    assert hash_image(progressive, max_pixels=120_000) == hash_image(progressive)
+
+
 def test_wrong_types_and_kinds_are_caller_errors(tmp_path):
     with pytest.raises(TypeError, match="path, bytes"):
         hash_image(12345)

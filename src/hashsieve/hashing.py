@@ -39,7 +39,7 @@ from PIL import Image, ImageOps
 
 from . import _resample
 from ._validate import available_cores
-from .kinds import KINDS
+from .kinds import KINDS, kind_of
 
 __all__ = ["HASH_KINDS", "DEFAULT_MAX_PIXELS", "ImageHashError", "HashResults",
            "hash_image", "hash_images", "iter_hash_images", "image_detail"]
@@ -376,15 +376,24 @@ def _explain(exc):
 
 
 # Bytes a pixel that decoding an image and making it grey take (4 for the decoded colour image,
-# 1 for the grey copy), and for WebP 16-18: Pillow decodes it through libwebp's animation
-# decoder and then copies the frame (`bench_scan.py decodecost`).  max_pixels bounds that
-# memory, so a WebP pixel counts 18/5 times against it.
+# 1 for the grey copy; `bench_scan.py decodecost`).  max_pixels bounds that memory, so a pixel of
+# a costlier format counts cost/5 times against it: WebP 16-18 (Pillow decodes it through libwebp's
+# animation decoder and then copies the frame); a progressive JPEG 7.0 (4:2:0) to 10.0 (4:4:4)
+# (libjpeg keeps every DCT coefficient until the last scan).
 _COST_PER_PIXEL = 5
-_WEBP_COST_PER_PIXEL = 18
+_COSTLIER = {"WebP": 18, "progressive JPEG": 10}
+
+
+def _costly_format(img):
+    if img.format == "WEBP":
+        return "WebP"
+    if img.format == "JPEG" and (img.info.get("progressive") or img.info.get("progression")):
+        return "progressive JPEG"
+    return None
 
 
 def _decode_cost(img):
-    return img.size[0] * img.size[1] * (_WEBP_COST_PER_PIXEL if img.format == "WEBP" else _COST_PER_PIXEL)
+    return img.size[0] * img.size[1] * _COSTLIER.get(_costly_format(img), _COST_PER_PIXEL)
 
 
 def _check_pixels(img, name, max_pixels):
@@ -397,8 +406,9 @@ def _check_pixels(img, name, max_pixels):
         raise ImageHashError(name, f"image is {w}x{h} = {w * h:,} pixels, above max_pixels={max_pixels:,} "
                                    "(decompression-bomb guard); pass a larger max_pixels= if you trust it")
     if _decode_cost(img) > _COST_PER_PIXEL * max_pixels:
-        raise ImageHashError(name, f"image is a {w}x{h} = {w * h:,} pixel WebP; Pillow takes {_WEBP_COST_PER_PIXEL} "
-                                   f"bytes a pixel to decode WebP ({_COST_PER_PIXEL} for other formats), as much "
+        what = _costly_format(img)
+        raise ImageHashError(name, f"image is a {w}x{h} = {w * h:,} pixel {what}; Pillow takes {_COSTLIER[what]} "
+                                   f"bytes a pixel to decode a {what} ({_COST_PER_PIXEL} for most formats), as much "
                                    f"as {_decode_cost(img) // _COST_PER_PIXEL:,} pixels, above max_pixels="
                                    f"{max_pixels:,} (decompression-bomb guard); pass a larger max_pixels= if you "
                                    "trust it")
@@ -675,11 +685,6 @@ def _hash_grey(grey, kind, fast, need, scale, with_detail):
     return code, float(np.asarray(thumb32, dtype=np.float64).std())
 
 
-def _check_kind(kind):
-    if kind not in HASH_KINDS:
-        raise ValueError(f"kind must be one of {HASH_KINDS}, got {kind!r}")
-
-
 def _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels):
     """(hash, detail or None, flattened); ImageHashError for any image that cannot be hashed."""
     name = _describe(image)
@@ -719,12 +724,13 @@ def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_de
         is only in the alpha channel); then, and only then, the hash is not imagehash's.
     max_pixels: images with more pixels are refused before decoding (None: only
         Pillow's own PIL.Image.MAX_IMAGE_PIXELS applies).  It bounds decoding memory, so a
-        WebP pixel, which Pillow needs 18 bytes to decode instead of 5, counts 18/5 times.
+        WebP pixel, which Pillow needs 18 bytes to decode instead of 5, counts 18/5 times,
+        and a progressive JPEG pixel (up to 10 bytes) 10/5 times.
 
     Raises ImageHashError (a ValueError) naming the image and the reason when it
     cannot be read or decoded; TypeError if `image` is no kind of image source.
     """
-    _check_kind(kind)
+    kind_of(kind)
     _check_input_type(image)
     code, detail, flattened = _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels)
     return (code, detail, flattened) if with_detail else code
@@ -820,7 +826,7 @@ def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_tra
     Streaming form of hash_images (for progress bars and very long inputs): the
     input may be any iterable; at most a few chunks per worker are in flight.
     """
-    _check_kind(kind)
+    kind_of(kind)
     if workers is None:
         workers = available_cores()
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:

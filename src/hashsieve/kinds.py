@@ -74,4 +74,4 @@ def kind_of(name):
     try:
         return KINDS[name]
     except KeyError:
-        raise ValueError(f"unknown hash kind {name!r}; one of {', '.join(KINDS)}") from None
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {name!r}") from None

@@ -688,7 +688,8 @@ def open_lists(path, mmap=True):
     try:
         kind_of(meta[META_KEY].get("kind", "phash"))
     except (ValueError, TypeError) as e:
-        raise IndexOpenError(f"cannot open index {path}: its metadata names {e}") from None
+        raise IndexOpenError(f"cannot open index {path}: the hash kind in its metadata is not one this "
+                             f"hashsieve knows ({e}); upgrade hashsieve or rebuild the index") from None
     try:
         prov = Provenance(prov_path)
         prov.next_id()
