@@ -19,6 +19,8 @@ cdef extern from *:
 
 # group_start holds entry positions as uint32, so a segment holds at most this many entries.
 MAX_SEGMENT_ENTRIES = 0xFFFFFFFF
+# Segments searched together, at most (a hit records its segment in a byte).
+MAX_SEGMENTS = 255
 # Widest table key a segment may have (offsets of 2^24 + 1 entries); the builder makes at most 22 bits.
 MAX_TABLE_BITS = 24
 # The checks below read codes[table_groups[j]] and ids[order[i]] this many slots ahead.
@@ -42,13 +44,21 @@ def _masks_for(int bits):
     return cached
 
 
-def _array(a, dtype, length, name):
-    """len(a) after checking that a is a C-contiguous 1-d array of dtype (and of length, unless None)."""
-    if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.ndim == 1 and a.flags.c_contiguous
+def _array(a, dtype, length, name, words=None):
+    """len(a) after checking that a is a C-contiguous 1-d array of dtype (and of length, unless None);
+    words=4: a 2-d array (length, 4)."""
+    if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
+            and (a.ndim == 1 if words in (None, 1) else a.ndim == 2 and a.shape[1] == words)
             and (length is None or a.shape[0] == length)):
-        raise ValueError(f"segment array {name} must be C-contiguous {np.dtype(dtype)} of shape "
-                         f"({'n' if length is None else length},), got {a!r:.80}")
+        shape = f"({'n' if length is None else length},{'' if words in (None, 1) else f' {words}'})"
+        raise ValueError(f"segment array {name} must be C-contiguous {np.dtype(dtype)} of shape {shape}, "
+                         f"got {a!r:.80}")
     return a.shape[0]
+
+
+def code_words(codes):
+    """64-bit words per code of a segment's codes array: 1 for uint64 (u,), 4 for uint64 (u, 4)."""
+    return 1 if codes.ndim == 1 else codes.shape[1]
 
 
 cdef void *_ptr(object a):
@@ -58,6 +68,8 @@ cdef void *_ptr(object a):
 cdef class Segment:
     """An immutable block of the index: distinct codes, their ids and the MIH tables.
 
+    codes: uint64 (u,) for 64-bit codes, or uint64 (u, 4) for 256-bit ones (each row the 32 bytes of
+    the code read as four little-endian words), ascending by row.
     Holds the numpy arrays (which may be views of a memory map) that the C
     struct points into, so the struct stays valid as long as this object lives.
     """
@@ -73,6 +85,7 @@ cdef class Segment:
         self.fps, self.table_groups = tuple(fps), tuple(table_groups)
         self._check_arrays()
         self.seg.m = len(self.bits)
+        self.seg.words = code_words(codes)
         self.seg.n_unique = codes.shape[0]
         self.seg.n_entries = ids.shape[0]
         self.seg.codes = <const uint64_t *>_ptr(codes)
@@ -95,13 +108,16 @@ cdef class Segment:
 
     def _check_arrays(self):
         """The C struct points into these arrays: each must have the dtype, length and layout it reads."""
-        u, n, m = _array(self.codes, np.uint64, None, "codes"), _array(self.ids, np.int64, None, "ids"), len(self.bits)
+        words = code_words(self.codes) if isinstance(self.codes, np.ndarray) else 1
+        if words not in (1, 4):
+            raise ValueError(f"segment codes must have 1 or 4 64-bit words each, got {words}")
+        u, n, m = _array(self.codes, np.uint64, None, "codes", words), _array(self.ids, np.int64, None, "ids"), len(self.bits)
         _array(self.group_start, np.uint32, u + 1, "group_start")
         if self.dead is not None:
             _array(self.dead, np.uint8, (n + 7) // 8, "dead")
         if n > MAX_SEGMENT_ENTRIES:
             raise ValueError(f"a segment holds at most {MAX_SEGMENT_ENTRIES} entries, got {n}")
-        if (m > HS_MAX_TABLES or (m and sum(self.bits) != HS_CODE_BITS)
+        if (m > HS_MAX_TABLES or (m and (words != 1 or sum(self.bits) != HS_CODE_BITS))
                 or not all(1 <= b <= MAX_TABLE_BITS for b in self.bits)
                 or not len(self.offsets) == len(self.fps) == len(self.table_groups) == m):
             raise ValueError(f"invalid table split {self.bits} with {len(self.offsets)} offsets, {len(self.fps)} "
@@ -121,6 +137,10 @@ cdef class Segment:
     def n_unique(self):
         return self.seg.n_unique
 
+    @property
+    def code_bits(self):
+        return 64 * self.seg.words
+
     def with_dead(self, dead):
         """A segment sharing these arrays with another tombstone bitmap (or None)."""
         return Segment(self.codes, self.group_start, self.ids, self.bits, self.offsets,
@@ -133,12 +153,15 @@ cdef class Segment:
 
 
 def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
-    """Segment from uint64 codes (n,) and int64 ids (n,), both C-contiguous; n <= MAX_SEGMENT_ENTRIES."""
+    """Segment from uint64 codes (n,) or (n, 4) (256-bit) and int64 ids (n,), all C-contiguous;
+    n <= MAX_SEGMENT_ENTRIES."""
     if codes.shape[0] > MAX_SEGMENT_ENTRIES:
         raise ValueError(f"a segment holds at most {MAX_SEGMENT_ENTRIES} entries (2**32-1: entry positions are "
                          f"32-bit), this one would hold {codes.shape[0]}; split the hashes over several indexes")
     if ids.shape[0] != codes.shape[0]:
         raise ValueError(f"{codes.shape[0]} codes but {ids.shape[0]} ids")
+    if codes.ndim == 2:
+        return _build_segment_wide(codes, ids)
     cdef uint64_t n = codes.shape[0], u
     cdef int m, k, rc
     cdef int bits[HS_MAX_TABLES]
@@ -180,13 +203,40 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
                    tfps, tgroups[:m])
 
 
+def _build_segment_wide(codes, ids):
+    """build_segment for codes of several words (uint64 (n, w)): sorted by (word 0, .., word w-1, id),
+    identical codes grouped; scanned by brute force (no tables)."""
+    n, words = codes.shape
+    order = np.lexsort((ids,) + tuple(codes[:, w] for w in range(words - 1, -1, -1)))
+    sorted_codes, sorted_ids = codes[order], ids[order]
+    new = np.ones(n, dtype=bool)
+    if n > 1:
+        new[1:] = (sorted_codes[1:] != sorted_codes[:-1]).any(axis=1)
+    starts = np.flatnonzero(new)
+    group_start = np.empty(len(starts) + 1, dtype=np.uint32)
+    group_start[:-1] = starts
+    group_start[-1] = n
+    return Segment(np.ascontiguousarray(sorted_codes[starts]), group_start, sorted_ids, [], [], [], [])
+
+
 # ---------------------------------------------------------------- checks of loaded segments
 # Each returns None or (what is wrong, position); the storage layer names the file and segment.
 
+cdef inline bint _code_greater(const uint64_t *c, uint64_t g, int words) noexcept nogil:
+    """Code g > code g - 1, comparing word 0 first."""
+    cdef int w
+    for w in range(words):
+        if c[g * words + w] != c[(g - 1) * words + w]:
+            return c[g * words + w] > c[(g - 1) * words + w]
+    return False
+
+
 def check_entries(cnp.ndarray codes, cnp.ndarray group_start, cnp.ndarray ids):
-    """Entry invariants of a segment: codes uint64 (u,) strictly ascending, group_start uint32 (u+1,)
-    strictly ascending from 0 to n, ids int64 (n,) >= 0 and strictly ascending inside each group."""
+    """Entry invariants of a segment: codes uint64 (u,) or (u, w) strictly ascending (by row, word 0
+    first), group_start uint32 (u+1,) strictly ascending from 0 to n, ids int64 (n,) >= 0 and strictly
+    ascending inside each group."""
     cdef uint64_t u = codes.shape[0], n = ids.shape[0], g, i, a, b
+    cdef int words = code_words(codes)
     cdef const uint64_t *c = <const uint64_t *>cnp.PyArray_DATA(codes)
     cdef const uint32_t *gs = <const uint32_t *>cnp.PyArray_DATA(group_start)
     cdef const int64_t *d = <const int64_t *>cnp.PyArray_DATA(ids)
@@ -198,7 +248,7 @@ def check_entries(cnp.ndarray codes, cnp.ndarray group_start, cnp.ndarray ids):
             problem, g = 1, 0
         else:
             for g in range(u):
-                if g and c[g] <= c[g - 1]:
+                if g and not _code_greater(c, g, words):
                     problem = 2
                     break
                 a, b = gs[g], gs[g + 1]
@@ -364,12 +414,18 @@ cdef class SegmentList:
     """The C view of a tuple of segments, made once per index version."""
     cdef const hs_segment **ptrs
     cdef int n
+    cdef readonly int words
     cdef list keep
 
-    def __cinit__(self, segments):
+    def __cinit__(self, segments, int bits=64):
         cdef Segment s
         self.keep = list(segments)
         self.n = len(self.keep)
+        self.words = bits // 64
+        if bits not in (64, 256) or any(seg.code_bits != bits for seg in self.keep):
+            raise ValueError(f"segments of {[s.code_bits for s in self.keep]}-bit codes in a {bits}-bit index")
+        if self.n > MAX_SEGMENTS:
+            raise ValueError(f"at most {MAX_SEGMENTS} segments are searched together, got {self.n}")
         self.ptrs = <const hs_segment **>malloc(max(self.n, 1) * sizeof(hs_segment *))
         if self.ptrs == NULL:
             raise MemoryError()
@@ -388,8 +444,18 @@ def _stats_array(n):
     return np.zeros((n, 4), dtype=np.uint64)
 
 
+cdef inline _check_queries(SegmentList segs, cnp.ndarray queries):
+    """The C core reads nq * words words: refuse anything else (C-level checks, no cost to a query)."""
+    cdef int ndim = cnp.PyArray_NDIM(queries)
+    if (cnp.PyArray_TYPE(queries) != cnp.NPY_UINT64 or not cnp.PyArray_IS_C_CONTIGUOUS(queries)
+            or ndim != (1 if segs.words == 1 else 2) or (ndim == 2 and queries.shape[1] != segs.words)):
+        raise ValueError(f"queries must be C-contiguous uint64 with {segs.words} word(s) a code, got {queries!r:.80}")
+
+
 def range_search(SegmentList segs, cnp.ndarray queries, int radius, int nthreads=1, bint with_stats=False):
-    """(lims int64 (nq+1,), distances int32, ids int64[, stats uint64 (nq, 4)])."""
+    """(lims int64 (nq+1,), distances int32, ids int64[, stats uint64 (nq, 4)]); queries uint64 (nq,),
+    or (nq, 4) for 256-bit codes."""
+    _check_queries(segs, queries)
     cdef uint64_t nq = queries.shape[0]
     cdef cnp.ndarray lims = np.zeros(nq + 1, dtype=np.int64)
     cdef cnp.ndarray stats = _stats_array(nq) if with_stats else None
@@ -398,7 +464,7 @@ def range_search(SegmentList segs, cnp.ndarray queries, int radius, int nthreads
     cdef hs_stats *st = <hs_stats *>_ptr(stats)
     cdef int rc
     with nogil:
-        rc = hs_range_search(segs.ptrs, segs.n, <const uint64_t *>cnp.PyArray_DATA(queries), nq, radius,
+        rc = hs_range_search(segs.ptrs, segs.n, segs.words, <const uint64_t *>cnp.PyArray_DATA(queries), nq, radius,
                              nthreads, <int64_t *>cnp.PyArray_DATA(lims), &ids, &dist,
                              st)
     if rc:
@@ -410,6 +476,7 @@ def range_search(SegmentList segs, cnp.ndarray queries, int radius, int nthreads
 
 def knn_search(SegmentList segs, cnp.ndarray queries, int k, int nthreads=1, bint with_stats=False):
     """(distances int32 (nq, k), ids int64 (nq, k)[, stats]), -1 padded."""
+    _check_queries(segs, queries)
     cdef uint64_t nq = queries.shape[0]
     cdef cnp.ndarray dist = np.empty((nq, k), dtype=np.int32)
     cdef cnp.ndarray ids = np.empty((nq, k), dtype=np.int64)
@@ -417,7 +484,7 @@ def knn_search(SegmentList segs, cnp.ndarray queries, int k, int nthreads=1, bin
     cdef hs_stats *st = <hs_stats *>_ptr(stats)
     cdef int rc
     with nogil:
-        rc = hs_knn_search(segs.ptrs, segs.n, <const uint64_t *>cnp.PyArray_DATA(queries), nq, k, nthreads,
+        rc = hs_knn_search(segs.ptrs, segs.n, segs.words, <const uint64_t *>cnp.PyArray_DATA(queries), nq, k, nthreads,
                            <int64_t *>cnp.PyArray_DATA(ids), <int32_t *>cnp.PyArray_DATA(dist),
                            st)
     if rc:

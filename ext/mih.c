@@ -31,8 +31,8 @@
 
 typedef struct {
     uint32_t group;
-    uint16_t seg;
-    uint8_t d;
+    uint16_t d;          /* up to 256 */
+    uint8_t seg;         /* hs_range_search takes at most HS_MAX_SEGMENTS */
     uint8_t slot;        /* query within its group */
 } hs_hit;
 
@@ -61,9 +61,9 @@ typedef struct {
 } hs_scratch;
 
 typedef struct {
-    uint64_t hist[HS_CODE_BITS + 1];   /* live entries per distance */
+    uint64_t hist[HS_MAX_BITS + 1];    /* live entries per distance (0 .. the code width) */
     uint64_t k;
-    int tau;                           /* k-th smallest distance so far, or 64 */
+    int tau;                           /* k-th smallest distance so far, or the code width */
 } knn_state;
 
 static inline uint64_t sub_mask(int bits) { return bits >= 64 ? ~0ull : (1ull << bits) - 1; }
@@ -97,7 +97,7 @@ static inline void push_hit(hs_scratch *w, int seg, uint64_t group, int d, int s
         w->oom = 1;
         return;
     }
-    hs_hit h = {(uint32_t)group, (uint16_t)seg, (uint8_t)d, (uint8_t)slot};
+    hs_hit h = {(uint32_t)group, (uint16_t)d, (uint8_t)seg, (uint8_t)slot};
     w->hits[w->nhits++] = h;
 }
 
@@ -130,11 +130,11 @@ static inline uint64_t live_count(const hs_segment *s, uint64_t g)
     return n;
 }
 
-static inline void knn_init(knn_state *ks, uint64_t k)
+static inline void knn_init(knn_state *ks, uint64_t k, int bits)
 {
-    memset(ks->hist, 0, sizeof ks->hist);
+    memset(ks->hist, 0, (size_t)(bits + 1) * sizeof ks->hist[0]);
     ks->k = k;
-    ks->tau = HS_CODE_BITS;
+    ks->tau = bits;
 }
 
 static inline void knn_add(knn_state *ks, hs_scratch *w, const hs_segment *s, int segno, uint64_t g, int d)
@@ -170,6 +170,11 @@ typedef struct {
     void (*brute_range)(const hs_segment *, int, const uint64_t *, int, int, uint64_t, uint64_t, hs_scratch *,
                         hs_stats *);
     void (*brute_knn)(const hs_segment *, int, uint64_t, uint64_t, uint64_t, uint64_t, hs_scratch *, hs_stats *);
+    /* the same two for 256-bit codes (4 words, query by pointer) */
+    void (*brute_range4)(const hs_segment *, int, const uint64_t *, int, int, uint64_t, uint64_t, hs_scratch *,
+                         hs_stats *);
+    void (*brute_knn4)(const hs_segment *, int, const uint64_t *, uint64_t, uint64_t, uint64_t, hs_scratch *,
+                       hs_stats *);
 } hs_kernels;
 
 /* ---- one copy of the kernels per instruction set ---- */
@@ -542,22 +547,24 @@ static int gather_ids(hs_scratch *w, const hs_segment *s, const hs_hit *h, uint6
     return 0;
 }
 
-/* Appends the results of hits h[0:nh] (one query), sorted by (distance, id), at most `limit`. */
-static int emit(hs_scratch *w, const hs_segment *const *segs, const hs_hit *h, size_t nh, uint64_t limit)
+/* Appends the results of hits h[0:nh] (one query, distances 0..bits), sorted by
+ * (distance, id), at most `limit`. */
+static int emit(hs_scratch *w, const hs_segment *const *segs, const hs_hit *h, size_t nh, uint64_t limit, int bits)
 {
-    size_t start[HS_CODE_BITS + 2] = {0};
+    size_t start[HS_MAX_BITS + 2];
+    memset(start, 0, (size_t)(bits + 2) * sizeof start[0]);
     for (size_t i = 0; i < nh; i++)
         start[h[i].d + 1]++;
-    for (int d = 0; d <= HS_CODE_BITS; d++)
+    for (int d = 0; d <= bits; d++)
         start[d + 1] += start[d];
     if (grow((void **)&w->sorted, &w->cap_sorted, nh, sizeof(hs_hit)))
         return -1;
-    size_t cursor[HS_CODE_BITS + 1];
-    memcpy(cursor, start, sizeof cursor);
+    size_t cursor[HS_MAX_BITS + 1];
+    memcpy(cursor, start, (size_t)(bits + 1) * sizeof cursor[0]);
     for (size_t i = 0; i < nh; i++)
         w->sorted[cursor[h[i].d]++] = h[i];
     uint64_t need = limit;
-    for (int d = 0; d <= HS_CODE_BITS && need > 0; d++) {
+    for (int d = 0; d <= bits && need > 0; d++) {
         size_t len = 0;
         for (size_t i = start[d]; i < start[d + 1]; i++)
             if (gather_ids(w, segs[w->sorted[i].seg], &w->sorted[i], need, &len))
@@ -631,33 +638,46 @@ typedef struct {
     const hs_kernels *K;
     const hs_segment *s;
     int segno, r;
-    uint64_t q, k, lo, hi;
+    const uint64_t *q;
+    uint64_t k, lo, hi;
     hs_scratch w;
     hs_stats st;
 } scan_part;
 
+/* Scans codes [lo, hi) of s for one query q (k > 0: k-NN, else radius r). */
+static void scan_range(const hs_kernels *K, const hs_segment *s, int segno, const uint64_t *q, int r, uint64_t k,
+                       uint64_t lo, uint64_t hi, hs_scratch *w, hs_stats *st)
+{
+    if (s->words == 1) {
+        if (k)
+            K->brute_knn(s, segno, *q, k, lo, hi, w, st);
+        else
+            K->brute_range(s, segno, q, 1, r, lo, hi, w, st);
+    } else {
+        if (k)
+            K->brute_knn4(s, segno, q, k, lo, hi, w, st);
+        else
+            K->brute_range4(s, segno, q, 1, r, lo, hi, w, st);
+    }
+}
+
 static void *run_scan_part(void *arg)
 {
     scan_part *p = arg;
-    if (p->k)
-        p->K->brute_knn(p->s, p->segno, p->q, p->k, p->lo, p->hi, &p->w, &p->st);
-    else
-        p->K->brute_range(p->s, p->segno, &p->q, 1, p->r, p->lo, p->hi, &p->w, &p->st);
+    scan_range(p->K, p->s, p->segno, p->q, p->r, p->k, p->lo, p->hi, &p->w, &p->st);
     return NULL;
 }
 
 /* Scans a whole segment (k > 0: k-NN, else radius r), split over nthreads. */
-static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, uint64_t q, int r, uint64_t k,
+static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, const uint64_t *q, int r, uint64_t k,
                          hs_scratch *w, hs_stats *st, int nthreads)
 {
     uint64_t u = s->n_unique;
     if (nthreads > HS_MAX_SCAN_THREADS)
         nthreads = HS_MAX_SCAN_THREADS;
-    if (nthreads <= 1 || u < HS_PAR_SCAN_MIN) {
-        if (k)
-            K->brute_knn(s, segno, q, k, 0, u, w, st);
-        else
-            K->brute_range(s, segno, &q, 1, r, 0, u, w, st);
+    /* a 256-bit code is 4 times the bytes: worth splitting 4 times sooner */
+    if (nthreads <= 1 || u * (uint64_t)s->words < HS_PAR_SCAN_MIN) {
+        scan_range(K, s, segno, q, r, k, 0, u, w, st);
         return;
     }
     scan_part parts[HS_MAX_SCAN_THREADS];
@@ -1145,9 +1165,9 @@ static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, con
 
 /* Range search of g <= HS_GROUP queries; query i's results are appended to
  * w's result buffer at res_start[i], res_count[i] of them. */
-static int query_range_group(const hs_kernels *K, const hs_segment *const *segs, int nseg, const uint64_t *qs,
-                             int g, int r, hs_scratch *w, hs_stats *st, int inner, uint64_t *res_start,
-                             uint64_t *res_count)
+static int query_range_group(const hs_kernels *K, const hs_segment *const *segs, int nseg, int words,
+                             const uint64_t *qs, int g, int r, hs_scratch *w, hs_stats *st, int inner,
+                             uint64_t *res_start, uint64_t *res_count)
 {
     size_t begin = w->nhits;
     for (int si = 0; si < nseg; si++) {
@@ -1161,9 +1181,11 @@ static int query_range_group(const hs_kernels *K, const hs_segment *const *segs,
             continue;
         w->nhits = seg_begin;   /* the tables gave up (or were never worth it): scan */
         if (g == 1)
-            scan_segment(K, s, si, qs[0], r, 0, w, st, inner);
-        else
+            scan_segment(K, s, si, qs, r, 0, w, st, inner);
+        else if (s->words == 1)
             K->brute_range(s, si, qs, g, r, 0, s->n_unique, w, st);
+        else
+            K->brute_range4(s, si, qs, g, r, 0, s->n_unique, w, st);
     }
     if (w->oom)
         return -1;
@@ -1182,15 +1204,15 @@ static int query_range_group(const hs_kernels *K, const hs_segment *const *segs,
     for (int i = 0; i < g; i++) {
         st[i].hits += start[i + 1] - start[i];
         res_start[i] = w->nres;
-        if (emit(w, segs, w->byslot + start[i], start[i + 1] - start[i], HS_UNLIMITED))
+        if (emit(w, segs, w->byslot + start[i], start[i + 1] - start[i], HS_UNLIMITED, 64 * words))
             return -1;
         res_count[i] = w->nres - res_start[i];
     }
     return 0;
 }
 
-static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int nseg, uint64_t q, uint64_t k,
-                         hs_scratch *w, hs_stats *st, int inner)
+static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int nseg, int words, const uint64_t *q,
+                         uint64_t k, hs_scratch *w, hs_stats *st, int inner)
 {
     size_t begin = w->nhits;
     for (int si = 0; si < nseg; si++) {
@@ -1198,7 +1220,7 @@ static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int
         if (s->n_unique == 0)
             continue;
         size_t seg_begin = w->nhits;
-        if (s->m > 0 && K->mih_knn(s, si, q, k, w, st, scan_cost_ns(s)))
+        if (s->m > 0 && s->words == 1 && K->mih_knn(s, si, *q, k, w, st, scan_cost_ns(s)))
             continue;
         w->nhits = seg_begin;   /* the planner gave up on the tables: scan instead */
         scan_segment(K, s, si, q, 0, k, w, st, inner);
@@ -1206,7 +1228,7 @@ static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int
     st->hits += w->nhits - begin;
     if (w->oom)
         return -1;
-    int rc = emit(w, segs, w->hits + begin, w->nhits - begin, k);
+    int rc = emit(w, segs, w->hits + begin, w->nhits - begin, k, 64 * words);
     w->nhits = begin;
     return rc;
 }
@@ -1216,7 +1238,7 @@ static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int
 typedef struct {
     const hs_kernels *K;
     const hs_segment *const *segs;
-    int nseg, radius, inner;
+    int nseg, words, radius, inner;
     const uint64_t *queries;
     uint64_t nq, k, chunk;
     hs_scratch *scratch;
@@ -1250,7 +1272,8 @@ static void batch_run(void *arg, int worker)
             if (J->k) {
                 for (int c = 0; c < g && !rc; c++) {
                     w->nres = 0;
-                    rc = query_knn_one(J->K, J->segs, J->nseg, J->queries[i + c], J->k, w, &st[c], J->inner);
+                    rc = query_knn_one(J->K, J->segs, J->nseg, J->words, J->queries + (i + c) * J->words, J->k, w,
+                                       &st[c], J->inner);
                     int64_t *row_ids = J->knn_ids + (i + c) * J->k;
                     int32_t *row_dist = J->knn_dist + (i + c) * J->k;
                     for (uint64_t x = 0; x < J->k; x++) {
@@ -1260,8 +1283,8 @@ static void batch_run(void *arg, int worker)
                 }
             } else {
                 uint64_t start[HS_GROUP], count[HS_GROUP];
-                rc = query_range_group(J->K, J->segs, J->nseg, J->queries + i, g, J->radius, w, st, J->inner,
-                                       start, count);
+                rc = query_range_group(J->K, J->segs, J->nseg, J->words, J->queries + i * J->words, g, J->radius, w,
+                                       st, J->inner, start, count);
                 for (int c = 0; c < g && !rc; c++) {
                     J->qthread[i + c] = (uint32_t)worker;
                     J->qstart[i + c] = start[c];
@@ -1324,12 +1347,12 @@ static int run_batch(batch_job *J, int nthreads)
     return J->failed ? -1 : 0;
 }
 
-int hs_range_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq, int radius,
-                    int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist, hs_stats *stats)
+int hs_range_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq,
+                    int radius, int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist, hs_stats *stats)
 {
     batch_job J;
     memset(&J, 0, sizeof J);
-    J.segs = segs; J.nseg = nseg; J.queries = queries; J.nq = nq; J.radius = radius;
+    J.segs = segs; J.nseg = nseg; J.words = words; J.queries = queries; J.nq = nq; J.radius = radius;
     J.lims = lims; J.stats = stats;
     J.qthread = malloc((nq + 1) * sizeof(uint32_t));
     J.qstart = malloc((nq + 1) * sizeof(uint64_t));
@@ -1364,12 +1387,12 @@ int hs_range_search(const hs_segment *const *segs, int nseg, const uint64_t *que
     return rc;
 }
 
-int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq, int k,
+int hs_knn_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq, int k,
                   int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats)
 {
     batch_job J;
     memset(&J, 0, sizeof J);
-    J.segs = segs; J.nseg = nseg; J.queries = queries; J.nq = nq; J.k = (uint64_t)k;
+    J.segs = segs; J.nseg = nseg; J.words = words; J.queries = queries; J.nq = nq; J.k = (uint64_t)k;
     J.knn_ids = out_ids; J.knn_dist = out_dist; J.stats = stats;
     int rc = run_batch(&J, nthreads);
     free_scratch(J.scratch, J.nworkers);

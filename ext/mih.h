@@ -1,11 +1,15 @@
-/* hashsieve native core: exact Hamming search over 64-bit codes with
+/* hashsieve native core: exact Hamming search over 64- or 256-bit codes with
  * multi-index hashing (Norouzi, Punjani, Fleet 2012) and a SIMD brute-force scan.
  *
  * A segment is immutable once built. Its arrays are owned by the caller
  * (numpy arrays or a read-only memory map); this code only reads them.
  *
+ * A code is `words` 64-bit words (1, or 4 for 256-bit codes: the 32 bytes of
+ * FAISS's binary layout read as four little-endian words); the code width is
+ * a parameter of the segment, and the kernels are specialised per width.
+ *
  * Layout of one segment of n entries with u distinct codes:
- *   codes[u]            distinct codes, ascending. Also table 0's bucket array,
+ *   codes[u * words]    distinct codes, ascending (word 0 first). Also table 0's bucket array,
  *                       because table 0's key is the top bits of the code.
  *   group_start[u+1]    entries of distinct code g are ids[group_start[g] ..
  *                       group_start[g+1]); identical codes are stored once, so a
@@ -27,7 +31,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HS_CODE_BITS 64
+#define HS_CODE_BITS 64    /* one word */
+#define HS_MAX_WORDS 4
+#define HS_MAX_BITS (64 * HS_MAX_WORDS)
 #define HS_MAX_TABLES 8
 /* Probe rings are enumerated up to this substring radius; beyond it the
  * planner scans instead. */
@@ -35,6 +41,7 @@
 
 typedef struct {
     int m;                                  /* tables; 0 = brute force only */
+    int words;                              /* 64-bit words per code: 1 or 4 */
     int bits[HS_MAX_TABLES];
     int shift[HS_MAX_TABLES];
     uint64_t n_unique;
@@ -75,14 +82,15 @@ void hs_make_masks(int bits, int max_ring, uint32_t *masks, uint32_t *ring_start
 
 /* ---- search ----
  * Range: all live entries with distance <= radius, per query sorted by (distance, id).
+ * Every segment's codes and the queries (nq * words words) have `words` words.
  * Results are returned as one CSR block (lims has nq+1 entries); *out_ids and
  * *out_dist are malloc'ed and owned by the caller (free them).
  * kNN: writes nq*k ids and distances, -1 padded, sorted by (distance, id).
  * Both return 0, or -1 when out of memory. stats may be NULL. */
-int hs_range_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
+int hs_range_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq,
                     int radius, int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist,
                     hs_stats *stats);
-int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
+int hs_knn_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq,
                   int k, int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats);
 
 /* ---- planner override, for tests and benchmarks ---- */

@@ -3,6 +3,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 
 cdef extern from "mih.h" nogil:
     enum: HS_CODE_BITS
+    enum: HS_MAX_WORDS
     enum: HS_MAX_TABLES
     enum: HS_MAX_RING
     enum:
@@ -13,6 +14,7 @@ cdef extern from "mih.h" nogil:
 
     ctypedef struct hs_segment:
         int m
+        int words
         int bits[HS_MAX_TABLES]
         int shift[HS_MAX_TABLES]
         uint64_t n_unique
@@ -44,10 +46,10 @@ cdef extern from "mih.h" nogil:
     uint32_t hs_mask_count(int bits, int max_ring)
     void hs_make_masks(int bits, int max_ring, uint32_t *masks, uint32_t *ring_start)
 
-    int hs_range_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
+    int hs_range_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq,
                         int radius, int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist,
                         hs_stats *stats)
-    int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
+    int hs_knn_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq,
                       int k, int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats)
 
     enum:

@@ -186,7 +186,7 @@ static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k
                           hs_stats *st, double budget_ns)
 {
     knn_state ks;
-    knn_init(&ks, k);
+    knn_init(&ks, k, 64);
     double spent = 0;   /* estimated cost of the rings so far, corrected by real candidate counts */
     uint64_t candidates = 0;
     int done = 0;
@@ -260,11 +260,125 @@ static void HS_FN(brute_knn)(const hs_segment *s, int segno, uint64_t q, uint64_
 {
     const uint64_t *codes = s->codes;
     knn_state ks;
-    knn_init(&ks, k);
+    knn_init(&ks, k, 64);
     HS_SCAN(codes, lo, hi, q, ks.tau, knn_add(&ks, w, s, segno, j, __builtin_popcountll(codes[j] ^ q)));
     st->scanned += hi - lo;
 }
 
+/* ---- 256-bit codes: 4 words a code ---- */
+
+static inline int HS_FN(dist4)(const uint64_t *c, const uint64_t *q)
+{
+    return __builtin_popcountll(c[0] ^ q[0]) + __builtin_popcountll(c[1] ^ q[1]) +
+           __builtin_popcountll(c[2] ^ q[2]) + __builtin_popcountll(c[3] ^ q[3]);
+}
+
+#if defined(HS_USE_AVX512) || defined(HS_USE_AVX2)
+/* Four 16-bit distances packed in one word (code j in bits 16j..16j+15) to a
+ * 4-bit mask of those <= r. */
+static inline uint32_t HS_FN(packed_le)(uint64_t packed, int r)
+{
+    uint32_t mask = 0;
+    for (int j = 0; j < 4; j++)
+        mask |= (uint32_t)((int)((packed >> (16 * j)) & 0xffff) <= r) << j;
+    return mask;
+}
+#endif
+
+/* Bit j of the result is set when the 256-bit code p[4j .. 4j+4) is within r
+ * of q, for j < 8. */
+static inline uint32_t HS_FN(match8_w4)(const uint64_t *p, const uint64_t *q, int r)
+{
+#if defined(HS_USE_AVX512)
+    /* Two codes a register; their 64-bit word counts are packed as 16-bit
+     * fields (a distance is at most 256), so one pair of lane sums per 256-bit
+     * half gives four codes' distances at once. */
+    const __m512i qq = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)q));
+    __m512i packed = _mm512_setzero_si512();
+    for (int i = 0; i < 4; i++) {
+        __m512i c = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512((const void *)(p + 8 * i)), qq));
+        packed = _mm512_add_epi64(packed, _mm512_slli_epi64(c, 16 * i));
+    }
+    packed = _mm512_add_epi64(packed, _mm512_permutex_epi64(packed, _MM_SHUFFLE(1, 0, 3, 2)));
+    packed = _mm512_add_epi64(packed, _mm512_permutex_epi64(packed, _MM_SHUFFLE(2, 3, 0, 1)));
+    /* lane 0: codes 0, 2, 4, 6; lane 4: codes 1, 3, 5, 7 */
+    const uint64_t even = (uint64_t)_mm_cvtsi128_si64(_mm512_castsi512_si128(packed));
+    const uint64_t odd = (uint64_t)_mm_cvtsi128_si64(_mm512_extracti32x4_epi32(packed, 2));
+    uint32_t me = HS_FN(packed_le)(even, r), mo = HS_FN(packed_le)(odd, r), mask = 0;
+    for (int j = 0; j < 4; j++)
+        mask |= ((me >> j) & 1) << (2 * j) | ((mo >> j) & 1) << (2 * j + 1);
+    return mask;
+#elif defined(HS_USE_AVX2)
+    /* Per code: byte counts folded by SAD into four word counts; four codes'
+     * counts packed as 16-bit fields and summed across the lanes. */
+    const __m256i qq = _mm256_loadu_si256((const __m256i *)q);
+    uint32_t mask = 0;
+    for (int h = 0; h < 2; h++) {
+        __m256i packed = _mm256_setzero_si256();
+        for (int i = 0; i < 4; i++) {
+            __m256i x = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 16 * h + 4 * i)), qq);
+            __m256i c = _mm256_sad_epu8(HS_FN(popcnt_bytes)(x), _mm256_setzero_si256());
+            packed = _mm256_add_epi64(packed, _mm256_slli_epi64(c, 16 * i));
+        }
+        __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(packed), _mm256_extracti128_si256(packed, 1));
+        s2 = _mm_add_epi64(s2, _mm_unpackhi_epi64(s2, s2));
+        mask |= HS_FN(packed_le)((uint64_t)_mm_cvtsi128_si64(s2), r) << (4 * h);
+    }
+    return mask;
+#else
+    uint32_t mask = 0;
+    for (int j = 0; j < 8; j++)
+        mask |= (uint32_t)(HS_FN(dist4)(p + 4 * j, q) <= r) << j;
+    return mask;
+#endif
+}
+
+/* HS_SCAN for 256-bit codes. */
+#define HS_SCAN4(codes, lo, hi, q, r, ON_MATCH)                                 \
+    do {                                                                        \
+        uint64_t j_ = (lo), e_ = (hi);                                          \
+        for (; j_ + 8 <= e_; j_ += 8) {                                         \
+            uint32_t m_ = HS_FN(match8_w4)((codes) + 4 * j_, (q), (r));         \
+            while (m_) {                                                        \
+                uint64_t j = j_ + (uint64_t)__builtin_ctz(m_);                  \
+                m_ &= m_ - 1;                                                   \
+                ON_MATCH;                                                       \
+            }                                                                   \
+        }                                                                       \
+        for (; j_ < e_; j_++) {                                                 \
+            if (HS_FN(dist4)((codes) + 4 * j_, (q)) <= (r)) {                   \
+                uint64_t j = j_;                                                \
+                ON_MATCH;                                                       \
+            }                                                                   \
+        }                                                                       \
+    } while (0)
+
+static void HS_FN(brute_range4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, uint64_t lo,
+                                uint64_t hi, hs_scratch *w, hs_stats *st)
+{
+    const uint64_t *codes = s->codes;
+    /* a quarter of the codes a tile: the same bytes as the 64-bit tile */
+    for (uint64_t b0 = lo; b0 < hi; b0 += HS_TILE / 4) {
+        uint64_t b1 = b0 + HS_TILE / 4 < hi ? b0 + HS_TILE / 4 : hi;
+        for (int slot = 0; slot < nq; slot++) {
+            const uint64_t *q = qs + 4 * slot;
+            HS_SCAN4(codes, b0, b1, q, r, push_hit(w, segno, j, HS_FN(dist4)(codes + 4 * j, q), slot));
+        }
+    }
+    for (int slot = 0; slot < nq; slot++)
+        st[slot].scanned += hi - lo;
+}
+
+static void HS_FN(brute_knn4)(const hs_segment *s, int segno, const uint64_t *q, uint64_t k, uint64_t lo,
+                              uint64_t hi, hs_scratch *w, hs_stats *st)
+{
+    const uint64_t *codes = s->codes;
+    knn_state ks;
+    knn_init(&ks, k, 256);
+    HS_SCAN4(codes, lo, hi, q, ks.tau, knn_add(&ks, w, s, segno, j, HS_FN(dist4)(codes + 4 * j, q)));
+    st->scanned += hi - lo;
+}
+
 static const hs_kernels HS_FN(kernels) = {
-    HS_FN(mih_probes), HS_FN(mih_knn), HS_FN(brute_range), HS_FN(brute_knn),
+    HS_FN(mih_probes), HS_FN(mih_knn), HS_FN(brute_range), HS_FN(brute_knn), HS_FN(brute_range4), HS_FN(brute_knn4),
 };
