@@ -79,13 +79,14 @@ cdef class Segment:
     cdef object _masks
 
     def __init__(self, codes, group_start, ids, bits, offsets, fps, table_groups, dead=None):
-        cdef int k, shift = HS_CODE_BITS
+        cdef int k, shift
         self.codes, self.group_start, self.ids, self.dead = codes, group_start, ids, dead
         self.bits, self.offsets = tuple(bits), tuple(offsets)
         self.fps, self.table_groups = tuple(fps), tuple(table_groups)
         self._check_arrays()
         self.seg.m = len(self.bits)
         self.seg.words = code_words(codes)
+        shift = 64 * self.seg.words
         self.seg.n_unique = codes.shape[0]
         self.seg.n_entries = ids.shape[0]
         self.seg.codes = <const uint64_t *>_ptr(codes)
@@ -98,7 +99,7 @@ cdef class Segment:
             self.seg.bits[k] = self.bits[k]
             self.seg.shift[k] = shift
             self.seg.offsets[k] = <const uint32_t *>_ptr(self.offsets[k])
-            self.seg.fps[k] = <const uint32_t *>_ptr(self.fps[k])
+            self.seg.fps[k] = <const uint32_t *>_ptr(self.fps[k] if self.fps else None)
             self.seg.table_groups[k] = <const uint32_t *>_ptr(self.table_groups[k] if k else None)
             masks, ring_start = _masks_for(self.bits[k])
             self._masks.append(masks)
@@ -117,14 +118,17 @@ cdef class Segment:
             _array(self.dead, np.uint8, (n + 7) // 8, "dead")
         if n > MAX_SEGMENT_ENTRIES:
             raise ValueError(f"a segment holds at most {MAX_SEGMENT_ENTRIES} entries, got {n}")
-        if (m > HS_MAX_TABLES or (m and (words != 1 or sum(self.bits) != HS_CODE_BITS))
+        # 64-bit tables have fingerprints, 256-bit ones none (see mih.h)
+        if (m > HS_MAX_TABLES or (m and sum(self.bits) != 64 * words)
                 or not all(1 <= b <= MAX_TABLE_BITS for b in self.bits)
-                or not len(self.offsets) == len(self.fps) == len(self.table_groups) == m):
+                or not len(self.offsets) == len(self.table_groups) == m
+                or len(self.fps) != (m if words == 1 else 0)):
             raise ValueError(f"invalid table split {self.bits} with {len(self.offsets)} offsets, {len(self.fps)} "
                              f"fingerprints and {len(self.table_groups)} group arrays")
         for k in range(m):
             _array(self.offsets[k], np.uint32, (1 << self.bits[k]) + 1, f"offsets[{k}]")
-            _array(self.fps[k], np.uint32, u, f"fps[{k}]")
+            if words == 1:
+                _array(self.fps[k], np.uint32, u, f"fps[{k}]")
             if k == 0 and self.table_groups[0] is not None:
                 raise ValueError("table_groups[0] must be None: table 0 is in code order")
             if k:
@@ -152,6 +156,15 @@ cdef class Segment:
         return sum(a.nbytes for a in arrays if a is not None)
 
 
+def choose_tables(uint64_t n_unique, int bits=64):
+    """The substring widths (widest first, from the code's top bits) the builder gives a segment of
+    n_unique distinct bits-bit codes; () when it is scanned by brute force instead."""
+    cdef int widths[HS_MAX_TABLES]
+    cdef int shift[HS_MAX_TABLES]
+    cdef int m = hs_choose_tables(n_unique, bits // 64, widths, shift)
+    return tuple(widths[k] for k in range(m))
+
+
 def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
     """Segment from uint64 codes (n,) or (n, 4) (256-bit) and int64 ids (n,), all C-contiguous;
     n <= MAX_SEGMENT_ENTRIES."""
@@ -161,7 +174,7 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
     if ids.shape[0] != codes.shape[0]:
         raise ValueError(f"{codes.shape[0]} codes but {ids.shape[0]} ids")
     if codes.ndim == 2:
-        return _build_segment_wide(codes, ids)
+        return _build_segment_wide(codes, ids, nthreads)
     cdef uint64_t n = codes.shape[0], u
     cdef int m, k, rc
     cdef int bits[HS_MAX_TABLES]
@@ -183,7 +196,7 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
         hs_group(<uint64_t *>cnp.PyArray_DATA(sorted_codes), n,
                  <uint64_t *>cnp.PyArray_DATA(ucodes), <uint32_t *>cnp.PyArray_DATA(group_start))
     del sorted_codes
-    m = hs_choose_tables(u, bits, shift)
+    m = hs_choose_tables(u, 1, bits, shift)
     offs, tfps, tgroups = [], [], [None]
     for k in range(m):
         offs.append(np.empty((1 << bits[k]) + 1, dtype=np.uint32))
@@ -195,7 +208,7 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
             tgroups.append(np.empty(u, dtype=np.uint32))
             table_groups[k] = <uint32_t *>cnp.PyArray_DATA(tgroups[k])
     with nogil:
-        rc = hs_build_tables(<uint64_t *>cnp.PyArray_DATA(ucodes), u, m, bits, shift,
+        rc = hs_build_tables(<uint64_t *>cnp.PyArray_DATA(ucodes), u, 1, m, bits, shift,
                              offsets, fps, table_groups, nthreads)
     if rc:
         raise MemoryError("out of memory while building the tables")
@@ -203,20 +216,44 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
                    tfps, tgroups[:m])
 
 
-def _build_segment_wide(codes, ids):
-    """build_segment for codes of several words (uint64 (n, w)): sorted by (word 0, .., word w-1, id),
-    identical codes grouped; scanned by brute force (no tables)."""
-    n, words = codes.shape
+def _build_segment_wide(codes, ids, int nthreads):
+    """build_segment for 256-bit codes (uint64 (n, 4)): sorted by (word 0, .., word 3, id), identical
+    codes grouped, and the tables the cost model chooses (none for a small segment), without fingerprints."""
+    cdef int words = codes.shape[1]
+    n = codes.shape[0]
     order = np.lexsort((ids,) + tuple(codes[:, w] for w in range(words - 1, -1, -1)))
     sorted_codes, sorted_ids = codes[order], ids[order]
+    del order
     new = np.ones(n, dtype=bool)
     if n > 1:
-        new[1:] = (sorted_codes[1:] != sorted_codes[:-1]).any(axis=1)
+        np.any(sorted_codes[1:] != sorted_codes[:n - 1], axis=1, out=new[1:])
     starts = np.flatnonzero(new)
     group_start = np.empty(len(starts) + 1, dtype=np.uint32)
-    group_start[:-1] = starts
-    group_start[-1] = n
-    return Segment(np.ascontiguousarray(sorted_codes[starts]), group_start, sorted_ids, [], [], [], [])
+    group_start[:len(starts)] = starts
+    group_start[len(starts)] = n
+    cdef cnp.ndarray ucodes = np.ascontiguousarray(sorted_codes[starts])
+    del sorted_codes, starts, new
+    cdef uint64_t u = ucodes.shape[0]
+    cdef int m, k, rc
+    cdef int bits[HS_MAX_TABLES]
+    cdef int shift[HS_MAX_TABLES]
+    cdef uint32_t *offsets[HS_MAX_TABLES]
+    cdef uint32_t *table_groups[HS_MAX_TABLES]
+    m = hs_choose_tables(u, words, bits, shift)
+    offs, tgroups = [], [None]
+    for k in range(m):
+        offs.append(np.empty((1 << bits[k]) + 1, dtype=np.uint32))
+        offsets[k] = <uint32_t *>cnp.PyArray_DATA(offs[k])
+        table_groups[k] = NULL
+        if k:
+            tgroups.append(np.empty(u, dtype=np.uint32))
+            table_groups[k] = <uint32_t *>cnp.PyArray_DATA(tgroups[k])
+    with nogil:
+        rc = hs_build_tables(<uint64_t *>cnp.PyArray_DATA(ucodes), u, words, m, bits, shift,
+                             offsets, NULL, table_groups, nthreads)
+    if rc:
+        raise MemoryError("out of memory while building the tables")
+    return Segment(ucodes, group_start, sorted_ids, [bits[k] for k in range(m)], offs, [], tgroups[:m])
 
 
 # ---------------------------------------------------------------- checks of loaded segments
@@ -296,20 +333,23 @@ def check_id_order(cnp.ndarray ids, cnp.ndarray order):
     return (("id order points outside the segment", "id order does not sort the ids, or ids repeat")[problem - 1], i)
 
 
-def check_table(cnp.ndarray codes, cnp.ndarray offsets, cnp.ndarray fps, table_groups, int shift, int bits):
+def check_table(cnp.ndarray codes, cnp.ndarray offsets, fps, table_groups, int shift, int bits):
     """Table invariants: offsets uint32 (2^bits+1,) ascending from 0 to u; its slots hold every code of
-    codes uint64 (u,) exactly once (table_groups uint32 (u,), or None for table 0: slot j is code j),
-    each in the bucket of its key (bits [shift, shift+bits)) and with its fingerprint in fps uint32 (u,).
+    codes uint64 (u,) or (u, 4) exactly once (table_groups uint32 (u,), or None for table 0: slot j is
+    code j), each in the bucket of its key (bits [shift, shift+bits), see hs_code_key) and with its
+    fingerprint in fps uint32 (u,) (None for 256-bit codes, whose tables have none).
 
     The builder fills each bucket in code order, so group numbers ascend inside a bucket: with every
     group in the bucket of its own key, that proves each of the u slots names a different group."""
-    cdef uint64_t u = codes.shape[0], nb = (<uint64_t>1) << bits, mask = nb - 1, b, j = 0, g = 0, lo, hi, code
+    cdef uint64_t u = codes.shape[0], nb = (<uint64_t>1) << bits, b, j = 0, g = 0, lo, hi
+    cdef int words = code_words(codes)
     cdef const uint64_t *c = <const uint64_t *>cnp.PyArray_DATA(codes)
     cdef const uint32_t *off = <const uint32_t *>cnp.PyArray_DATA(offsets)
-    cdef const uint32_t *fp = <const uint32_t *>cnp.PyArray_DATA(fps)
+    cdef const uint32_t *fp = <const uint32_t *>_ptr(fps)
     cdef const uint32_t *tg = <const uint32_t *>_ptr(table_groups)
     cdef int problem = 0
-    if offsets.shape[0] != nb + 1 or fps.shape[0] != u or (tg != NULL and table_groups.shape[0] != u):
+    if (offsets.shape[0] != nb + 1 or (fp == NULL) != (words != 1) or (fp != NULL and fps.shape[0] != u)
+            or (tg != NULL and table_groups.shape[0] != u)):
         return ("table arrays have the wrong length", 0)
     with nogil:
         if off[0] != 0 or off[nb] != u:
@@ -324,7 +364,7 @@ def check_table(cnp.ndarray codes, cnp.ndarray offsets, cnp.ndarray fps, table_g
             for j in range(lo, hi):
                 if tg != NULL:
                     if j + PREFETCH_AHEAD < u and tg[j + PREFETCH_AHEAD] < u:
-                        HS_PREFETCH(c + tg[j + PREFETCH_AHEAD])
+                        HS_PREFETCH(c + words * tg[j + PREFETCH_AHEAD])
                     if tg[j] >= u:
                         problem = 2
                         break
@@ -334,11 +374,10 @@ def check_table(cnp.ndarray codes, cnp.ndarray offsets, cnp.ndarray fps, table_g
                     g = tg[j]
                 else:
                     g = j
-                code = c[g]
-                if ((code >> shift) & mask) != b:
+                if hs_code_key(c + words * g, words, shift, bits) != b:
                     problem = 4
                     break
-                if fp[j] != hs_fingerprint(code, shift, bits):
+                if fp != NULL and fp[j] != hs_fingerprint(c[g], shift, bits):
                     problem = 5
                     break
     if problem == 0:

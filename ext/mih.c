@@ -15,6 +15,8 @@
 #define HS_PF 16          /* probes in flight */
 #define HS_RING 32       /* >= HS_PF, power of two */
 #define HS_PF_LINES 8    /* bucket cache lines prefetched per probe */
+#define HS_PF4 24        /* 256-bit codes: probes in flight (< HS_RING; three stages of 8) */
+#define HS_PF4_CODES 8   /* codes of one probe's bucket prefetched */
 #define HS_UNLIMITED UINT64_MAX
 /* Planner cost estimates (ns): rough per-operation costs on the development machine
  * (a probe that misses to DRAM, one verified candidate, one scanned code), used
@@ -23,6 +25,16 @@
 #define HS_PROBE_NS_CACHE 8.0
 #define HS_CAND_NS 0.8
 #define HS_SCAN_NS 0.5
+/* 256-bit codes: a candidate's code is read through table_groups (prefetched,
+ * no fingerprint), a scanned code is 32 bytes. */
+#define HS_CAND_NS4 8.0
+#define HS_SCAN_NS4 1.0
+/* 256-bit tables: only from this many distinct codes (a scan is cheaper
+ * below), at most this wide (offsets of 64 MiB), and laid out for PDQ's
+ * match radius. */
+#define HS_WIDE_MIN_CODES 16384
+#define HS_WIDE_MAX_KEY_BITS 24
+#define HS_WIDE_RADIUS 31
 #define HS_PAR_SCAN_MIN (1u << 20)   /* codes; below this a scan stays on one thread */
 #define HS_MAX_SCAN_THREADS 64       /* threads one query's scan is split over, at most */
 
@@ -74,6 +86,22 @@ static inline uint32_t fingerprint(uint64_t code, int shift, int bits)
 {
     int rot = (shift + bits) & 63;
     return (uint32_t)(rot ? (code >> rot) | (code << (64 - rot)) : code);
+}
+
+/* Bits [shift, shift + bits) (bits <= 32) of a 256-bit code read as one
+ * number, word 0 most significant; a key may straddle two words. */
+static inline uint32_t key4(const uint64_t *c, int shift, int bits)
+{
+    const int wl = 3 - (shift >> 6), o = shift & 63;
+    uint64_t v = c[wl] >> o;
+    if (o + bits > 64)
+        v |= c[wl - 1] << (64 - o);
+    return (uint32_t)(v & sub_mask(bits));
+}
+
+uint32_t hs_code_key(const uint64_t *code, int words, int shift, int bits)
+{
+    return words == 1 ? (uint32_t)((code[0] >> shift) & sub_mask(bits)) : key4(code, shift, bits);
 }
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
@@ -160,12 +188,15 @@ static inline double probe_cost_ns(const hs_segment *s, int k, uint64_t nprobes)
 {
     double per_probe = s->bits[k] >= 18 ? HS_PROBE_NS_DRAM : HS_PROBE_NS_CACHE;
     double bucket = (double)s->n_unique / (double)(1ull << s->bits[k]);
-    return (double)nprobes * (per_probe + bucket * HS_CAND_NS);
+    return (double)nprobes * (per_probe + bucket * (s->words == 1 ? HS_CAND_NS : HS_CAND_NS4));
 }
 
+typedef int (*hs_probes_fn)(const hs_segment *, int, const uint64_t *, int, int, const int *, const hs_probe *,
+                            size_t, hs_scratch *, hs_stats *, uint64_t, uint64_t *);
+
 typedef struct {
-    int (*mih_probes)(const hs_segment *, int, const uint64_t *, int, int, const int *, const hs_probe *, size_t,
-                      hs_scratch *, hs_stats *, uint64_t, uint64_t *);
+    hs_probes_fn mih_probes;
+    hs_probes_fn mih_probes4;   /* 256-bit codes */
     int (*mih_knn)(const hs_segment *, int, uint64_t, uint64_t, hs_scratch *, hs_stats *, double);
     void (*brute_range)(const hs_segment *, int, const uint64_t *, int, int, uint64_t, uint64_t, hs_scratch *,
                         hs_stats *);
@@ -246,8 +277,42 @@ int hs_set_isa(int isa)
 
 /* ================================ build ================================ */
 
-int hs_choose_tables(uint64_t n_unique, int bits[HS_MAX_TABLES], int shift[HS_MAX_TABLES])
+/* 256-bit codes: m tables of about 256/m bits (widest first), m chosen by the
+ * cost model for PDQ's radius with the tight pigeonhole split (split_radius):
+ * few wide tables need many probes, many narrow ones many candidates. */
+static int choose_tables_wide(uint64_t u, int bits[HS_MAX_TABLES], int shift[HS_MAX_TABLES])
 {
+    if (u < HS_WIDE_MIN_CODES)
+        return 0;
+    double best = 0;
+    int m_best = 0;
+    for (int m = (256 + HS_WIDE_MAX_KEY_BITS - 1) / HS_WIDE_MAX_KEY_BITS; m <= HS_MAX_TABLES; m++) {
+        double cost = 0;
+        for (int k = 0; k < m && cost >= 0; k++) {
+            const int b = 256 / m + (k < 256 % m);
+            const int t = (HS_WIDE_RADIUS + 1) / m + (k < (HS_WIDE_RADIUS + 1) % m) - 1;
+            const double probes = hs_mask_count(b, t);
+            cost += probes * ((b >= 18 ? HS_PROBE_NS_DRAM : HS_PROBE_NS_CACHE) +
+                              (double)u / (double)(1ull << b) * HS_CAND_NS4);
+        }
+        if (m_best == 0 || cost < best) {
+            best = cost;
+            m_best = m;
+        }
+    }
+    int pos = 256;
+    for (int k = 0; k < m_best; k++) {
+        bits[k] = 256 / m_best + (k < 256 % m_best);
+        pos -= bits[k];
+        shift[k] = pos;
+    }
+    return m_best;
+}
+
+int hs_choose_tables(uint64_t n_unique, int words, int bits[HS_MAX_TABLES], int shift[HS_MAX_TABLES])
+{
+    if (words != 1)
+        return choose_tables_wide(n_unique, bits, shift);
     /* Below a few thousand codes a scan beats any table. */
     if (n_unique < 4096)
         return 0;
@@ -396,25 +461,31 @@ void hs_group(const uint64_t *sorted, uint64_t n, uint64_t *codes, uint32_t *gro
 typedef struct {
     const uint64_t *codes;
     uint64_t u;
-    int bits, shift;
+    int words, bits, shift;
     uint32_t *offsets;
-    uint32_t *fps;
+    uint32_t *fps;            /* NULL for 256-bit codes */
     uint32_t *table_groups;   /* NULL for table 0: codes are already in its bucket order */
     int oom;
 } table_job;
 
+static inline uint32_t job_key(const table_job *j, uint64_t i)
+{
+    return j->words == 1 ? (uint32_t)((j->codes[i] >> j->shift) & sub_mask(j->bits))
+                         : key4(j->codes + 4 * i, j->shift, j->bits);
+}
+
 static void *build_table(void *arg)
 {
     table_job *j = arg;
-    uint64_t nb = 1ull << j->bits, mask = sub_mask(j->bits);
+    uint64_t nb = 1ull << j->bits;
     uint32_t *off = j->offsets;
     memset(off, 0, (nb + 1) * sizeof(uint32_t));
     for (uint64_t i = 0; i < j->u; i++)
-        off[((j->codes[i] >> j->shift) & mask) + 1]++;
+        off[job_key(j, i) + 1]++;
     for (uint64_t b = 0; b < nb; b++)
         off[b + 1] += off[b];
     if (!j->table_groups) {
-        for (uint64_t i = 0; i < j->u; i++)
+        for (uint64_t i = 0; j->fps && i < j->u; i++)
             j->fps[i] = fingerprint(j->codes[i], j->shift, j->bits);
         return NULL;
     }
@@ -425,23 +496,24 @@ static void *build_table(void *arg)
     }
     memcpy(cursor, off, nb * sizeof(uint32_t));
     for (uint64_t i = 0; i < j->u; i++) {
-        uint64_t c = j->codes[i];
-        uint32_t p = cursor[(c >> j->shift) & mask]++;
-        j->fps[p] = fingerprint(c, j->shift, j->bits);
+        uint32_t p = cursor[job_key(j, i)]++;
+        if (j->fps)
+            j->fps[p] = fingerprint(j->codes[i], j->shift, j->bits);
         j->table_groups[p] = (uint32_t)i;
     }
     free(cursor);
     return NULL;
 }
 
-int hs_build_tables(const uint64_t *codes, uint64_t u, int m, const int *bits, const int *shift,
+int hs_build_tables(const uint64_t *codes, uint64_t u, int words, int m, const int *bits, const int *shift,
                     uint32_t **offsets, uint32_t **fps, uint32_t **table_groups, int nthreads)
 {
     table_job jobs[HS_MAX_TABLES];
     pthread_t th[HS_MAX_TABLES];
     int started[HS_MAX_TABLES] = {0};
     for (int k = 0; k < m; k++) {
-        table_job j = {codes, u, bits[k], shift[k], offsets[k], fps[k], k ? table_groups[k] : NULL, 0};
+        table_job j = {codes, u, words, bits[k], shift[k], offsets[k], words == 1 ? fps[k] : NULL,
+                       k ? table_groups[k] : NULL, 0};
         jobs[k] = j;
     }
     /* Tables are independent: run up to nthreads of them at once. */
@@ -607,13 +679,13 @@ static double scan_cost_ns(const hs_segment *s)
     case HS_STRATEGY_SCAN: return -1;
     case HS_STRATEGY_TABLES: return 1e300;
     }
-    return (double)s->n_unique * HS_SCAN_NS;
+    return (double)s->n_unique * (s->words == 1 ? HS_SCAN_NS : HS_SCAN_NS4);
 }
 
 /* Candidates after which a group of g queries stops probing and scans. */
 static uint64_t max_candidates(const hs_segment *s, int g)
 {
-    double c = scan_cost_ns(s) / HS_CAND_NS * g;
+    double c = scan_cost_ns(s) / (s->words == 1 ? HS_CAND_NS : HS_CAND_NS4) * g;
     return c < 0 ? 0 : c > 1e18 ? UINT64_MAX : (uint64_t)c;
 }
 
@@ -1052,7 +1124,8 @@ static size_t build_probes(const hs_segment *s, const uint64_t *qs, int nq, cons
         for (int k = 0; k < s->m; k++) {
             if (t[k] < 0)
                 continue;
-            const uint32_t qk = (uint32_t)((qs[slot] >> s->shift[k]) & sub_mask(s->bits[k]));
+            const uint32_t qk = s->words == 1 ? (uint32_t)((qs[slot] >> s->shift[k]) & sub_mask(s->bits[k]))
+                                              : key4(qs + 4 * slot, s->shift[k], s->bits[k]);
             const uint32_t *mk = s->masks[k];
             for (int ring = 0; ring <= t[k]; ring++) {
                 for (uint32_t i = s->ring_start[k][ring], e = s->ring_start[k][ring + 1]; i < e; i++) {
@@ -1067,7 +1140,7 @@ static size_t build_probes(const hs_segment *s, const uint64_t *qs, int nq, cons
 }
 
 typedef struct {
-    const hs_kernels *K;
+    hs_probes_fn probes;            /* the kernel for the segment's code width */
     const hs_segment *s;
     const uint64_t *qs;
     const int *t;
@@ -1107,7 +1180,7 @@ static void split_run(void *arg, int worker)
         size_t b = a + step < J->n ? a + step : J->n;
         uint64_t used = __atomic_load_n(&J->candidates, __ATOMIC_RELAXED), cand = 0;
         uint64_t room = used < J->max_candidates ? J->max_candidates - used : 0;
-        int ok = J->K->mih_probes(J->s, J->segno, J->qs, J->nq, J->r, J->t, J->P + a, b - a, w, st, room, &cand);
+        int ok = J->probes(J->s, J->segno, J->qs, J->nq, J->r, J->t, J->P + a, b - a, w, st, room, &cand);
         if (!ok || __atomic_add_fetch(&J->candidates, cand, __ATOMIC_RELAXED) > J->max_candidates)
             __atomic_store_n(&J->abort, 1, __ATOMIC_RELAXED);
         done += b - a;
@@ -1123,7 +1196,8 @@ static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, con
     size_t n = build_probes(s, qs, nq, t, w, st);
     if (n == SIZE_MAX)
         return 1;
-    split_job J = {K, s, qs, t, w->probes, segno, nq, r, n, 0, 0, max_candidates(s, nq), 0, w, st};
+    const hs_probes_fn probes = s->words == 1 ? K->mih_probes : K->mih_probes4;
+    split_job J = {probes, s, qs, t, w->probes, segno, nq, r, n, 0, 0, max_candidates(s, nq), 0, w, st};
     const int64_t min_ns = __atomic_load_n(&split_min_ns, __ATOMIC_RELAXED);
     const int chunks = (int)((n + HS_SPLIT_CHUNK - 1) / HS_SPLIT_CHUNK);
     if (helpers > chunks - 1)
@@ -1132,7 +1206,7 @@ static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, con
     helpers = cost * nq >= (double)min_ns ? pool_acquire(helpers, GATE_QUERY, min_ns == 0, &timed) : 0;
     if (!helpers) {
         uint64_t cand = 0, t0 = timed ? now_ns() : 0;
-        int ok = K->mih_probes(s, segno, qs, nq, r, t, w->probes, n, w, st, J.max_candidates, &cand);
+        int ok = probes(s, segno, qs, nq, r, t, w->probes, n, w, st, J.max_candidates, &cand);
         if (timed && ok)
             gate_alone(GATE_QUERY, now_ns() - t0, n);
         return ok;

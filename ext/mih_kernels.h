@@ -379,6 +379,84 @@ static void HS_FN(brute_knn4)(const hs_segment *s, int segno, const uint64_t *q,
     st->scanned += hi - lo;
 }
 
+/* mih_probes for 256-bit codes. Their tables have no fingerprints, so a
+ * candidate reads its 32-byte code through table_groups: a four-stage
+ * pipeline prefetches a probe's offsets, then its bucket of group numbers,
+ * then the codes they name (up to HS_PF4_CODES a probe), and verifies them
+ * HS_PF4 probes later. */
+static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
+                              const hs_probe *P, size_t n, hs_scratch *w, hs_stats *st, uint64_t max_candidates,
+                              uint64_t *candidates)
+{
+    (void)nq;
+    const uint64_t *codes = s->codes;
+    uint64_t cand = 0;
+    uint32_t lo[HS_RING], hi[HS_RING];
+    for (size_t i = 0; i < n + HS_PF4; i++) {
+        if (i >= HS_PF4) {
+            const size_t p = i - HS_PF4;
+            const int k = P[p].table, slot = P[p].slot;
+            const uint64_t *q = qs + 4 * slot;
+            const uint32_t a = lo[p % HS_RING], b = hi[p % HS_RING];
+            st[slot].candidates += b - a;
+            cand += b - a;
+            if (cand > max_candidates) {
+                *candidates += cand;
+                return 0;
+            }
+            const uint32_t *tg = s->table_groups[k];
+            for (uint32_t j = a; j < b; j++) {
+                const uint64_t g = k ? tg[j] : j;
+                if (g >= s->n_unique)       /* a damaged file opened without verify() */
+                    continue;
+                const uint64_t *c = codes + 4 * g;
+                const uint64_t x[4] = {c[0] ^ q[0], c[1] ^ q[1], c[2] ^ q[2], c[3] ^ q[3]};
+                const int d = __builtin_popcountll(x[0]) + __builtin_popcountll(x[1]) + __builtin_popcountll(x[2]) +
+                              __builtin_popcountll(x[3]);
+                if (d > r)
+                    continue;
+                /* Report each code from the first table that qualifies it. */
+                int dup = 0;
+                for (int kk = 0; kk < k && !dup; kk++)
+                    dup = t[kk] >= 0 && __builtin_popcount(key4(x, s->shift[kk], s->bits[kk])) <= t[kk];
+                if (!dup)
+                    push_hit(w, segno, g, d, slot);
+            }
+        }
+        if (i < n)
+            __builtin_prefetch(s->offsets[P[i].table] + P[i].key);
+        if (i >= HS_PF4 / 3 && i - HS_PF4 / 3 < n) {
+            const size_t p = i - HS_PF4 / 3;
+            const int k = P[p].table;
+            const uint32_t *off = s->offsets[k];
+            const uint32_t a = off[P[p].key], b = off[P[p].key + 1];
+            lo[p % HS_RING] = a;
+            hi[p % HS_RING] = b;
+            if (k) {
+                const char *line = (const char *)((uintptr_t)(s->table_groups[k] + a) & ~(uintptr_t)63);
+                for (int l = 0; l < HS_PF_LINES && line < (const char *)(s->table_groups[k] + b); l++, line += 64)
+                    __builtin_prefetch(line);
+            } else {
+                for (uint32_t j = a; j < b && j < a + HS_PF4_CODES; j++)
+                    __builtin_prefetch(codes + 4 * j);
+            }
+        }
+        if (i >= 2 * HS_PF4 / 3 && i - 2 * HS_PF4 / 3 < n) {
+            const size_t p = i - 2 * HS_PF4 / 3;
+            const int k = P[p].table;
+            if (k) {
+                const uint32_t *tg = s->table_groups[k];
+                for (uint32_t j = lo[p % HS_RING], e = hi[p % HS_RING]; j < e && j < lo[p % HS_RING] + HS_PF4_CODES; j++)
+                    if (tg[j] < s->n_unique)
+                        __builtin_prefetch(codes + 4 * (uint64_t)tg[j]);
+            }
+        }
+    }
+    *candidates += cand;
+    return 1;
+}
+
 static const hs_kernels HS_FN(kernels) = {
-    HS_FN(mih_probes), HS_FN(mih_knn), HS_FN(brute_range), HS_FN(brute_knn), HS_FN(brute_range4), HS_FN(brute_knn4),
+    HS_FN(mih_probes), HS_FN(mih_probes4), HS_FN(mih_knn), HS_FN(brute_range), HS_FN(brute_knn),
+    HS_FN(brute_range4), HS_FN(brute_knn4),
 };

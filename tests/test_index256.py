@@ -273,3 +273,95 @@ def test_256_bit_edge_codes_and_radius_256():
     assert dist.tolist() == [0] and ids.tolist() == [3]
     dist, ids = index.search(codes[1], 5)
     assert dist.tolist() == [[0, 256, 256, -1, -1]] and ids.tolist() == [[3, 5, 9, -1, -1]]
+
+
+# ---------------------------------------------------------------- multi-index tables (stage 2)
+PDQ_RADII = (0, 8, 16, 24, 31, 32, 48, 64, 96)
+
+
+@pytest.fixture
+def strategy():
+    yield _core.set_strategy
+    _core.set_strategy("auto")
+
+
+@pytest.fixture(scope="module", params=sorted(DATA))
+def tables256(request):
+    """200K codes of each kind (tables of 16 bits), queries and every answer up to radius 96."""
+    rng = np.random.default_rng(20)
+    codes = DATA[request.param](rng, 200_000)
+    index = hs.HashIndex(bits=256)
+    ids = index.add(codes, rng.permutation(len(codes)).astype(np.int64) * 3)
+    queries = queries256(rng, codes, 24)
+    return request.param, index, queries, all_radii_oracle(codes, ids, queries)
+
+
+def assert_all_radii(index, queries, expected, radii, threads=1):
+    for radius in radii:
+        lims, dist, got_ids = index.range_search(queries, radius, threads=threads)
+        for i, (d, e) in enumerate(expected):
+            n = int(np.searchsorted(d, radius, side="right"))
+            assert lims[i + 1] - lims[i] == n, (radius, i)
+            np.testing.assert_array_equal(dist[lims[i]:lims[i + 1]], d[:n])
+            np.testing.assert_array_equal(got_ids[lims[i]:lims[i + 1]], e[:n])
+
+
+def test_256_tables_are_chosen_by_the_cost_model(tables256):
+    _, index, _, _ = tables256
+    (main,) = index.layout()
+    assert main["tables"] == (16,) * 16 and main["entries"] == 200_000
+    assert _core.choose_tables(16383, 256) == ()
+    for n in (10**7, 10**8):      # about log2(N)-bit substrings at PDQ scale, none over 24 bits
+        widths = _core.choose_tables(n, 256)
+        assert sum(widths) == 256 and 11 <= len(widths) <= 12 and max(widths) <= 24, widths
+    assert _core.choose_tables(10**6, 64) == (16, 16, 16, 16)       # the 64-bit layout is unchanged
+
+
+@pytest.mark.parametrize("forced", ["auto", "tables", "scan"])
+def test_256_tables_match_oracle_at_pdq_radii(isa, tables256, strategy, forced):
+    kind, index, queries, expected = tables256
+    strategy(forced)
+    assert_all_radii(index, queries, expected, PDQ_RADII)
+
+
+def test_256_tables_are_used_at_radius_31(tables256):
+    kind, index, queries, _ = tables256
+    stats = index.explain(queries, radius=31)
+    assert (stats["probes"] == 272).all()          # 16 tables, substring radius 1: 16 x (1 + 16)
+    if kind != "correlated":                       # there dense buckets may make some queries scan
+        assert (stats["scanned"] == 0).all()
+
+
+def test_256_tables_split_one_query_over_threads(tables256):
+    _, index, queries, expected = tables256
+    before = _core.set_split_min_ns(0)             # share every query's probes between threads
+    try:
+        assert_all_radii(index, queries[:1], expected[:1], (31, 48), threads=2)
+        assert_all_radii(index, queries, expected, (31,), threads=2)
+    finally:
+        _core.set_split_min_ns(before)
+
+
+def test_256_tables_survive_save_load_and_verify(tmp_path, tables256):
+    _, index, queries, expected = tables256
+    path = tmp_path / "tables.hsi"
+    index.save(path)
+    info = hs.read_metadata(path)
+    assert info["segments"][0]["bits"] == [16] * 16
+    loaded = hs.HashIndex.load(path, verify=True)
+    assert loaded.layout()[0]["tables"] == (16,) * 16
+    assert_all_radii(loaded, queries, expected, (0, 31, 64))
+
+
+def test_256_damaged_table_is_caught_by_verify(tmp_path):
+    rng = np.random.default_rng(21)
+    index = hs.HashIndex(bits=256)
+    index.add(uniform256(rng, 20_000))
+    path = tmp_path / "t.hsi"
+    index.save(path)
+    sec = next(s for s in hs.read_metadata(path)["sections"] if s["name"] == "segment0.table_groups[3]")
+    data = bytearray(path.read_bytes())
+    data[sec["offset"]:sec["offset"] + 8] = data[sec["offset"] + 8:sec["offset"] + 16]   # a slot repeated
+    path.write_bytes(bytes(data))
+    with pytest.raises(hs.IndexFormatError, match="table 3 holds a code outside its bucket"):
+        hs.HashIndex.load(path, verify=False)          # a small segment's tables are checked on every load

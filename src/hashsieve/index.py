@@ -305,7 +305,10 @@ class HashIndex:
 
         Returns a dict of uint64 arrays (nq,): probes (table buckets visited),
         candidates (codes read from those buckets), hits (distinct codes
-        reported) and scanned (codes read by brute-force scans).
+        reported) and scanned (codes read by brute-force scans). The planner
+        answers a query from the tables (probes > 0, scanned 0) or scans a
+        segment when that is estimated cheaper, or when the candidates pass the
+        cost of a scan (both > 0); layout() shows the tables it chose from.
         """
         if (radius is None) == (k is None):
             raise ValueError("explain() needs exactly one of radius= or k=")
@@ -349,6 +352,13 @@ class HashIndex:
     def metadata(self):
         """The metadata dict of the file this index was loaded from ({} if it was not loaded)."""
         return dict(self._source.layout.metadata or {}) if self._source is not None else {}
+
+    def layout(self):
+        """Per segment (main first, then the delta): a dict of entries, codes (distinct), tables (the
+        substring widths in bits of its multi-index tables, widest first from the code's top bits;
+        () when it is scanned by brute force) and nbytes."""
+        return [{"entries": len(part.segment), "codes": part.segment.n_unique, "tables": part.segment.bits,
+                 "nbytes": part.segment.nbytes()} for part in self._parts]
 
     def nbytes(self):
         """Bytes held by the index's arrays."""

@@ -6,7 +6,7 @@ Layout (every integer little-endian; format version 2, which reads version 1 fil
                         code width, file length, created (ns), next id, live count,
                         segment / section / metadata counts, flags; the rest zero
     128 + 64 * s        one 64-byte record per segment: entries, distinct codes, live
-                        entries, tables m, flags (has tombstones, has id order), bits[8]
+                        entries, tables m, flags (has tombstones, has id order), bits[16]
     ... + 48 * i        one 48-byte record per section: segment, kind, table, dtype, flags
                         (1 = in the base file), offset, element count, byte length, CRC-32
     [if header flag 1]  base record: base file length, its header CRC, its name (same folder)
@@ -68,7 +68,7 @@ MAGIC = b"\x89HSIEVE\n"        # \x89 catches 7-bit transfers, \n catches newlin
 FORMAT_VERSION = 2
 CODE_BITS = (64, 256)          # code widths a file may hold (the header's code width)
 ALIGN = 64
-MAX_TABLES = 8
+MAX_TABLES = 16               # bits[8:16] were reserved zero bytes before 256-bit codes: old files read alike
 MAX_HEADER = 64 << 20          # header + metadata; refuse anything bigger before reading it
 MAX_SEGMENTS = 1 << 16
 CHUNK = 16 << 20               # checksum / write granularity
@@ -76,7 +76,7 @@ CHUNK = 16 << 20               # checksum / write granularity
 DEEP_CHECK_ENTRIES = 1 << 20
 
 FIXED = struct.Struct("<8sIIIIQqqQIIII56x")          # 128 bytes
-SEGMENT = struct.Struct("<QQQII8B24x")               # 64 bytes
+SEGMENT = struct.Struct("<QQQII16B16x")              # 64 bytes
 SECTION = struct.Struct("<IHHIIQQQII")               # 48 bytes
 CRC_AT = 16                                          # byte position of the header CRC
 SEG_HAS_DEAD, SEG_HAS_ORDER = 1, 2
@@ -117,7 +117,7 @@ def _expected_sections(seg, code_bits):
     if flags & SEG_HAS_ORDER:
         out.append((5, 0, 4, n))
     out += [(6, k, 2, (1 << bits[k]) + 1) for k in range(m)]
-    out += [(7, k, 2, u) for k in range(m)]
+    out += [(7, k, 2, u) for k in range(m if code_bits == 64 else 0)]     # 256-bit tables have no fingerprints
     out += [(8, k, 2, u) for k in range(1, m)]
     return out
 
@@ -229,7 +229,7 @@ def _parse_layout(path, read_at, file_size):
     segments = []
     for s in range(n_segments):
         n, u, seg_live, m, seg_flags, *bits = SEGMENT.unpack_from(raw, pos)
-        if any(raw[pos + 40:pos + SEGMENT.size]):
+        if any(raw[pos + 48:pos + SEGMENT.size]):
             _fail(path, f"segment {s}: reserved bytes are not zero")
         pos += SEGMENT.size
         if seg_flags & ~(SEG_HAS_DEAD | SEG_HAS_ORDER):
@@ -238,7 +238,7 @@ def _parse_layout(path, read_at, file_size):
             _fail(path, f"segment {s}: impossible counts ({n} entries, {u} distinct codes, {seg_live} live)")
         if not seg_flags & SEG_HAS_DEAD and seg_live != n:
             _fail(path, f"segment {s}: {seg_live} live of {n} entries but no tombstones")
-        if m > MAX_TABLES or any(bits[m:]) or (m and (sum(bits[:m]) != code_bits or code_bits != 64 or
+        if m > MAX_TABLES or any(bits[m:]) or (m and (sum(bits[:m]) != code_bits or
                                                       not all(1 <= b <= _core.MAX_TABLE_BITS for b in bits[:m]))):
             _fail(path, f"segment {s}: invalid table split m={m}, bits={bits}")
         segments.append({"entries": n, "unique": u, "live": seg_live, "m": m, "flags": seg_flags,
@@ -369,7 +369,8 @@ def _check_tables(seg, path, label, threads=2):
     shifts = [seg.code_bits - sum(seg.bits[:k + 1]) for k in range(len(seg.bits))]
 
     def check(k):
-        return _core.check_table(seg.codes, seg.offsets[k], seg.fps[k], seg.table_groups[k], shifts[k], seg.bits[k])
+        return _core.check_table(seg.codes, seg.offsets[k], seg.fps[k] if seg.fps else None, seg.table_groups[k],
+                                 shifts[k], seg.bits[k])
 
     if threads > 1 and seg.n_unique > DEEP_CHECK_ENTRIES:     # the check releases the GIL
         with ThreadPoolExecutor(min(threads, len(seg.bits))) as pool:
@@ -580,7 +581,7 @@ def _segments_from(source):
         seg = _core.Segment(
             codes, arrays[(2, 0)], arrays[(3, 0)], rec["bits"][:m],
             [arrays[(6, k)] for k in range(m)],
-            [arrays[(7, k)] for k in range(m)],
+            [arrays[(7, k)] for k in range(m) if (7, k) in arrays],
             [None] + [arrays[(8, k)] for k in range(1, m)] if m else [],
             arrays.get((4, 0)))
         label = f"segment {s}"
@@ -654,7 +655,7 @@ def _plan(snap):
             arrays.append((4, 0, dead))
         arrays.append((5, 0, snap.id_order(s)))
         arrays += [(6, k, seg.offsets[k]) for k in range(m)]
-        arrays += [(7, k, seg.fps[k]) for k in range(m)]
+        arrays += [(7, k, fps) for k, fps in enumerate(seg.fps)]
         arrays += [(8, k, seg.table_groups[k]) for k in range(1, m)]
         sections.append(arrays)
     return records, sections
