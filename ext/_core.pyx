@@ -19,6 +19,8 @@ cdef extern from *:
 
 # group_start holds entry positions as uint32, so a segment holds at most this many entries.
 MAX_SEGMENT_ENTRIES = 0xFFFFFFFF
+# Segments searched together, at most (a hit records its segment in a byte).
+MAX_SEGMENTS = 255
 # Widest table key a segment may have (offsets of 2^24 + 1 entries); the builder makes at most 22 bits.
 MAX_TABLE_BITS = 24
 # The checks below read codes[table_groups[j]] and ids[order[i]] this many slots ahead.
@@ -42,13 +44,21 @@ def _masks_for(int bits):
     return cached
 
 
-def _array(a, dtype, length, name):
-    """len(a) after checking that a is a C-contiguous 1-d array of dtype (and of length, unless None)."""
-    if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.ndim == 1 and a.flags.c_contiguous
+def _array(a, dtype, length, name, words=None):
+    """len(a) after checking that a is a C-contiguous 1-d array of dtype (and of length, unless None);
+    words=4: a 2-d array (length, 4)."""
+    if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
+            and (a.ndim == 1 if words in (None, 1) else a.ndim == 2 and a.shape[1] == words)
             and (length is None or a.shape[0] == length)):
-        raise ValueError(f"segment array {name} must be C-contiguous {np.dtype(dtype)} of shape "
-                         f"({'n' if length is None else length},), got {a!r:.80}")
+        shape = f"({'n' if length is None else length},{'' if words in (None, 1) else f' {words}'})"
+        raise ValueError(f"segment array {name} must be C-contiguous {np.dtype(dtype)} of shape {shape}, "
+                         f"got {a!r:.80}")
     return a.shape[0]
+
+
+def code_words(codes):
+    """64-bit words per code of a segment's codes array: 1 for uint64 (u,), 4 for uint64 (u, 4)."""
+    return 1 if codes.ndim == 1 else codes.shape[1]
 
 
 cdef void *_ptr(object a):
@@ -58,6 +68,8 @@ cdef void *_ptr(object a):
 cdef class Segment:
     """An immutable block of the index: distinct codes, their ids and the MIH tables.
 
+    codes: uint64 (u,) for 64-bit codes, or uint64 (u, 4) for 256-bit ones (each row the 32 bytes of
+    the code read as four little-endian words), ascending by row.
     Holds the numpy arrays (which may be views of a memory map) that the C
     struct points into, so the struct stays valid as long as this object lives.
     """
@@ -67,12 +79,14 @@ cdef class Segment:
     cdef object _masks
 
     def __init__(self, codes, group_start, ids, bits, offsets, fps, table_groups, dead=None):
-        cdef int k, shift = HS_CODE_BITS
+        cdef int k, shift
         self.codes, self.group_start, self.ids, self.dead = codes, group_start, ids, dead
         self.bits, self.offsets = tuple(bits), tuple(offsets)
         self.fps, self.table_groups = tuple(fps), tuple(table_groups)
         self._check_arrays()
         self.seg.m = len(self.bits)
+        self.seg.words = code_words(codes)
+        shift = 64 * self.seg.words
         self.seg.n_unique = codes.shape[0]
         self.seg.n_entries = ids.shape[0]
         self.seg.codes = <const uint64_t *>_ptr(codes)
@@ -85,7 +99,7 @@ cdef class Segment:
             self.seg.bits[k] = self.bits[k]
             self.seg.shift[k] = shift
             self.seg.offsets[k] = <const uint32_t *>_ptr(self.offsets[k])
-            self.seg.fps[k] = <const uint32_t *>_ptr(self.fps[k])
+            self.seg.fps[k] = <const uint32_t *>_ptr(self.fps[k] if self.fps else None)
             self.seg.table_groups[k] = <const uint32_t *>_ptr(self.table_groups[k] if k else None)
             masks, ring_start = _masks_for(self.bits[k])
             self._masks.append(masks)
@@ -95,20 +109,26 @@ cdef class Segment:
 
     def _check_arrays(self):
         """The C struct points into these arrays: each must have the dtype, length and layout it reads."""
-        u, n, m = _array(self.codes, np.uint64, None, "codes"), _array(self.ids, np.int64, None, "ids"), len(self.bits)
+        words = code_words(self.codes) if isinstance(self.codes, np.ndarray) else 1
+        if words not in (1, 4):
+            raise ValueError(f"segment codes must have 1 or 4 64-bit words each, got {words}")
+        u, n, m = _array(self.codes, np.uint64, None, "codes", words), _array(self.ids, np.int64, None, "ids"), len(self.bits)
         _array(self.group_start, np.uint32, u + 1, "group_start")
         if self.dead is not None:
             _array(self.dead, np.uint8, (n + 7) // 8, "dead")
         if n > MAX_SEGMENT_ENTRIES:
             raise ValueError(f"a segment holds at most {MAX_SEGMENT_ENTRIES} entries, got {n}")
-        if (m > HS_MAX_TABLES or (m and sum(self.bits) != HS_CODE_BITS)
+        # 64-bit tables have fingerprints, 256-bit ones none (see mih.h)
+        if (m > HS_MAX_TABLES or (m and sum(self.bits) != 64 * words)
                 or not all(1 <= b <= MAX_TABLE_BITS for b in self.bits)
-                or not len(self.offsets) == len(self.fps) == len(self.table_groups) == m):
+                or not len(self.offsets) == len(self.table_groups) == m
+                or len(self.fps) != (m if words == 1 else 0)):
             raise ValueError(f"invalid table split {self.bits} with {len(self.offsets)} offsets, {len(self.fps)} "
                              f"fingerprints and {len(self.table_groups)} group arrays")
         for k in range(m):
             _array(self.offsets[k], np.uint32, (1 << self.bits[k]) + 1, f"offsets[{k}]")
-            _array(self.fps[k], np.uint32, u, f"fps[{k}]")
+            if words == 1:
+                _array(self.fps[k], np.uint32, u, f"fps[{k}]")
             if k == 0 and self.table_groups[0] is not None:
                 raise ValueError("table_groups[0] must be None: table 0 is in code order")
             if k:
@@ -121,6 +141,10 @@ cdef class Segment:
     def n_unique(self):
         return self.seg.n_unique
 
+    @property
+    def code_bits(self):
+        return 64 * self.seg.words
+
     def with_dead(self, dead):
         """A segment sharing these arrays with another tombstone bitmap (or None)."""
         return Segment(self.codes, self.group_start, self.ids, self.bits, self.offsets,
@@ -132,13 +156,25 @@ cdef class Segment:
         return sum(a.nbytes for a in arrays if a is not None)
 
 
+def choose_tables(uint64_t n_unique, int bits=64):
+    """The substring widths (widest first, from the code's top bits) the builder gives a segment of
+    n_unique distinct bits-bit codes; () when it is scanned by brute force instead."""
+    cdef int widths[HS_MAX_TABLES]
+    cdef int shift[HS_MAX_TABLES]
+    cdef int m = hs_choose_tables(n_unique, bits // 64, widths, shift)
+    return tuple(widths[k] for k in range(m))
+
+
 def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
-    """Segment from uint64 codes (n,) and int64 ids (n,), both C-contiguous; n <= MAX_SEGMENT_ENTRIES."""
+    """Segment from uint64 codes (n,) or (n, 4) (256-bit) and int64 ids (n,), all C-contiguous;
+    n <= MAX_SEGMENT_ENTRIES."""
     if codes.shape[0] > MAX_SEGMENT_ENTRIES:
         raise ValueError(f"a segment holds at most {MAX_SEGMENT_ENTRIES} entries (2**32-1: entry positions are "
                          f"32-bit), this one would hold {codes.shape[0]}; split the hashes over several indexes")
     if ids.shape[0] != codes.shape[0]:
         raise ValueError(f"{codes.shape[0]} codes but {ids.shape[0]} ids")
+    if codes.ndim == 2:
+        return _build_segment_wide(codes, ids, nthreads)
     cdef uint64_t n = codes.shape[0], u
     cdef int m, k, rc
     cdef int bits[HS_MAX_TABLES]
@@ -160,7 +196,7 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
         hs_group(<uint64_t *>cnp.PyArray_DATA(sorted_codes), n,
                  <uint64_t *>cnp.PyArray_DATA(ucodes), <uint32_t *>cnp.PyArray_DATA(group_start))
     del sorted_codes
-    m = hs_choose_tables(u, bits, shift)
+    m = hs_choose_tables(u, 1, bits, shift)
     offs, tfps, tgroups = [], [], [None]
     for k in range(m):
         offs.append(np.empty((1 << bits[k]) + 1, dtype=np.uint32))
@@ -172,7 +208,7 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
             tgroups.append(np.empty(u, dtype=np.uint32))
             table_groups[k] = <uint32_t *>cnp.PyArray_DATA(tgroups[k])
     with nogil:
-        rc = hs_build_tables(<uint64_t *>cnp.PyArray_DATA(ucodes), u, m, bits, shift,
+        rc = hs_build_tables(<uint64_t *>cnp.PyArray_DATA(ucodes), u, 1, m, bits, shift,
                              offsets, fps, table_groups, nthreads)
     if rc:
         raise MemoryError("out of memory while building the tables")
@@ -180,13 +216,64 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
                    tfps, tgroups[:m])
 
 
+def _build_segment_wide(codes, ids, int nthreads):
+    """build_segment for 256-bit codes (uint64 (n, 4)): sorted by (word 0, .., word 3, id), identical
+    codes grouped, and the tables the cost model chooses (none for a small segment), without fingerprints."""
+    cdef int words = codes.shape[1]
+    n = codes.shape[0]
+    order = np.lexsort((ids,) + tuple(codes[:, w] for w in range(words - 1, -1, -1)))
+    sorted_codes, sorted_ids = codes[order], ids[order]
+    del order
+    new = np.ones(n, dtype=bool)
+    if n > 1:
+        np.any(sorted_codes[1:] != sorted_codes[:n - 1], axis=1, out=new[1:])
+    starts = np.flatnonzero(new)
+    group_start = np.empty(len(starts) + 1, dtype=np.uint32)
+    group_start[:len(starts)] = starts
+    group_start[len(starts)] = n
+    cdef cnp.ndarray ucodes = np.ascontiguousarray(sorted_codes[starts])
+    del sorted_codes, starts, new
+    cdef uint64_t u = ucodes.shape[0]
+    cdef int m, k, rc
+    cdef int bits[HS_MAX_TABLES]
+    cdef int shift[HS_MAX_TABLES]
+    cdef uint32_t *offsets[HS_MAX_TABLES]
+    cdef uint32_t *table_groups[HS_MAX_TABLES]
+    m = hs_choose_tables(u, words, bits, shift)
+    offs, tgroups = [], [None]
+    for k in range(m):
+        offs.append(np.empty((1 << bits[k]) + 1, dtype=np.uint32))
+        offsets[k] = <uint32_t *>cnp.PyArray_DATA(offs[k])
+        table_groups[k] = NULL
+        if k:
+            tgroups.append(np.empty(u, dtype=np.uint32))
+            table_groups[k] = <uint32_t *>cnp.PyArray_DATA(tgroups[k])
+    with nogil:
+        rc = hs_build_tables(<uint64_t *>cnp.PyArray_DATA(ucodes), u, words, m, bits, shift,
+                             offsets, NULL, table_groups, nthreads)
+    if rc:
+        raise MemoryError("out of memory while building the tables")
+    return Segment(ucodes, group_start, sorted_ids, [bits[k] for k in range(m)], offs, [], tgroups[:m])
+
+
 # ---------------------------------------------------------------- checks of loaded segments
 # Each returns None or (what is wrong, position); the storage layer names the file and segment.
 
+cdef inline bint _code_greater(const uint64_t *c, uint64_t g, int words) noexcept nogil:
+    """Code g > code g - 1, comparing word 0 first."""
+    cdef int w
+    for w in range(words):
+        if c[g * words + w] != c[(g - 1) * words + w]:
+            return c[g * words + w] > c[(g - 1) * words + w]
+    return False
+
+
 def check_entries(cnp.ndarray codes, cnp.ndarray group_start, cnp.ndarray ids):
-    """Entry invariants of a segment: codes uint64 (u,) strictly ascending, group_start uint32 (u+1,)
-    strictly ascending from 0 to n, ids int64 (n,) >= 0 and strictly ascending inside each group."""
+    """Entry invariants of a segment: codes uint64 (u,) or (u, w) strictly ascending (by row, word 0
+    first), group_start uint32 (u+1,) strictly ascending from 0 to n, ids int64 (n,) >= 0 and strictly
+    ascending inside each group."""
     cdef uint64_t u = codes.shape[0], n = ids.shape[0], g, i, a, b
+    cdef int words = code_words(codes)
     cdef const uint64_t *c = <const uint64_t *>cnp.PyArray_DATA(codes)
     cdef const uint32_t *gs = <const uint32_t *>cnp.PyArray_DATA(group_start)
     cdef const int64_t *d = <const int64_t *>cnp.PyArray_DATA(ids)
@@ -198,7 +285,7 @@ def check_entries(cnp.ndarray codes, cnp.ndarray group_start, cnp.ndarray ids):
             problem, g = 1, 0
         else:
             for g in range(u):
-                if g and c[g] <= c[g - 1]:
+                if g and not _code_greater(c, g, words):
                     problem = 2
                     break
                 a, b = gs[g], gs[g + 1]
@@ -246,20 +333,23 @@ def check_id_order(cnp.ndarray ids, cnp.ndarray order):
     return (("id order points outside the segment", "id order does not sort the ids, or ids repeat")[problem - 1], i)
 
 
-def check_table(cnp.ndarray codes, cnp.ndarray offsets, cnp.ndarray fps, table_groups, int shift, int bits):
+def check_table(cnp.ndarray codes, cnp.ndarray offsets, fps, table_groups, int shift, int bits):
     """Table invariants: offsets uint32 (2^bits+1,) ascending from 0 to u; its slots hold every code of
-    codes uint64 (u,) exactly once (table_groups uint32 (u,), or None for table 0: slot j is code j),
-    each in the bucket of its key (bits [shift, shift+bits)) and with its fingerprint in fps uint32 (u,).
+    codes uint64 (u,) or (u, 4) exactly once (table_groups uint32 (u,), or None for table 0: slot j is
+    code j), each in the bucket of its key (bits [shift, shift+bits), see hs_code_key) and with its
+    fingerprint in fps uint32 (u,) (None for 256-bit codes, whose tables have none).
 
     The builder fills each bucket in code order, so group numbers ascend inside a bucket: with every
     group in the bucket of its own key, that proves each of the u slots names a different group."""
-    cdef uint64_t u = codes.shape[0], nb = (<uint64_t>1) << bits, mask = nb - 1, b, j = 0, g = 0, lo, hi, code
+    cdef uint64_t u = codes.shape[0], nb = (<uint64_t>1) << bits, b, j = 0, g = 0, lo, hi
+    cdef int words = code_words(codes)
     cdef const uint64_t *c = <const uint64_t *>cnp.PyArray_DATA(codes)
     cdef const uint32_t *off = <const uint32_t *>cnp.PyArray_DATA(offsets)
-    cdef const uint32_t *fp = <const uint32_t *>cnp.PyArray_DATA(fps)
+    cdef const uint32_t *fp = <const uint32_t *>_ptr(fps)
     cdef const uint32_t *tg = <const uint32_t *>_ptr(table_groups)
     cdef int problem = 0
-    if offsets.shape[0] != nb + 1 or fps.shape[0] != u or (tg != NULL and table_groups.shape[0] != u):
+    if (offsets.shape[0] != nb + 1 or (fp == NULL) != (words != 1) or (fp != NULL and fps.shape[0] != u)
+            or (tg != NULL and table_groups.shape[0] != u)):
         return ("table arrays have the wrong length", 0)
     with nogil:
         if off[0] != 0 or off[nb] != u:
@@ -274,7 +364,7 @@ def check_table(cnp.ndarray codes, cnp.ndarray offsets, cnp.ndarray fps, table_g
             for j in range(lo, hi):
                 if tg != NULL:
                     if j + PREFETCH_AHEAD < u and tg[j + PREFETCH_AHEAD] < u:
-                        HS_PREFETCH(c + tg[j + PREFETCH_AHEAD])
+                        HS_PREFETCH(c + words * tg[j + PREFETCH_AHEAD])
                     if tg[j] >= u:
                         problem = 2
                         break
@@ -284,11 +374,10 @@ def check_table(cnp.ndarray codes, cnp.ndarray offsets, cnp.ndarray fps, table_g
                     g = tg[j]
                 else:
                     g = j
-                code = c[g]
-                if ((code >> shift) & mask) != b:
+                if hs_code_key(c + words * g, words, shift, bits) != b:
                     problem = 4
                     break
-                if fp[j] != hs_fingerprint(code, shift, bits):
+                if fp != NULL and fp[j] != hs_fingerprint(c[g], shift, bits):
                     problem = 5
                     break
     if problem == 0:
@@ -364,12 +453,18 @@ cdef class SegmentList:
     """The C view of a tuple of segments, made once per index version."""
     cdef const hs_segment **ptrs
     cdef int n
+    cdef readonly int words
     cdef list keep
 
-    def __cinit__(self, segments):
+    def __cinit__(self, segments, int bits=64):
         cdef Segment s
         self.keep = list(segments)
         self.n = len(self.keep)
+        self.words = bits // 64
+        if bits not in (64, 256) or any(seg.code_bits != bits for seg in self.keep):
+            raise ValueError(f"segments of {[s.code_bits for s in self.keep]}-bit codes in a {bits}-bit index")
+        if self.n > MAX_SEGMENTS:
+            raise ValueError(f"at most {MAX_SEGMENTS} segments are searched together, got {self.n}")
         self.ptrs = <const hs_segment **>malloc(max(self.n, 1) * sizeof(hs_segment *))
         if self.ptrs == NULL:
             raise MemoryError()
@@ -388,8 +483,18 @@ def _stats_array(n):
     return np.zeros((n, 4), dtype=np.uint64)
 
 
+cdef inline _check_queries(SegmentList segs, cnp.ndarray queries):
+    """The C core reads nq * words words: refuse anything else (C-level checks, no cost to a query)."""
+    cdef int ndim = cnp.PyArray_NDIM(queries)
+    if (cnp.PyArray_TYPE(queries) != cnp.NPY_UINT64 or not cnp.PyArray_IS_C_CONTIGUOUS(queries)
+            or ndim != (1 if segs.words == 1 else 2) or (ndim == 2 and queries.shape[1] != segs.words)):
+        raise ValueError(f"queries must be C-contiguous uint64 with {segs.words} word(s) a code, got {queries!r:.80}")
+
+
 def range_search(SegmentList segs, cnp.ndarray queries, int radius, int nthreads=1, bint with_stats=False):
-    """(lims int64 (nq+1,), distances int32, ids int64[, stats uint64 (nq, 4)])."""
+    """(lims int64 (nq+1,), distances int32, ids int64[, stats uint64 (nq, 4)]); queries uint64 (nq,),
+    or (nq, 4) for 256-bit codes."""
+    _check_queries(segs, queries)
     cdef uint64_t nq = queries.shape[0]
     cdef cnp.ndarray lims = np.zeros(nq + 1, dtype=np.int64)
     cdef cnp.ndarray stats = _stats_array(nq) if with_stats else None
@@ -398,7 +503,7 @@ def range_search(SegmentList segs, cnp.ndarray queries, int radius, int nthreads
     cdef hs_stats *st = <hs_stats *>_ptr(stats)
     cdef int rc
     with nogil:
-        rc = hs_range_search(segs.ptrs, segs.n, <const uint64_t *>cnp.PyArray_DATA(queries), nq, radius,
+        rc = hs_range_search(segs.ptrs, segs.n, segs.words, <const uint64_t *>cnp.PyArray_DATA(queries), nq, radius,
                              nthreads, <int64_t *>cnp.PyArray_DATA(lims), &ids, &dist,
                              st)
     if rc:
@@ -410,6 +515,7 @@ def range_search(SegmentList segs, cnp.ndarray queries, int radius, int nthreads
 
 def knn_search(SegmentList segs, cnp.ndarray queries, int k, int nthreads=1, bint with_stats=False):
     """(distances int32 (nq, k), ids int64 (nq, k)[, stats]), -1 padded."""
+    _check_queries(segs, queries)
     cdef uint64_t nq = queries.shape[0]
     cdef cnp.ndarray dist = np.empty((nq, k), dtype=np.int32)
     cdef cnp.ndarray ids = np.empty((nq, k), dtype=np.int64)
@@ -417,7 +523,7 @@ def knn_search(SegmentList segs, cnp.ndarray queries, int k, int nthreads=1, bin
     cdef hs_stats *st = <hs_stats *>_ptr(stats)
     cdef int rc
     with nogil:
-        rc = hs_knn_search(segs.ptrs, segs.n, <const uint64_t *>cnp.PyArray_DATA(queries), nq, k, nthreads,
+        rc = hs_knn_search(segs.ptrs, segs.n, segs.words, <const uint64_t *>cnp.PyArray_DATA(queries), nq, k, nthreads,
                            <int64_t *>cnp.PyArray_DATA(ids), <int32_t *>cnp.PyArray_DATA(dist),
                            st)
     if rc:

@@ -15,6 +15,8 @@
 #define HS_PF 16          /* probes in flight */
 #define HS_RING 32       /* >= HS_PF, power of two */
 #define HS_PF_LINES 8    /* bucket cache lines prefetched per probe */
+#define HS_PF4 24        /* 256-bit codes: probes in flight (< HS_RING; three stages of 8) */
+#define HS_PF4_CODES 8   /* codes of one probe's bucket prefetched */
 #define HS_UNLIMITED UINT64_MAX
 /* Planner cost estimates (ns): rough per-operation costs on the development machine
  * (a probe that misses to DRAM, one verified candidate, one scanned code), used
@@ -23,6 +25,16 @@
 #define HS_PROBE_NS_CACHE 8.0
 #define HS_CAND_NS 0.8
 #define HS_SCAN_NS 0.5
+/* 256-bit codes: a candidate's code is read through table_groups (prefetched,
+ * no fingerprint), a scanned code is 32 bytes. */
+#define HS_CAND_NS4 8.0
+#define HS_SCAN_NS4 1.0
+/* 256-bit tables: only from this many distinct codes (a scan is cheaper
+ * below), at most this wide (offsets of 64 MiB), and laid out for PDQ's
+ * match radius. */
+#define HS_WIDE_MIN_CODES 16384
+#define HS_WIDE_MAX_KEY_BITS 24
+#define HS_WIDE_RADIUS 31
 #define HS_PAR_SCAN_MIN (1u << 20)   /* codes; below this a scan stays on one thread */
 #define HS_MAX_SCAN_THREADS 64       /* threads one query's scan is split over, at most */
 
@@ -31,8 +43,8 @@
 
 typedef struct {
     uint32_t group;
-    uint16_t seg;
-    uint8_t d;
+    uint16_t d;          /* up to 256 */
+    uint8_t seg;         /* hs_range_search takes at most HS_MAX_SEGMENTS */
     uint8_t slot;        /* query within its group */
 } hs_hit;
 
@@ -61,9 +73,9 @@ typedef struct {
 } hs_scratch;
 
 typedef struct {
-    uint64_t hist[HS_CODE_BITS + 1];   /* live entries per distance */
+    uint64_t hist[HS_MAX_BITS + 1];    /* live entries per distance (0 .. the code width) */
     uint64_t k;
-    int tau;                           /* k-th smallest distance so far, or 64 */
+    int tau;                           /* k-th smallest distance so far, or the code width */
 } knn_state;
 
 static inline uint64_t sub_mask(int bits) { return bits >= 64 ? ~0ull : (1ull << bits) - 1; }
@@ -74,6 +86,22 @@ static inline uint32_t fingerprint(uint64_t code, int shift, int bits)
 {
     int rot = (shift + bits) & 63;
     return (uint32_t)(rot ? (code >> rot) | (code << (64 - rot)) : code);
+}
+
+/* Bits [shift, shift + bits) (bits <= 32) of a 256-bit code read as one
+ * number, word 0 most significant; a key may straddle two words. */
+static inline uint32_t key4(const uint64_t *c, int shift, int bits)
+{
+    const int wl = 3 - (shift >> 6), o = shift & 63;
+    uint64_t v = c[wl] >> o;
+    if (o + bits > 64)
+        v |= c[wl - 1] << (64 - o);
+    return (uint32_t)(v & sub_mask(bits));
+}
+
+uint32_t hs_code_key(const uint64_t *code, int words, int shift, int bits)
+{
+    return words == 1 ? (uint32_t)((code[0] >> shift) & sub_mask(bits)) : key4(code, shift, bits);
 }
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
@@ -97,7 +125,7 @@ static inline void push_hit(hs_scratch *w, int seg, uint64_t group, int d, int s
         w->oom = 1;
         return;
     }
-    hs_hit h = {(uint32_t)group, (uint16_t)seg, (uint8_t)d, (uint8_t)slot};
+    hs_hit h = {(uint32_t)group, (uint16_t)d, (uint8_t)seg, (uint8_t)slot};
     w->hits[w->nhits++] = h;
 }
 
@@ -130,11 +158,11 @@ static inline uint64_t live_count(const hs_segment *s, uint64_t g)
     return n;
 }
 
-static inline void knn_init(knn_state *ks, uint64_t k)
+static inline void knn_init(knn_state *ks, uint64_t k, int bits)
 {
-    memset(ks->hist, 0, sizeof ks->hist);
+    memset(ks->hist, 0, (size_t)(bits + 1) * sizeof ks->hist[0]);
     ks->k = k;
-    ks->tau = HS_CODE_BITS;
+    ks->tau = bits;
 }
 
 static inline void knn_add(knn_state *ks, hs_scratch *w, const hs_segment *s, int segno, uint64_t g, int d)
@@ -160,16 +188,24 @@ static inline double probe_cost_ns(const hs_segment *s, int k, uint64_t nprobes)
 {
     double per_probe = s->bits[k] >= 18 ? HS_PROBE_NS_DRAM : HS_PROBE_NS_CACHE;
     double bucket = (double)s->n_unique / (double)(1ull << s->bits[k]);
-    return (double)nprobes * (per_probe + bucket * HS_CAND_NS);
+    return (double)nprobes * (per_probe + bucket * (s->words == 1 ? HS_CAND_NS : HS_CAND_NS4));
 }
 
+typedef int (*hs_probes_fn)(const hs_segment *, int, const uint64_t *, int, int, const int *, const hs_probe *,
+                            size_t, hs_scratch *, hs_stats *, uint64_t, uint64_t *);
+
 typedef struct {
-    int (*mih_probes)(const hs_segment *, int, const uint64_t *, int, int, const int *, const hs_probe *, size_t,
-                      hs_scratch *, hs_stats *, uint64_t, uint64_t *);
+    hs_probes_fn mih_probes;
+    hs_probes_fn mih_probes4;   /* 256-bit codes */
     int (*mih_knn)(const hs_segment *, int, uint64_t, uint64_t, hs_scratch *, hs_stats *, double);
     void (*brute_range)(const hs_segment *, int, const uint64_t *, int, int, uint64_t, uint64_t, hs_scratch *,
                         hs_stats *);
     void (*brute_knn)(const hs_segment *, int, uint64_t, uint64_t, uint64_t, uint64_t, hs_scratch *, hs_stats *);
+    /* the same two for 256-bit codes (4 words, query by pointer) */
+    void (*brute_range4)(const hs_segment *, int, const uint64_t *, int, int, uint64_t, uint64_t, hs_scratch *,
+                         hs_stats *);
+    void (*brute_knn4)(const hs_segment *, int, const uint64_t *, uint64_t, uint64_t, uint64_t, hs_scratch *,
+                       hs_stats *);
 } hs_kernels;
 
 /* ---- one copy of the kernels per instruction set ---- */
@@ -241,8 +277,42 @@ int hs_set_isa(int isa)
 
 /* ================================ build ================================ */
 
-int hs_choose_tables(uint64_t n_unique, int bits[HS_MAX_TABLES], int shift[HS_MAX_TABLES])
+/* 256-bit codes: m tables of about 256/m bits (widest first), m chosen by the
+ * cost model for PDQ's radius with the tight pigeonhole split (split_radius):
+ * few wide tables need many probes, many narrow ones many candidates. */
+static int choose_tables_wide(uint64_t u, int bits[HS_MAX_TABLES], int shift[HS_MAX_TABLES])
 {
+    if (u < HS_WIDE_MIN_CODES)
+        return 0;
+    double best = 0;
+    int m_best = 0;
+    for (int m = (256 + HS_WIDE_MAX_KEY_BITS - 1) / HS_WIDE_MAX_KEY_BITS; m <= HS_MAX_TABLES; m++) {
+        double cost = 0;
+        for (int k = 0; k < m && cost >= 0; k++) {
+            const int b = 256 / m + (k < 256 % m);
+            const int t = (HS_WIDE_RADIUS + 1) / m + (k < (HS_WIDE_RADIUS + 1) % m) - 1;
+            const double probes = hs_mask_count(b, t);
+            cost += probes * ((b >= 18 ? HS_PROBE_NS_DRAM : HS_PROBE_NS_CACHE) +
+                              (double)u / (double)(1ull << b) * HS_CAND_NS4);
+        }
+        if (m_best == 0 || cost < best) {
+            best = cost;
+            m_best = m;
+        }
+    }
+    int pos = 256;
+    for (int k = 0; k < m_best; k++) {
+        bits[k] = 256 / m_best + (k < 256 % m_best);
+        pos -= bits[k];
+        shift[k] = pos;
+    }
+    return m_best;
+}
+
+int hs_choose_tables(uint64_t n_unique, int words, int bits[HS_MAX_TABLES], int shift[HS_MAX_TABLES])
+{
+    if (words != 1)
+        return choose_tables_wide(n_unique, bits, shift);
     /* Below a few thousand codes a scan beats any table. */
     if (n_unique < 4096)
         return 0;
@@ -391,25 +461,31 @@ void hs_group(const uint64_t *sorted, uint64_t n, uint64_t *codes, uint32_t *gro
 typedef struct {
     const uint64_t *codes;
     uint64_t u;
-    int bits, shift;
+    int words, bits, shift;
     uint32_t *offsets;
-    uint32_t *fps;
+    uint32_t *fps;            /* NULL for 256-bit codes */
     uint32_t *table_groups;   /* NULL for table 0: codes are already in its bucket order */
     int oom;
 } table_job;
 
+static inline uint32_t job_key(const table_job *j, uint64_t i)
+{
+    return j->words == 1 ? (uint32_t)((j->codes[i] >> j->shift) & sub_mask(j->bits))
+                         : key4(j->codes + 4 * i, j->shift, j->bits);
+}
+
 static void *build_table(void *arg)
 {
     table_job *j = arg;
-    uint64_t nb = 1ull << j->bits, mask = sub_mask(j->bits);
+    uint64_t nb = 1ull << j->bits;
     uint32_t *off = j->offsets;
     memset(off, 0, (nb + 1) * sizeof(uint32_t));
     for (uint64_t i = 0; i < j->u; i++)
-        off[((j->codes[i] >> j->shift) & mask) + 1]++;
+        off[job_key(j, i) + 1]++;
     for (uint64_t b = 0; b < nb; b++)
         off[b + 1] += off[b];
     if (!j->table_groups) {
-        for (uint64_t i = 0; i < j->u; i++)
+        for (uint64_t i = 0; j->fps && i < j->u; i++)
             j->fps[i] = fingerprint(j->codes[i], j->shift, j->bits);
         return NULL;
     }
@@ -420,23 +496,24 @@ static void *build_table(void *arg)
     }
     memcpy(cursor, off, nb * sizeof(uint32_t));
     for (uint64_t i = 0; i < j->u; i++) {
-        uint64_t c = j->codes[i];
-        uint32_t p = cursor[(c >> j->shift) & mask]++;
-        j->fps[p] = fingerprint(c, j->shift, j->bits);
+        uint32_t p = cursor[job_key(j, i)]++;
+        if (j->fps)
+            j->fps[p] = fingerprint(j->codes[i], j->shift, j->bits);
         j->table_groups[p] = (uint32_t)i;
     }
     free(cursor);
     return NULL;
 }
 
-int hs_build_tables(const uint64_t *codes, uint64_t u, int m, const int *bits, const int *shift,
+int hs_build_tables(const uint64_t *codes, uint64_t u, int words, int m, const int *bits, const int *shift,
                     uint32_t **offsets, uint32_t **fps, uint32_t **table_groups, int nthreads)
 {
     table_job jobs[HS_MAX_TABLES];
     pthread_t th[HS_MAX_TABLES];
     int started[HS_MAX_TABLES] = {0};
     for (int k = 0; k < m; k++) {
-        table_job j = {codes, u, bits[k], shift[k], offsets[k], fps[k], k ? table_groups[k] : NULL, 0};
+        table_job j = {codes, u, words, bits[k], shift[k], offsets[k], words == 1 ? fps[k] : NULL,
+                       k ? table_groups[k] : NULL, 0};
         jobs[k] = j;
     }
     /* Tables are independent: run up to nthreads of them at once. */
@@ -542,22 +619,24 @@ static int gather_ids(hs_scratch *w, const hs_segment *s, const hs_hit *h, uint6
     return 0;
 }
 
-/* Appends the results of hits h[0:nh] (one query), sorted by (distance, id), at most `limit`. */
-static int emit(hs_scratch *w, const hs_segment *const *segs, const hs_hit *h, size_t nh, uint64_t limit)
+/* Appends the results of hits h[0:nh] (one query, distances 0..bits), sorted by
+ * (distance, id), at most `limit`. */
+static int emit(hs_scratch *w, const hs_segment *const *segs, const hs_hit *h, size_t nh, uint64_t limit, int bits)
 {
-    size_t start[HS_CODE_BITS + 2] = {0};
+    size_t start[HS_MAX_BITS + 2];
+    memset(start, 0, (size_t)(bits + 2) * sizeof start[0]);
     for (size_t i = 0; i < nh; i++)
         start[h[i].d + 1]++;
-    for (int d = 0; d <= HS_CODE_BITS; d++)
+    for (int d = 0; d <= bits; d++)
         start[d + 1] += start[d];
     if (grow((void **)&w->sorted, &w->cap_sorted, nh, sizeof(hs_hit)))
         return -1;
-    size_t cursor[HS_CODE_BITS + 1];
-    memcpy(cursor, start, sizeof cursor);
+    size_t cursor[HS_MAX_BITS + 1];
+    memcpy(cursor, start, (size_t)(bits + 1) * sizeof cursor[0]);
     for (size_t i = 0; i < nh; i++)
         w->sorted[cursor[h[i].d]++] = h[i];
     uint64_t need = limit;
-    for (int d = 0; d <= HS_CODE_BITS && need > 0; d++) {
+    for (int d = 0; d <= bits && need > 0; d++) {
         size_t len = 0;
         for (size_t i = start[d]; i < start[d + 1]; i++)
             if (gather_ids(w, segs[w->sorted[i].seg], &w->sorted[i], need, &len))
@@ -600,13 +679,13 @@ static double scan_cost_ns(const hs_segment *s)
     case HS_STRATEGY_SCAN: return -1;
     case HS_STRATEGY_TABLES: return 1e300;
     }
-    return (double)s->n_unique * HS_SCAN_NS;
+    return (double)s->n_unique * (s->words == 1 ? HS_SCAN_NS : HS_SCAN_NS4);
 }
 
 /* Candidates after which a group of g queries stops probing and scans. */
 static uint64_t max_candidates(const hs_segment *s, int g)
 {
-    double c = scan_cost_ns(s) / HS_CAND_NS * g;
+    double c = scan_cost_ns(s) / (s->words == 1 ? HS_CAND_NS : HS_CAND_NS4) * g;
     return c < 0 ? 0 : c > 1e18 ? UINT64_MAX : (uint64_t)c;
 }
 
@@ -631,33 +710,46 @@ typedef struct {
     const hs_kernels *K;
     const hs_segment *s;
     int segno, r;
-    uint64_t q, k, lo, hi;
+    const uint64_t *q;
+    uint64_t k, lo, hi;
     hs_scratch w;
     hs_stats st;
 } scan_part;
 
+/* Scans codes [lo, hi) of s for one query q (k > 0: k-NN, else radius r). */
+static void scan_range(const hs_kernels *K, const hs_segment *s, int segno, const uint64_t *q, int r, uint64_t k,
+                       uint64_t lo, uint64_t hi, hs_scratch *w, hs_stats *st)
+{
+    if (s->words == 1) {
+        if (k)
+            K->brute_knn(s, segno, *q, k, lo, hi, w, st);
+        else
+            K->brute_range(s, segno, q, 1, r, lo, hi, w, st);
+    } else {
+        if (k)
+            K->brute_knn4(s, segno, q, k, lo, hi, w, st);
+        else
+            K->brute_range4(s, segno, q, 1, r, lo, hi, w, st);
+    }
+}
+
 static void *run_scan_part(void *arg)
 {
     scan_part *p = arg;
-    if (p->k)
-        p->K->brute_knn(p->s, p->segno, p->q, p->k, p->lo, p->hi, &p->w, &p->st);
-    else
-        p->K->brute_range(p->s, p->segno, &p->q, 1, p->r, p->lo, p->hi, &p->w, &p->st);
+    scan_range(p->K, p->s, p->segno, p->q, p->r, p->k, p->lo, p->hi, &p->w, &p->st);
     return NULL;
 }
 
 /* Scans a whole segment (k > 0: k-NN, else radius r), split over nthreads. */
-static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, uint64_t q, int r, uint64_t k,
+static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, const uint64_t *q, int r, uint64_t k,
                          hs_scratch *w, hs_stats *st, int nthreads)
 {
     uint64_t u = s->n_unique;
     if (nthreads > HS_MAX_SCAN_THREADS)
         nthreads = HS_MAX_SCAN_THREADS;
-    if (nthreads <= 1 || u < HS_PAR_SCAN_MIN) {
-        if (k)
-            K->brute_knn(s, segno, q, k, 0, u, w, st);
-        else
-            K->brute_range(s, segno, &q, 1, r, 0, u, w, st);
+    /* a 256-bit code is 4 times the bytes: worth splitting 4 times sooner */
+    if (nthreads <= 1 || u * (uint64_t)s->words < HS_PAR_SCAN_MIN) {
+        scan_range(K, s, segno, q, r, k, 0, u, w, st);
         return;
     }
     scan_part parts[HS_MAX_SCAN_THREADS];
@@ -1032,7 +1124,8 @@ static size_t build_probes(const hs_segment *s, const uint64_t *qs, int nq, cons
         for (int k = 0; k < s->m; k++) {
             if (t[k] < 0)
                 continue;
-            const uint32_t qk = (uint32_t)((qs[slot] >> s->shift[k]) & sub_mask(s->bits[k]));
+            const uint32_t qk = s->words == 1 ? (uint32_t)((qs[slot] >> s->shift[k]) & sub_mask(s->bits[k]))
+                                              : key4(qs + 4 * slot, s->shift[k], s->bits[k]);
             const uint32_t *mk = s->masks[k];
             for (int ring = 0; ring <= t[k]; ring++) {
                 for (uint32_t i = s->ring_start[k][ring], e = s->ring_start[k][ring + 1]; i < e; i++) {
@@ -1047,7 +1140,7 @@ static size_t build_probes(const hs_segment *s, const uint64_t *qs, int nq, cons
 }
 
 typedef struct {
-    const hs_kernels *K;
+    hs_probes_fn probes;            /* the kernel for the segment's code width */
     const hs_segment *s;
     const uint64_t *qs;
     const int *t;
@@ -1087,7 +1180,7 @@ static void split_run(void *arg, int worker)
         size_t b = a + step < J->n ? a + step : J->n;
         uint64_t used = __atomic_load_n(&J->candidates, __ATOMIC_RELAXED), cand = 0;
         uint64_t room = used < J->max_candidates ? J->max_candidates - used : 0;
-        int ok = J->K->mih_probes(J->s, J->segno, J->qs, J->nq, J->r, J->t, J->P + a, b - a, w, st, room, &cand);
+        int ok = J->probes(J->s, J->segno, J->qs, J->nq, J->r, J->t, J->P + a, b - a, w, st, room, &cand);
         if (!ok || __atomic_add_fetch(&J->candidates, cand, __ATOMIC_RELAXED) > J->max_candidates)
             __atomic_store_n(&J->abort, 1, __ATOMIC_RELAXED);
         done += b - a;
@@ -1103,7 +1196,8 @@ static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, con
     size_t n = build_probes(s, qs, nq, t, w, st);
     if (n == SIZE_MAX)
         return 1;
-    split_job J = {K, s, qs, t, w->probes, segno, nq, r, n, 0, 0, max_candidates(s, nq), 0, w, st};
+    const hs_probes_fn probes = s->words == 1 ? K->mih_probes : K->mih_probes4;
+    split_job J = {probes, s, qs, t, w->probes, segno, nq, r, n, 0, 0, max_candidates(s, nq), 0, w, st};
     const int64_t min_ns = __atomic_load_n(&split_min_ns, __ATOMIC_RELAXED);
     const int chunks = (int)((n + HS_SPLIT_CHUNK - 1) / HS_SPLIT_CHUNK);
     if (helpers > chunks - 1)
@@ -1112,7 +1206,7 @@ static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, con
     helpers = cost * nq >= (double)min_ns ? pool_acquire(helpers, GATE_QUERY, min_ns == 0, &timed) : 0;
     if (!helpers) {
         uint64_t cand = 0, t0 = timed ? now_ns() : 0;
-        int ok = K->mih_probes(s, segno, qs, nq, r, t, w->probes, n, w, st, J.max_candidates, &cand);
+        int ok = probes(s, segno, qs, nq, r, t, w->probes, n, w, st, J.max_candidates, &cand);
         if (timed && ok)
             gate_alone(GATE_QUERY, now_ns() - t0, n);
         return ok;
@@ -1145,9 +1239,9 @@ static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, con
 
 /* Range search of g <= HS_GROUP queries; query i's results are appended to
  * w's result buffer at res_start[i], res_count[i] of them. */
-static int query_range_group(const hs_kernels *K, const hs_segment *const *segs, int nseg, const uint64_t *qs,
-                             int g, int r, hs_scratch *w, hs_stats *st, int inner, uint64_t *res_start,
-                             uint64_t *res_count)
+static int query_range_group(const hs_kernels *K, const hs_segment *const *segs, int nseg, int words,
+                             const uint64_t *qs, int g, int r, hs_scratch *w, hs_stats *st, int inner,
+                             uint64_t *res_start, uint64_t *res_count)
 {
     size_t begin = w->nhits;
     for (int si = 0; si < nseg; si++) {
@@ -1161,9 +1255,11 @@ static int query_range_group(const hs_kernels *K, const hs_segment *const *segs,
             continue;
         w->nhits = seg_begin;   /* the tables gave up (or were never worth it): scan */
         if (g == 1)
-            scan_segment(K, s, si, qs[0], r, 0, w, st, inner);
-        else
+            scan_segment(K, s, si, qs, r, 0, w, st, inner);
+        else if (s->words == 1)
             K->brute_range(s, si, qs, g, r, 0, s->n_unique, w, st);
+        else
+            K->brute_range4(s, si, qs, g, r, 0, s->n_unique, w, st);
     }
     if (w->oom)
         return -1;
@@ -1182,15 +1278,15 @@ static int query_range_group(const hs_kernels *K, const hs_segment *const *segs,
     for (int i = 0; i < g; i++) {
         st[i].hits += start[i + 1] - start[i];
         res_start[i] = w->nres;
-        if (emit(w, segs, w->byslot + start[i], start[i + 1] - start[i], HS_UNLIMITED))
+        if (emit(w, segs, w->byslot + start[i], start[i + 1] - start[i], HS_UNLIMITED, 64 * words))
             return -1;
         res_count[i] = w->nres - res_start[i];
     }
     return 0;
 }
 
-static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int nseg, uint64_t q, uint64_t k,
-                         hs_scratch *w, hs_stats *st, int inner)
+static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int nseg, int words, const uint64_t *q,
+                         uint64_t k, hs_scratch *w, hs_stats *st, int inner)
 {
     size_t begin = w->nhits;
     for (int si = 0; si < nseg; si++) {
@@ -1198,7 +1294,7 @@ static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int
         if (s->n_unique == 0)
             continue;
         size_t seg_begin = w->nhits;
-        if (s->m > 0 && K->mih_knn(s, si, q, k, w, st, scan_cost_ns(s)))
+        if (s->m > 0 && s->words == 1 && K->mih_knn(s, si, *q, k, w, st, scan_cost_ns(s)))
             continue;
         w->nhits = seg_begin;   /* the planner gave up on the tables: scan instead */
         scan_segment(K, s, si, q, 0, k, w, st, inner);
@@ -1206,7 +1302,7 @@ static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int
     st->hits += w->nhits - begin;
     if (w->oom)
         return -1;
-    int rc = emit(w, segs, w->hits + begin, w->nhits - begin, k);
+    int rc = emit(w, segs, w->hits + begin, w->nhits - begin, k, 64 * words);
     w->nhits = begin;
     return rc;
 }
@@ -1216,7 +1312,7 @@ static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int
 typedef struct {
     const hs_kernels *K;
     const hs_segment *const *segs;
-    int nseg, radius, inner;
+    int nseg, words, radius, inner;
     const uint64_t *queries;
     uint64_t nq, k, chunk;
     hs_scratch *scratch;
@@ -1250,7 +1346,8 @@ static void batch_run(void *arg, int worker)
             if (J->k) {
                 for (int c = 0; c < g && !rc; c++) {
                     w->nres = 0;
-                    rc = query_knn_one(J->K, J->segs, J->nseg, J->queries[i + c], J->k, w, &st[c], J->inner);
+                    rc = query_knn_one(J->K, J->segs, J->nseg, J->words, J->queries + (i + c) * J->words, J->k, w,
+                                       &st[c], J->inner);
                     int64_t *row_ids = J->knn_ids + (i + c) * J->k;
                     int32_t *row_dist = J->knn_dist + (i + c) * J->k;
                     for (uint64_t x = 0; x < J->k; x++) {
@@ -1260,8 +1357,8 @@ static void batch_run(void *arg, int worker)
                 }
             } else {
                 uint64_t start[HS_GROUP], count[HS_GROUP];
-                rc = query_range_group(J->K, J->segs, J->nseg, J->queries + i, g, J->radius, w, st, J->inner,
-                                       start, count);
+                rc = query_range_group(J->K, J->segs, J->nseg, J->words, J->queries + i * J->words, g, J->radius, w,
+                                       st, J->inner, start, count);
                 for (int c = 0; c < g && !rc; c++) {
                     J->qthread[i + c] = (uint32_t)worker;
                     J->qstart[i + c] = start[c];
@@ -1324,12 +1421,12 @@ static int run_batch(batch_job *J, int nthreads)
     return J->failed ? -1 : 0;
 }
 
-int hs_range_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq, int radius,
-                    int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist, hs_stats *stats)
+int hs_range_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq,
+                    int radius, int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist, hs_stats *stats)
 {
     batch_job J;
     memset(&J, 0, sizeof J);
-    J.segs = segs; J.nseg = nseg; J.queries = queries; J.nq = nq; J.radius = radius;
+    J.segs = segs; J.nseg = nseg; J.words = words; J.queries = queries; J.nq = nq; J.radius = radius;
     J.lims = lims; J.stats = stats;
     J.qthread = malloc((nq + 1) * sizeof(uint32_t));
     J.qstart = malloc((nq + 1) * sizeof(uint64_t));
@@ -1364,12 +1461,12 @@ int hs_range_search(const hs_segment *const *segs, int nseg, const uint64_t *que
     return rc;
 }
 
-int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq, int k,
+int hs_knn_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq, int k,
                   int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats)
 {
     batch_job J;
     memset(&J, 0, sizeof J);
-    J.segs = segs; J.nseg = nseg; J.queries = queries; J.nq = nq; J.k = (uint64_t)k;
+    J.segs = segs; J.nseg = nseg; J.words = words; J.queries = queries; J.nq = nq; J.k = (uint64_t)k;
     J.knn_ids = out_ids; J.knn_dist = out_dist; J.stats = stats;
     int rc = run_batch(&J, nthreads);
     free_scratch(J.scratch, J.nworkers);

@@ -1,23 +1,31 @@
-/* hashsieve native core: exact Hamming search over 64-bit codes with
+/* hashsieve native core: exact Hamming search over 64- or 256-bit codes with
  * multi-index hashing (Norouzi, Punjani, Fleet 2012) and a SIMD brute-force scan.
  *
  * A segment is immutable once built. Its arrays are owned by the caller
  * (numpy arrays or a read-only memory map); this code only reads them.
  *
+ * A code is `words` 64-bit words (1, or 4 for 256-bit codes: the 32 bytes of
+ * FAISS's binary layout read as four little-endian words); the code width is
+ * a parameter of the segment, and the kernels are specialised per width.
+ *
  * Layout of one segment of n entries with u distinct codes:
- *   codes[u]            distinct codes, ascending. Also table 0's bucket array,
+ *   codes[u * words]    distinct codes, ascending (word 0 first). Also table 0's bucket array,
  *                       because table 0's key is the top bits of the code.
  *   group_start[u+1]    entries of distinct code g are ids[group_start[g] ..
  *                       group_start[g+1]); identical codes are stored once, so a
  *                       hash shared by a million entries is one candidate.
  *   ids[n]              ascending inside each group.
  *   dead[(n+7)/8]       tombstone bitmap over entry slots, or NULL.
- *   for each table k (key: bits [shift_k, shift_k + bits_k) of the code):
+ *   for each table k (key: bits [shift_k, shift_k + bits_k) of the code, the
+ *   code read as one number, word 0 most significant: see hs_code_key):
  *     offsets[2^bits+1] CSR bucket boundaries,
- *     fps[u]            32-bit fingerprints stored inline, bucket by bucket: the
- *                       code bits just above the key. A bucket is verified on
- *                       them (4 bytes a candidate, 8 per SIMD step) and only
- *                       the few survivors read their full code.
+ *     fps[u]            64-bit codes only: 32-bit fingerprints stored inline,
+ *                       bucket by bucket: the code bits just above the key. A
+ *                       bucket is verified on them (4 bytes a candidate, 8 per
+ *                       SIMD step) and only the few survivors read their full
+ *                       code. (At 256 bits and radius 31 a 32-bit fingerprint
+ *                       filters nothing: those tables have none, and their
+ *                       candidates' codes are prefetched instead.)
  *     table_groups[u]   group number of each slot (table 0: NULL, identity,
  *                       because table 0's key is the top bits of sorted codes).
  */
@@ -27,14 +35,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HS_CODE_BITS 64
-#define HS_MAX_TABLES 8
+#define HS_CODE_BITS 64    /* one word */
+#define HS_MAX_WORDS 4
+#define HS_MAX_BITS (64 * HS_MAX_WORDS)
+#define HS_MAX_TABLES 16
 /* Probe rings are enumerated up to this substring radius; beyond it the
  * planner scans instead. */
 #define HS_MAX_RING 6
 
 typedef struct {
     int m;                                  /* tables; 0 = brute force only */
+    int words;                              /* 64-bit words per code: 1 or 4 */
     int bits[HS_MAX_TABLES];
     int shift[HS_MAX_TABLES];
     uint64_t n_unique;
@@ -61,28 +72,31 @@ typedef struct {
 } hs_stats;
 
 /* ---- build ---- */
-int hs_choose_tables(uint64_t n_unique, int bits_out[HS_MAX_TABLES], int shift_out[HS_MAX_TABLES]);
+int hs_choose_tables(uint64_t n_unique, int words, int bits_out[HS_MAX_TABLES], int shift_out[HS_MAX_TABLES]);
 int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n,
                   uint64_t *out_codes, int64_t *out_ids);
 uint64_t hs_count_unique(const uint64_t *sorted_codes, uint64_t n);
 void hs_group(const uint64_t *sorted_codes, uint64_t n, uint64_t *codes, uint32_t *group_start);
 /* Builds every table: offsets and fingerprints, and the group numbers of tables 1..m-1. */
-int hs_build_tables(const uint64_t *codes, uint64_t u, int m, const int *bits, const int *shift,
+int hs_build_tables(const uint64_t *codes, uint64_t u, int words, int m, const int *bits, const int *shift,
                     uint32_t **offsets, uint32_t **fps, uint32_t **table_groups, int nthreads);
+/* Bits [shift, shift + bits) of a code of `words` words, word 0 most significant. */
+uint32_t hs_code_key(const uint64_t *code, int words, int shift, int bits);
 uint32_t hs_fingerprint(uint64_t code, int shift, int bits);
 uint32_t hs_mask_count(int bits, int max_ring);
 void hs_make_masks(int bits, int max_ring, uint32_t *masks, uint32_t *ring_start);
 
 /* ---- search ----
  * Range: all live entries with distance <= radius, per query sorted by (distance, id).
+ * Every segment's codes and the queries (nq * words words) have `words` words.
  * Results are returned as one CSR block (lims has nq+1 entries); *out_ids and
  * *out_dist are malloc'ed and owned by the caller (free them).
  * kNN: writes nq*k ids and distances, -1 padded, sorted by (distance, id).
  * Both return 0, or -1 when out of memory. stats may be NULL. */
-int hs_range_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
+int hs_range_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq,
                     int radius, int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist,
                     hs_stats *stats);
-int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
+int hs_knn_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq,
                   int k, int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats);
 
 /* ---- planner override, for tests and benchmarks ---- */

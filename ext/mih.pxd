@@ -3,6 +3,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 
 cdef extern from "mih.h" nogil:
     enum: HS_CODE_BITS
+    enum: HS_MAX_WORDS
     enum: HS_MAX_TABLES
     enum: HS_MAX_RING
     enum:
@@ -13,6 +14,7 @@ cdef extern from "mih.h" nogil:
 
     ctypedef struct hs_segment:
         int m
+        int words
         int bits[HS_MAX_TABLES]
         int shift[HS_MAX_TABLES]
         uint64_t n_unique
@@ -33,21 +35,22 @@ cdef extern from "mih.h" nogil:
         uint64_t hits
         uint64_t scanned
 
-    int hs_choose_tables(uint64_t n_unique, int *bits_out, int *shift_out)
+    int hs_choose_tables(uint64_t n_unique, int words, int *bits_out, int *shift_out)
     int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n,
                       uint64_t *out_codes, int64_t *out_ids)
     uint64_t hs_count_unique(const uint64_t *sorted_codes, uint64_t n)
     void hs_group(const uint64_t *sorted_codes, uint64_t n, uint64_t *codes, uint32_t *group_start)
-    int hs_build_tables(const uint64_t *codes, uint64_t u, int m, const int *bits, const int *shift,
+    int hs_build_tables(const uint64_t *codes, uint64_t u, int words, int m, const int *bits, const int *shift,
                         uint32_t **offsets, uint32_t **fps, uint32_t **table_groups, int nthreads)
+    uint32_t hs_code_key(const uint64_t *code, int words, int shift, int bits)
     uint32_t hs_fingerprint(uint64_t code, int shift, int bits)
     uint32_t hs_mask_count(int bits, int max_ring)
     void hs_make_masks(int bits, int max_ring, uint32_t *masks, uint32_t *ring_start)
 
-    int hs_range_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
+    int hs_range_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq,
                         int radius, int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist,
                         hs_stats *stats)
-    int hs_knn_search(const hs_segment *const *segs, int nseg, const uint64_t *queries, uint64_t nq,
+    int hs_knn_search(const hs_segment *const *segs, int nseg, int words, const uint64_t *queries, uint64_t nq,
                       int k, int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats)
 
     enum:

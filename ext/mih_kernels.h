@@ -186,7 +186,7 @@ static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k
                           hs_stats *st, double budget_ns)
 {
     knn_state ks;
-    knn_init(&ks, k);
+    knn_init(&ks, k, 64);
     double spent = 0;   /* estimated cost of the rings so far, corrected by real candidate counts */
     uint64_t candidates = 0;
     int done = 0;
@@ -260,11 +260,203 @@ static void HS_FN(brute_knn)(const hs_segment *s, int segno, uint64_t q, uint64_
 {
     const uint64_t *codes = s->codes;
     knn_state ks;
-    knn_init(&ks, k);
+    knn_init(&ks, k, 64);
     HS_SCAN(codes, lo, hi, q, ks.tau, knn_add(&ks, w, s, segno, j, __builtin_popcountll(codes[j] ^ q)));
     st->scanned += hi - lo;
 }
 
+/* ---- 256-bit codes: 4 words a code ---- */
+
+static inline int HS_FN(dist4)(const uint64_t *c, const uint64_t *q)
+{
+    return __builtin_popcountll(c[0] ^ q[0]) + __builtin_popcountll(c[1] ^ q[1]) +
+           __builtin_popcountll(c[2] ^ q[2]) + __builtin_popcountll(c[3] ^ q[3]);
+}
+
+#if defined(HS_USE_AVX512) || defined(HS_USE_AVX2)
+/* Four 16-bit distances packed in one word (code j in bits 16j..16j+15) to a
+ * 4-bit mask of those <= r. */
+static inline uint32_t HS_FN(packed_le)(uint64_t packed, int r)
+{
+    uint32_t mask = 0;
+    for (int j = 0; j < 4; j++)
+        mask |= (uint32_t)((int)((packed >> (16 * j)) & 0xffff) <= r) << j;
+    return mask;
+}
+#endif
+
+/* Bit j of the result is set when the 256-bit code p[4j .. 4j+4) is within r
+ * of q, for j < 8. */
+static inline uint32_t HS_FN(match8_w4)(const uint64_t *p, const uint64_t *q, int r)
+{
+#if defined(HS_USE_AVX512)
+    /* Two codes a register; their 64-bit word counts are packed as 16-bit
+     * fields (a distance is at most 256), so one pair of lane sums per 256-bit
+     * half gives four codes' distances at once. */
+    const __m512i qq = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)q));
+    __m512i packed = _mm512_setzero_si512();
+    for (int i = 0; i < 4; i++) {
+        __m512i c = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512((const void *)(p + 8 * i)), qq));
+        packed = _mm512_add_epi64(packed, _mm512_slli_epi64(c, 16 * i));
+    }
+    packed = _mm512_add_epi64(packed, _mm512_permutex_epi64(packed, _MM_SHUFFLE(1, 0, 3, 2)));
+    packed = _mm512_add_epi64(packed, _mm512_permutex_epi64(packed, _MM_SHUFFLE(2, 3, 0, 1)));
+    /* lane 0: codes 0, 2, 4, 6; lane 4: codes 1, 3, 5, 7 */
+    const uint64_t even = (uint64_t)_mm_cvtsi128_si64(_mm512_castsi512_si128(packed));
+    const uint64_t odd = (uint64_t)_mm_cvtsi128_si64(_mm512_extracti32x4_epi32(packed, 2));
+    uint32_t me = HS_FN(packed_le)(even, r), mo = HS_FN(packed_le)(odd, r), mask = 0;
+    for (int j = 0; j < 4; j++)
+        mask |= ((me >> j) & 1) << (2 * j) | ((mo >> j) & 1) << (2 * j + 1);
+    return mask;
+#elif defined(HS_USE_AVX2)
+    /* Per code: byte counts folded by SAD into four word counts; four codes'
+     * counts packed as 16-bit fields and summed across the lanes. */
+    const __m256i qq = _mm256_loadu_si256((const __m256i *)q);
+    uint32_t mask = 0;
+    for (int h = 0; h < 2; h++) {
+        __m256i packed = _mm256_setzero_si256();
+        for (int i = 0; i < 4; i++) {
+            __m256i x = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 16 * h + 4 * i)), qq);
+            __m256i c = _mm256_sad_epu8(HS_FN(popcnt_bytes)(x), _mm256_setzero_si256());
+            packed = _mm256_add_epi64(packed, _mm256_slli_epi64(c, 16 * i));
+        }
+        __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(packed), _mm256_extracti128_si256(packed, 1));
+        s2 = _mm_add_epi64(s2, _mm_unpackhi_epi64(s2, s2));
+        mask |= HS_FN(packed_le)((uint64_t)_mm_cvtsi128_si64(s2), r) << (4 * h);
+    }
+    return mask;
+#else
+    uint32_t mask = 0;
+    for (int j = 0; j < 8; j++)
+        mask |= (uint32_t)(HS_FN(dist4)(p + 4 * j, q) <= r) << j;
+    return mask;
+#endif
+}
+
+/* HS_SCAN for 256-bit codes. */
+#define HS_SCAN4(codes, lo, hi, q, r, ON_MATCH)                                 \
+    do {                                                                        \
+        uint64_t j_ = (lo), e_ = (hi);                                          \
+        for (; j_ + 8 <= e_; j_ += 8) {                                         \
+            uint32_t m_ = HS_FN(match8_w4)((codes) + 4 * j_, (q), (r));         \
+            while (m_) {                                                        \
+                uint64_t j = j_ + (uint64_t)__builtin_ctz(m_);                  \
+                m_ &= m_ - 1;                                                   \
+                ON_MATCH;                                                       \
+            }                                                                   \
+        }                                                                       \
+        for (; j_ < e_; j_++) {                                                 \
+            if (HS_FN(dist4)((codes) + 4 * j_, (q)) <= (r)) {                   \
+                uint64_t j = j_;                                                \
+                ON_MATCH;                                                       \
+            }                                                                   \
+        }                                                                       \
+    } while (0)
+
+static void HS_FN(brute_range4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, uint64_t lo,
+                                uint64_t hi, hs_scratch *w, hs_stats *st)
+{
+    const uint64_t *codes = s->codes;
+    /* a quarter of the codes a tile: the same bytes as the 64-bit tile */
+    for (uint64_t b0 = lo; b0 < hi; b0 += HS_TILE / 4) {
+        uint64_t b1 = b0 + HS_TILE / 4 < hi ? b0 + HS_TILE / 4 : hi;
+        for (int slot = 0; slot < nq; slot++) {
+            const uint64_t *q = qs + 4 * slot;
+            HS_SCAN4(codes, b0, b1, q, r, push_hit(w, segno, j, HS_FN(dist4)(codes + 4 * j, q), slot));
+        }
+    }
+    for (int slot = 0; slot < nq; slot++)
+        st[slot].scanned += hi - lo;
+}
+
+static void HS_FN(brute_knn4)(const hs_segment *s, int segno, const uint64_t *q, uint64_t k, uint64_t lo,
+                              uint64_t hi, hs_scratch *w, hs_stats *st)
+{
+    const uint64_t *codes = s->codes;
+    knn_state ks;
+    knn_init(&ks, k, 256);
+    HS_SCAN4(codes, lo, hi, q, ks.tau, knn_add(&ks, w, s, segno, j, HS_FN(dist4)(codes + 4 * j, q)));
+    st->scanned += hi - lo;
+}
+
+/* mih_probes for 256-bit codes. Their tables have no fingerprints, so a
+ * candidate reads its 32-byte code through table_groups: a four-stage
+ * pipeline prefetches a probe's offsets, then its bucket of group numbers,
+ * then the codes they name (up to HS_PF4_CODES a probe), and verifies them
+ * HS_PF4 probes later. */
+static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
+                              const hs_probe *P, size_t n, hs_scratch *w, hs_stats *st, uint64_t max_candidates,
+                              uint64_t *candidates)
+{
+    (void)nq;
+    const uint64_t *codes = s->codes;
+    uint64_t cand = 0;
+    uint32_t lo[HS_RING], hi[HS_RING];
+    for (size_t i = 0; i < n + HS_PF4; i++) {
+        if (i >= HS_PF4) {
+            const size_t p = i - HS_PF4;
+            const int k = P[p].table, slot = P[p].slot;
+            const uint64_t *q = qs + 4 * slot;
+            const uint32_t a = lo[p % HS_RING], b = hi[p % HS_RING];
+            st[slot].candidates += b - a;
+            cand += b - a;
+            if (cand > max_candidates) {
+                *candidates += cand;
+                return 0;
+            }
+            const uint32_t *tg = s->table_groups[k];
+            for (uint32_t j = a; j < b; j++) {
+                const uint64_t g = k ? tg[j] : j;
+                if (g >= s->n_unique)       /* a damaged file opened without verify() */
+                    continue;
+                const uint64_t *c = codes + 4 * g;
+                const uint64_t x[4] = {c[0] ^ q[0], c[1] ^ q[1], c[2] ^ q[2], c[3] ^ q[3]};
+                const int d = __builtin_popcountll(x[0]) + __builtin_popcountll(x[1]) + __builtin_popcountll(x[2]) +
+                              __builtin_popcountll(x[3]);
+                if (d > r)
+                    continue;
+                /* Report each code from the first table that qualifies it. */
+                int dup = 0;
+                for (int kk = 0; kk < k && !dup; kk++)
+                    dup = t[kk] >= 0 && __builtin_popcount(key4(x, s->shift[kk], s->bits[kk])) <= t[kk];
+                if (!dup)
+                    push_hit(w, segno, g, d, slot);
+            }
+        }
+        if (i < n)
+            __builtin_prefetch(s->offsets[P[i].table] + P[i].key);
+        if (i >= HS_PF4 / 3 && i - HS_PF4 / 3 < n) {
+            const size_t p = i - HS_PF4 / 3;
+            const int k = P[p].table;
+            const uint32_t *off = s->offsets[k];
+            const uint32_t a = off[P[p].key], b = off[P[p].key + 1];
+            lo[p % HS_RING] = a;
+            hi[p % HS_RING] = b;
+            if (k) {
+                const char *line = (const char *)((uintptr_t)(s->table_groups[k] + a) & ~(uintptr_t)63);
+                for (int l = 0; l < HS_PF_LINES && line < (const char *)(s->table_groups[k] + b); l++, line += 64)
+                    __builtin_prefetch(line);
+            } else {
+                for (uint32_t j = a; j < b && j < a + HS_PF4_CODES; j++)
+                    __builtin_prefetch(codes + 4 * j);
+            }
+        }
+        if (i >= 2 * HS_PF4 / 3 && i - 2 * HS_PF4 / 3 < n) {
+            const size_t p = i - 2 * HS_PF4 / 3;
+            const int k = P[p].table;
+            if (k) {
+                const uint32_t *tg = s->table_groups[k];
+                for (uint32_t j = lo[p % HS_RING], e = hi[p % HS_RING]; j < e && j < lo[p % HS_RING] + HS_PF4_CODES; j++)
+                    if (tg[j] < s->n_unique)
+                        __builtin_prefetch(codes + 4 * (uint64_t)tg[j]);
+            }
+        }
+    }
+    *candidates += cand;
+    return 1;
+}
+
 static const hs_kernels HS_FN(kernels) = {
-    HS_FN(mih_probes), HS_FN(mih_knn), HS_FN(brute_range), HS_FN(brute_knn),
+    HS_FN(mih_probes), HS_FN(mih_probes4), HS_FN(mih_knn), HS_FN(brute_range), HS_FN(brute_knn),
+    HS_FN(brute_range4), HS_FN(brute_knn4),
 };

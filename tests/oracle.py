@@ -3,7 +3,13 @@ import numpy as np
 
 
 def distances(queries, codes):
-    """Hamming distances (nq, n), one query row at a time (memory: n per row)."""
+    """Hamming distances (nq, n), one query row at a time (memory: n per row). Codes and queries are
+    uint64 (n,) hashes, or uint8 (n, 32) 256-bit codes: np.bitwise_count over the bytes, summed."""
+    if np.asarray(codes).dtype == np.uint8:
+        codes = np.asarray(codes)
+        for q in np.asarray(queries, np.uint8).reshape(-1, codes.shape[1]):
+            yield np.bitwise_count(codes ^ q).sum(axis=1, dtype=np.int64)
+        return
     codes = np.asarray(codes, np.uint64)
     for q in np.asarray(queries, np.uint64):
         yield np.bitwise_count(codes ^ q)
@@ -71,11 +77,16 @@ def queries_for(rng, codes, n):
 
 
 def index_content(index):
-    """(codes uint64, ids int64) of every live entry of an index, decoded from its snapshot's segment
-    arrays with NumPy (not with the index's own code), for the oracles above."""
-    codes, ids = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
+    """(codes uint64 (or uint8 (n, 32) for a 256-bit index), ids int64) of every live entry of an index,
+    decoded from its snapshot's segment arrays with NumPy (not with the index's own code), for the
+    oracles above."""
+    wide = index.bits == 256
+    codes = [np.empty((0, 32), np.uint8) if wide else np.empty(0, np.uint64)]
+    ids = [np.empty(0, np.int64)]
     for seg in index.snapshot().segments:
-        seg_codes = np.repeat(np.asarray(seg.codes), np.diff(np.asarray(seg.group_start, np.int64)))
+        seg_codes = np.repeat(np.asarray(seg.codes), np.diff(np.asarray(seg.group_start, np.int64)), axis=0)
+        if wide:
+            seg_codes = seg_codes.view(np.uint8)
         seg_ids = np.asarray(seg.ids)
         if seg.dead is not None:
             live = np.unpackbits(np.asarray(seg.dead), count=len(seg_ids), bitorder="little") == 0
@@ -83,3 +94,48 @@ def index_content(index):
         codes.append(seg_codes)
         ids.append(seg_ids)
     return np.concatenate(codes), np.concatenate(ids)
+
+
+# ---------------------------------------------------------------- 256-bit codes: uint8 (n, 32)
+def flip_bits256(rng, codes, low, high):
+    """Each 256-bit code with a random number of distinct bits in [low, high] flipped."""
+    out = np.array(codes, dtype=np.uint8).reshape(-1, 32)
+    bits = np.unpackbits(out, axis=1)
+    for row in bits:
+        row[rng.choice(256, rng.integers(low, high + 1), replace=False)] ^= 1
+    return np.packbits(bits, axis=1)
+
+
+def uniform256(rng, n):
+    return rng.integers(0, 256, (n, 32), dtype=np.uint8)
+
+
+def skewed256(rng, n):
+    """10% of the entries one code, clusters of near-duplicates 4-20 bits from their centre, exact
+    duplicates, all-zero and all-one codes, and uniform codes for the rest."""
+    parts = [np.repeat(uniform256(rng, 1), n // 10, axis=0),
+             np.zeros((n // 50, 32), np.uint8), np.full((n // 50, 32), 255, np.uint8)]
+    centres = uniform256(rng, max(n // 100, 1))
+    parts.append(flip_bits256(rng, centres[rng.integers(0, len(centres), n // 4)], 4, 20))
+    uniform = uniform256(rng, n - sum(len(p) for p in parts) - n // 10)
+    parts += [uniform, uniform[rng.integers(0, len(uniform), n // 10)]]
+    codes = np.concatenate(parts)
+    return codes[rng.permutation(len(codes))]
+
+
+def correlated256(rng, n):
+    """Bits not independent, as in real PDQ lists: bit j is set with probability p_j in [0.2, 0.8],
+    and each bit copies its neighbour's value half of the time."""
+    p = rng.uniform(0.2, 0.8, 256)
+    bits = rng.random((n, 256)) < p
+    copy = rng.random((n, 256)) < 0.5
+    for j in range(1, 256):
+        bits[:, j] = np.where(copy[:, j], bits[:, j - 1], bits[:, j])
+    return np.packbits(bits, axis=1)
+
+
+def queries256(rng, codes, n):
+    """Half near-duplicates of indexed codes (8-24 bits flipped), half random, plus all-zero and all-one."""
+    near = flip_bits256(rng, codes[rng.integers(0, len(codes), n // 2)], 8, 24)
+    return np.concatenate([near, uniform256(rng, n - n // 2), np.zeros((1, 32), np.uint8),
+                           np.full((1, 32), 255, np.uint8)])

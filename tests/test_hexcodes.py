@@ -39,3 +39,36 @@ def test_from_hex_accepts_what_hash_lists_accept():
     for text in ("0x8F0F3F7F0F0F0F00", "0X8f0f3f7f0f0f0f00", " 8F0F3F7F0F0F0F00\n", "8f0f3f7f0f0f0f00"):
         assert hs.from_hex(text) == int(parse_hash(text)[1], 16) == 0x8F0F3F7F0F0F0F00
     assert hs.from_hex(["0x0000000000000001", b"0X00000000000000FF"]).tolist() == [1, 255]
+
+
+def test_256_bit_hex_is_the_bytes_in_order():
+    text = "00ff10" + "0" * 56 + "a5"
+    code = hs.from_hex(text)
+    assert code.dtype == np.uint8 and code.shape == (32,)
+    assert code[:3].tolist() == [0x00, 0xFF, 0x10] and code[31] == 0xA5
+    assert hs.to_hex(code) == text
+    arr = hs.from_hex(["0x" + text.upper(), " " + "f" * 64 + "\n"])
+    assert arr.shape == (2, 32) and arr[1].tolist() == [255] * 32
+    assert hs.to_hex(arr) == [text, "f" * 64]
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (50, 32), dtype=np.uint8)
+    np.testing.assert_array_equal(hs.from_hex(hs.to_hex(codes)), codes)
+    assert hs.to_hex(codes[3]) == bytes(codes[3]).hex()
+
+
+def test_mixed_hex_lengths_are_refused_naming_the_item():
+    with pytest.raises(ValueError, match=r"\[2\] has 16 hex digits but hash \[0\] has 64"):
+        hs.from_hex(["0" * 64, "1" * 64, "0" * 16])
+    with pytest.raises(ValueError, match=r"\[1\] has 64 hex digits but hash \[0\] has 16"):
+        hs.from_hex(["0" * 16, "0" * 64])
+
+
+@pytest.mark.parametrize("digits", [15, 17, 32, 63, 65])
+def test_hex_of_another_length_names_both_widths(digits):
+    with pytest.raises(ValueError, match="exactly 16 hex digits .* or 64"):
+        hs.from_hex("0" * digits)
+
+
+def test_to_hex_refuses_256_bit_codes_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"shape \(n, 32\)"):
+        hs.to_hex(np.zeros((2, 31), np.uint8))

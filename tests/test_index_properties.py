@@ -1,5 +1,8 @@
 """Property-based tests: edge values, duplicates, any radius and k, and a
 state machine driving add/remove/compact/search beside a plain Python model."""
+import os
+import tempfile
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -99,3 +102,72 @@ class IndexModel(RuleBasedStateMachine):
 TestIndexModel = IndexModel.TestCase
 TestIndexModel.settings = settings(max_examples=40, stateful_step_count=12, deadline=None,
                                    suppress_health_check=[HealthCheck.too_slow])
+
+
+# ---------------------------------------------------------------- 256-bit codes
+EDGE256 = [bytes(32), b"\xff" * 32, b"\x55" * 32, b"\x80" + bytes(31)]
+code256 = st.one_of(st.sampled_from(EDGE256), st.binary(min_size=32, max_size=32))
+# Near neighbours of the edge codes: a few bytes changed.
+clustered256 = st.builds(lambda base, at, value: base[:at] + bytes([value]) + base[at + 1:],
+                         st.sampled_from(EDGE256), st.integers(0, 31), st.integers(0, 255))
+
+
+def as_codes256(values):
+    return np.frombuffer(b"".join(values), dtype=np.uint8).reshape(-1, 32).copy()
+
+
+class IndexModel256(RuleBasedStateMachine):
+    """A 256-bit index against a dict id -> code, through add/remove/compact/search and save/load."""
+
+    def __init__(self):
+        super().__init__()
+        self.index = hs.HashIndex(bits=256)
+        self.model = {}
+        self.folder = tempfile.TemporaryDirectory()
+
+    def teardown(self):
+        self.folder.cleanup()
+
+    @rule(values=st.lists(st.one_of(code256, clustered256), min_size=1, max_size=300))
+    def add(self, values):
+        ids = self.index.add(as_codes256(values))
+        self.model.update(zip(ids.tolist(), values))
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def remove(self, data):
+        chosen = data.draw(st.lists(st.sampled_from(sorted(self.model)), max_size=30))
+        assert self.index.remove(np.array(chosen, dtype=np.int64)) == len(set(chosen))
+        for i in chosen:
+            self.model.pop(i, None)
+
+    @rule()
+    def compact(self):
+        self.index.compact()
+
+    @rule(mmap=st.booleans())
+    def save_load(self, mmap):
+        path = os.path.join(self.folder.name, "index.hsi")
+        self.index.save(path)
+        self.index = hs.HashIndex.load(path, mmap=mmap, verify=True)
+
+    @rule(queries=st.lists(st.one_of(code256, clustered256), min_size=1, max_size=4), radius=st.integers(0, 256),
+          k=st.integers(1, 30))
+    def search(self, queries, radius, k):
+        ids = np.array(sorted(self.model), dtype=np.int64)
+        codes = as_codes256([self.model[i] for i in ids.tolist()]) if len(ids) else np.empty((0, 32), np.uint8)
+        queries = as_codes256(queries)
+        for got, exp in zip(self.index.range_search(queries, radius), range_oracle(codes, ids, queries, radius)):
+            np.testing.assert_array_equal(got, exp)
+        if len(ids):
+            for got, exp in zip(self.index.search(queries, k), knn_oracle(codes, ids, queries, k)):
+                np.testing.assert_array_equal(got, exp)
+
+    @invariant()
+    def length(self):
+        assert len(self.index) == len(self.model)
+
+
+TestIndexModel256 = IndexModel256.TestCase
+TestIndexModel256.settings = settings(max_examples=25, stateful_step_count=10, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])

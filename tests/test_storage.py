@@ -435,7 +435,7 @@ GOLDEN_FILES = sorted(GOLDEN.glob("v*.hsi"))
 
 def test_golden_files_exist():
     assert {p.name for p in GOLDEN_FILES} >= {"v1_tiny.hsi", "v1_tables.hsi", "v2_tiny.hsi", "v2_tables.hsi",
-                                              "v2_update.hsi"}
+                                              "v2_update.hsi", "v2_wide256.hsi"}
     assert read_metadata(GOLDEN / "v2_update.hsi")["base"] is not None
 
 
@@ -448,7 +448,8 @@ def test_golden_file_still_loads(path, mmap):
         if key in expected["header"]:
             assert info[key] == expected["header"][key], key
     index = hs.HashIndex.load(path, mmap=mmap, verify=True)
-    queries = np.array([int(x, 16) for x in expected["queries"]], dtype=np.uint64)
+    queries = hs.from_hex(expected["queries"])     # uint64, or uint8 (n, 32) for a 256-bit file
+    assert index.bits == info["code_bits"] == (64 if queries.dtype == np.uint64 else 256)
     for r, want in expected["range"].items():
         lims, dist, ids = index.range_search(queries, int(r))
         assert [lims.tolist(), dist.tolist(), ids.tolist()] == want
@@ -537,7 +538,7 @@ def test_foreign_and_too_new_files(tmp_path, tiny_file, rng):
         with pytest.raises(IndexFormatError):
             hs.HashIndex.load(bad)
     fixed, segs, secs, meta, rest = split_header(tiny_file.read_bytes())
-    for field, value, message in [(1, storage.FORMAT_VERSION + 1, "newer than this hashsieve"), (4, 256, "code width 256"),
+    for field, value, message in [(1, storage.FORMAT_VERSION + 1, "newer than this hashsieve"), (4, 128, "code width 128"),
                                   (1, 0, "invalid format version")]:
         f2 = list(fixed)
         f2[field] = value

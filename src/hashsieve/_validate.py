@@ -9,6 +9,8 @@ import os
 import numpy as np
 
 MAX_DISTANCE = 64
+# Code widths an index holds: 64-bit codes are uint64 (n,), 256-bit ones uint8 (n, 32) (FAISS's binary layout).
+CODE_BITS = (64, 256)
 # Largest id: add(ids=None) numbers on from the largest id + 1, which must still be an int64.
 MAX_ID = 2**63 - 2
 # Largest k of search(): the results take 12 bytes per query and k, allocated before searching.
@@ -24,10 +26,43 @@ def _is_int(x):
     return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
 
 
-def hashes_array(value, name="hashes"):
-    """A C-contiguous uint64 array of shape (n,) from an array, a sequence of ints or one int."""
+def code_bits_value(value, name="bits"):
+    if type(value) is not int or value not in CODE_BITS:
+        raise ValueError(f"{name} must be 64 (uint64 hashes) or 256 (uint8 (n, 32) codes, e.g. PDQ), got {value!r}")
+    return value
+
+
+def wide_hashes_array(value, bits, name="hashes"):
+    """uint64 (n, bits // 64), C-contiguous, from uint8 codes (n, bits // 8) or one code (bits // 8,):
+    each row's bytes read as little-endian 64-bit words (a view when the input is contiguous)."""
+    nbytes = bits // 8
+    example = f"hashsieve.from_hex() of {bits // 4}-digit hex strings"
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a uint8 array of shape (n, {nbytes}) ({bits}-bit codes), got "
+                        f"{type(value).__name__}; parse hex with {example}")
+    if value.dtype != np.uint8:
+        hint = (" (64-bit hashes: this index holds 256-bit codes; use HashIndex() for 64-bit ones)"
+                if value.dtype == np.uint64 else "")
+        raise TypeError(f"{name} must be a uint8 array of shape (n, {nbytes}) ({bits}-bit codes), got dtype "
+                        f"{value.dtype}{hint}; parse hex with {example}")
+    if value.ndim == 1 and value.shape[0] == nbytes:
+        value = value[None, :]
+    if value.ndim != 2 or value.shape[1] != nbytes:
+        raise ValueError(f"{name} must have shape (n, {nbytes}) or ({nbytes},): {bits}-bit codes are {nbytes} bytes "
+                         f"each, got shape {value.shape}")
+    return np.ascontiguousarray(value).view("<u8")
+
+
+def hashes_array(value, name="hashes", bits=64):
+    """A C-contiguous uint64 array of shape (n,) from an array, a sequence of ints or one int;
+    bits=256: uint64 (n, 4) from uint8 codes (n, 32) (see wide_hashes_array)."""
+    if bits != 64:
+        return wide_hashes_array(value, bits, name)
     if isinstance(value, np.ndarray):
         if value.dtype != np.uint64:
+            if value.dtype == np.uint8 and value.ndim in (1, 2) and value.shape[-1] == 32:
+                raise TypeError(f"{name} are 256-bit codes (uint8 (n, 32)) but this index holds 64-bit hashes; "
+                                "use HashIndex(bits=256) for them")
             raise TypeError(
                 f"{name} must be a uint64 array, got dtype {value.dtype}; hashes are unsigned 64-bit "
                 f"codes: convert explicitly, e.g. {name}.astype(np.uint64) after checking the values, "
@@ -74,11 +109,12 @@ def ids_array(value, n, name="ids"):
     return arr
 
 
-def radius_value(value, name="radius"):
+def radius_value(value, name="radius", bits=MAX_DISTANCE):
+    """An int from 0 to bits (the code width) inclusive."""
     if not _is_int(value):
-        raise TypeError(f"{name} must be an int from 0 to {MAX_DISTANCE}, got {type(value).__name__}")
-    if not 0 <= value <= MAX_DISTANCE:
-        raise ValueError(f"{name} must be from 0 to {MAX_DISTANCE} bits (inclusive), got {value}")
+        raise TypeError(f"{name} must be an int from 0 to {bits}, got {type(value).__name__}")
+    if not 0 <= value <= bits:
+        raise ValueError(f"{name} must be from 0 to {bits} bits (inclusive) for {bits}-bit codes, got {value}")
     return int(value)
 
 

@@ -1,4 +1,4 @@
-"""HashIndex: exact Hamming search over 64-bit perceptual hashes.
+"""HashIndex: exact Hamming search over 64-bit perceptual hashes, or 256-bit ones (PDQ).
 
 The index is a tuple of immutable native segments: a large main segment and a
 small delta that absorbs additions until it is worth merging. Removals set bits
@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from . import _core
-from ._validate import MAX_ID, hashes_array, ids_array, k_value, radius_value, threads_value
+from ._validate import MAX_ID, code_bits_value, hashes_array, ids_array, k_value, radius_value, threads_value
 
 # The delta is merged into the main segment when it grows past this share of it.
 DELTA_MERGE_FRACTION = 0.25
@@ -86,9 +86,9 @@ class _Part:
         return _Part(self.segment.with_dead(dead), self._order)
 
     def live_entries(self):
-        """(codes uint64 (l,), ids int64 (l,)) of every live entry."""
+        """(codes uint64 (l,) or (l, 4), ids int64 (l,)) of every live entry."""
         seg = self.segment
-        codes = np.repeat(seg.codes, np.diff(seg.group_start.astype(np.int64)))
+        codes = np.repeat(seg.codes, np.diff(seg.group_start.astype(np.int64)), axis=0)
         ids = seg.ids
         if seg.dead is not None:
             live = ~np.unpackbits(seg.dead, count=len(ids), bitorder="little").astype(bool)
@@ -117,7 +117,8 @@ class IndexSnapshot:
 
 
 class HashIndex:
-    """Exact Hamming-distance index of 64-bit hashes, each with an int64 id.
+    """Exact Hamming-distance index of 64-bit hashes (bits=64, the default: uint64 (n,)) or 256-bit
+    codes such as PDQ (bits=256: uint8 (n, 32), FAISS's binary layout), each with an int64 id.
 
     Results follow FAISS's conventions, except that the radius is inclusive
     and results are sorted by (distance, id), so they are deterministic.
@@ -127,9 +128,8 @@ class HashIndex:
     every core this process may use; more is a ValueError.
     """
 
-    bits = 64
-
-    def __init__(self):
+    def __init__(self, bits=64):
+        self.bits = code_bits_value(bits)
         self._set_state((), 0)
         self._write_lock = threading.Lock()
         self._source = None            # set by load(): what verify() checks, where save() may copy from
@@ -142,7 +142,7 @@ class HashIndex:
         snapshot in another thread reads one consistent version with a single lookup.
         """
         parts = tuple(parts)
-        self._state = (parts, _core.SegmentList([part.segment for part in parts]), next_id)
+        self._state = (parts, _core.SegmentList([part.segment for part in parts], self.bits), next_id)
 
     @property
     def _parts(self):
@@ -168,8 +168,9 @@ class HashIndex:
         return IndexSnapshot(parts, next_id, self._source)
 
     @classmethod
-    def from_segments(cls, segments, next_id, id_orders=None, source=None, deferred_check=None):
-        """An index of these _core.Segment objects (main first, then the delta), as load() builds it.
+    def from_segments(cls, segments, next_id, id_orders=None, source=None, deferred_check=None, bits=64):
+        """An index of bits-bit codes from these _core.Segment objects (main first, then the delta), as load()
+        builds it.
 
         next_id: int, larger than every id. id_orders: per segment an int64 (n,) permutation sorting
         its ids, or None to compute it when needed. source: recorded for save() and verify().
@@ -177,7 +178,7 @@ class HashIndex:
         it may raise, and is called again by the next change then.
         """
         segments = list(segments)
-        index = cls()
+        index = cls(bits)
         orders = list(id_orders) if id_orders is not None else [None] * len(segments)
         index._set_state([_Part(seg, order) for seg, order in zip(segments, orders)], int(next_id))
         index._source = source
@@ -186,12 +187,12 @@ class HashIndex:
 
     # ---------------------------------------------------------------- changes
     def add(self, hashes, ids=None, threads=None):
-        """Add uint64 hashes (n,) with int64 ids (n,), each from 0 to 2**63-2; ids=None numbers them on
-        from the largest id ever added.
+        """Add uint64 hashes (n,) (a 256-bit index: uint8 codes (n, 32)) with int64 ids (n,), each from 0 to
+        2**63-2; ids=None numbers them on from the largest id ever added.
 
         Returns the ids (int64 (n,)). Raises ValueError if an id is repeated or already in the index.
         """
-        codes = hashes_array(hashes)
+        codes = hashes_array(hashes, bits=self.bits)
         nthreads = threads_value(threads)
         if ids is not None:
             ids = ids_array(ids, len(codes))
@@ -281,21 +282,22 @@ class HashIndex:
     def range_search(self, queries, radius, threads=None):
         """Every entry within Hamming distance <= radius of each query.
 
-        queries: uint64 array (nq,) or one int. Returns (lims int64 (nq+1,),
+        queries: uint64 array (nq,) or one int (a 256-bit index: uint8 (nq, 32) or (32,)); radius: 0 to
+        the code width (64 or 256). Returns (lims int64 (nq+1,),
         distances int32, ids int64): query i's results are
         distances[lims[i]:lims[i+1]], ids[lims[i]:lims[i+1]], sorted by (distance, id).
         """
-        q = hashes_array(queries, "queries")
-        return _core.range_search(self._state[1], q, radius_value(radius), threads_value(threads))
+        q = hashes_array(queries, "queries", self.bits)
+        return _core.range_search(self._state[1], q, radius_value(radius, bits=self.bits), threads_value(threads))
 
     def search(self, queries, k, threads=None):
         """The k nearest entries of each query, ties broken by smaller id.
 
-        queries: uint64 array (nq,) or one int; k: 1 to MAX_K (10,000), larger is a ValueError (for every
+        queries: uint64 array (nq,) or one int (a 256-bit index: uint8 (nq, 32) or (32,)); k: 1 to MAX_K (10,000), larger is a ValueError (for every
         entry within a radius use range_search). Returns (distances int32 (nq, k), ids int64 (nq, k));
         -1 where fewer than k entries exist.
         """
-        q = hashes_array(queries, "queries")
+        q = hashes_array(queries, "queries", self.bits)
         return _core.knn_search(self._state[1], q, k_value(k), threads_value(threads))
 
     def explain(self, queries, radius=None, k=None, threads=None):
@@ -303,13 +305,17 @@ class HashIndex:
 
         Returns a dict of uint64 arrays (nq,): probes (table buckets visited),
         candidates (codes read from those buckets), hits (distinct codes
-        reported) and scanned (codes read by brute-force scans).
+        reported) and scanned (codes read by brute-force scans). The planner
+        answers a query from the tables (probes > 0, scanned 0) or scans a
+        segment when that is estimated cheaper, or when the candidates pass the
+        cost of a scan (both > 0); layout() shows the tables it chose from.
         """
         if (radius is None) == (k is None):
             raise ValueError("explain() needs exactly one of radius= or k=")
-        q = hashes_array(queries, "queries")
+        q = hashes_array(queries, "queries", self.bits)
         if radius is not None:
-            stats = _core.range_search(self._state[1], q, radius_value(radius), threads_value(threads), True)[3]
+            stats = _core.range_search(self._state[1], q, radius_value(radius, bits=self.bits), threads_value(threads),
+                                       True)[3]
         else:
             stats = _core.knn_search(self._state[1], q, k_value(k), threads_value(threads), True)[2]
         return dict(zip(("probes", "candidates", "hits", "scanned"), stats.T.copy()))
@@ -347,9 +353,16 @@ class HashIndex:
         """The metadata dict of the file this index was loaded from ({} if it was not loaded)."""
         return dict(self._source.layout.metadata or {}) if self._source is not None else {}
 
+    def layout(self):
+        """Per segment (main first, then the delta): a dict of entries, codes (distinct), tables (the
+        substring widths in bits of its multi-index tables, widest first from the code's top bits;
+        () when it is scanned by brute force) and nbytes."""
+        return [{"entries": len(part.segment), "codes": part.segment.n_unique, "tables": part.segment.bits,
+                 "nbytes": part.segment.nbytes()} for part in self._parts]
+
     def nbytes(self):
         """Bytes held by the index's arrays."""
         return sum(part.segment.nbytes() for part in self._parts)
 
     def __repr__(self):
-        return f"<hashsieve.HashIndex {len(self)} hashes, {len(self._parts)} segment(s)>"
+        return f"<hashsieve.HashIndex {len(self)} {self.bits}-bit hashes, {len(self._parts)} segment(s)>"

@@ -6,7 +6,7 @@ Layout (every integer little-endian; format version 2, which reads version 1 fil
                         code width, file length, created (ns), next id, live count,
                         segment / section / metadata counts, flags; the rest zero
     128 + 64 * s        one 64-byte record per segment: entries, distinct codes, live
-                        entries, tables m, flags (has tombstones, has id order), bits[8]
+                        entries, tables m, flags (has tombstones, has id order), bits[16]
     ... + 48 * i        one 48-byte record per section: segment, kind, table, dtype, flags
                         (1 = in the base file), offset, element count, byte length, CRC-32
     [if header flag 1]  base record: base file length, its header CRC, its name (same folder)
@@ -19,7 +19,8 @@ metadata) so a damaged header is always caught, even without ``verify``. Every
 section has its own CRC-32, checked by ``verify()`` / ``load(verify=True)``.
 
 Loading checks every header field, every section's kind, dtype, size and position against
-the counts, and the invariants that are cheap to check: bucket boundaries of every table,
+the counts (a 256-bit code is four words of the codes section: its 32 bytes in order),
+and the invariants that are cheap to check: bucket boundaries of every table,
 group bounds, tombstone bitmap, live counts, and that the next id is above the largest id
 (read through the id order). Segments of up to ``DEEP_CHECK_ENTRIES`` entries get every
 O(n) check on each load too: their entries (codes and groups ascending, ids ascending in
@@ -65,9 +66,9 @@ __all__ = ["IndexFormatError", "IndexHandle", "read_metadata", "save_index", "lo
 
 MAGIC = b"\x89HSIEVE\n"        # \x89 catches 7-bit transfers, \n catches newline translation
 FORMAT_VERSION = 2
-CODE_BITS = 64
+CODE_BITS = (64, 256)          # code widths a file may hold (the header's code width)
 ALIGN = 64
-MAX_TABLES = 8
+MAX_TABLES = 16               # bits[8:16] were reserved zero bytes before 256-bit codes: old files read alike
 MAX_HEADER = 64 << 20          # header + metadata; refuse anything bigger before reading it
 MAX_SEGMENTS = 1 << 16
 CHUNK = 16 << 20               # checksum / write granularity
@@ -75,7 +76,7 @@ CHUNK = 16 << 20               # checksum / write granularity
 DEEP_CHECK_ENTRIES = 1 << 20
 
 FIXED = struct.Struct("<8sIIIIQqqQIIII56x")          # 128 bytes
-SEGMENT = struct.Struct("<QQQII8B24x")               # 64 bytes
+SEGMENT = struct.Struct("<QQQII16B16x")              # 64 bytes
 SECTION = struct.Struct("<IHHIIQQQII")               # 48 bytes
 CRC_AT = 16                                          # byte position of the header CRC
 SEG_HAS_DEAD, SEG_HAS_ORDER = 1, 2
@@ -106,16 +107,17 @@ def _fail(path, message):
 
 
 # ====================================================================== layout
-def _expected_sections(seg):
-    """(kind, table, dtype code, element count) of every section of a segment record, in file order."""
+def _expected_sections(seg, code_bits):
+    """(kind, table, dtype code, element count) of every section of a segment record, in file order;
+    a code is code_bits // 64 words of the codes section."""
     n, u, m, flags, bits = seg["entries"], seg["unique"], seg["m"], seg["flags"], seg["bits"]
-    out = [(1, 0, 3, u), (2, 0, 2, u + 1), (3, 0, 4, n)]
+    out = [(1, 0, 3, u * (code_bits // 64)), (2, 0, 2, u + 1), (3, 0, 4, n)]
     if flags & SEG_HAS_DEAD:
         out.append((4, 0, 1, (n + 7) // 8))
     if flags & SEG_HAS_ORDER:
         out.append((5, 0, 4, n))
     out += [(6, k, 2, (1 << bits[k]) + 1) for k in range(m)]
-    out += [(7, k, 2, u) for k in range(m)]
+    out += [(7, k, 2, u) for k in range(m if code_bits == 64 else 0)]     # 256-bit tables have no fingerprints
     out += [(8, k, 2, u) for k in range(1, m)]
     return out
 
@@ -192,8 +194,8 @@ def _parse_layout(path, read_at, file_size):
     # The header is what the writer wrote; from here on, errors mean a writer bug or a forged file.
     if any(raw[FIXED.size - 56:FIXED.size]):
         _fail(path, "reserved header bytes are not zero")
-    if code_bits != CODE_BITS:
-        _fail(path, f"code width {code_bits} bits is not supported by this hashsieve (only {CODE_BITS})")
+    if code_bits not in CODE_BITS:
+        _fail(path, f"code width {code_bits} bits is not supported by this hashsieve (only 64 and 256)")
     if flags & ~HDR_HAS_BASE or (flags and version < 2):
         _fail(path, f"unknown header flags {flags:#x}")
     if file_length != file_size:
@@ -227,7 +229,7 @@ def _parse_layout(path, read_at, file_size):
     segments = []
     for s in range(n_segments):
         n, u, seg_live, m, seg_flags, *bits = SEGMENT.unpack_from(raw, pos)
-        if any(raw[pos + 40:pos + SEGMENT.size]):
+        if any(raw[pos + 48:pos + SEGMENT.size]):
             _fail(path, f"segment {s}: reserved bytes are not zero")
         pos += SEGMENT.size
         if seg_flags & ~(SEG_HAS_DEAD | SEG_HAS_ORDER):
@@ -236,7 +238,7 @@ def _parse_layout(path, read_at, file_size):
             _fail(path, f"segment {s}: impossible counts ({n} entries, {u} distinct codes, {seg_live} live)")
         if not seg_flags & SEG_HAS_DEAD and seg_live != n:
             _fail(path, f"segment {s}: {seg_live} live of {n} entries but no tombstones")
-        if m > MAX_TABLES or any(bits[m:]) or (m and (sum(bits[:m]) != CODE_BITS or
+        if m > MAX_TABLES or any(bits[m:]) or (m and (sum(bits[:m]) != code_bits or
                                                       not all(1 <= b <= _core.MAX_TABLE_BITS for b in bits[:m]))):
             _fail(path, f"segment {s}: invalid table split m={m}, bits={bits}")
         segments.append({"entries": n, "unique": u, "live": seg_live, "m": m, "flags": seg_flags,
@@ -244,7 +246,7 @@ def _parse_layout(path, read_at, file_size):
     if sum(s["live"] for s in segments) != live:
         _fail(path, f"live count {live} does not match the segments' {sum(s['live'] for s in segments)}")
 
-    expected = [(s,) + e for s, seg in enumerate(segments) for e in _expected_sections(seg)]
+    expected = [(s,) + e for s, seg in enumerate(segments) for e in _expected_sections(seg, code_bits)]
     if n_sections != len(expected):
         _fail(path, f"{n_sections} sections, the segments need {len(expected)}")
     sections = []
@@ -364,10 +366,11 @@ def _check_entries(seg, order, path, label):
 
 def _check_tables(seg, path, label, threads=2):
     """O(n): every table holds each code once, in its bucket, with its fingerprint."""
-    shifts = [CODE_BITS - sum(seg.bits[:k + 1]) for k in range(len(seg.bits))]
+    shifts = [seg.code_bits - sum(seg.bits[:k + 1]) for k in range(len(seg.bits))]
 
     def check(k):
-        return _core.check_table(seg.codes, seg.offsets[k], seg.fps[k], seg.table_groups[k], shifts[k], seg.bits[k])
+        return _core.check_table(seg.codes, seg.offsets[k], seg.fps[k] if seg.fps else None, seg.table_groups[k],
+                                 shifts[k], seg.bits[k])
 
     if threads > 1 and seg.n_unique > DEEP_CHECK_ENTRIES:     # the check releases the GIL
         with ThreadPoolExecutor(min(threads, len(seg.bits))) as pool:
@@ -531,7 +534,8 @@ def _load_once(path, mmap, verify):
     def deferred_check(snap):
         _check_structure(snap, path, everything, tables=False)
 
-    index = HashIndex.from_segments(segments, layout.next_id, orders, source, deferred_check if later else None)
+    index = HashIndex.from_segments(segments, layout.next_id, orders, source, deferred_check if later else None,
+                                    bits=layout.code_bits)
     snap = index.snapshot()
     for s in everything:
         if s not in later:
@@ -571,10 +575,13 @@ def _segments_from(source):
         for sec in by_segment.get(s, []):
             arrays[(sec["kind"], sec["table"])] = source.view(sec)
         m = rec["m"]
+        codes = arrays[(1, 0)]
+        if layout.code_bits != 64:
+            codes = codes.reshape(-1, layout.code_bits // 64)
         seg = _core.Segment(
-            arrays[(1, 0)], arrays[(2, 0)], arrays[(3, 0)], rec["bits"][:m],
+            codes, arrays[(2, 0)], arrays[(3, 0)], rec["bits"][:m],
             [arrays[(6, k)] for k in range(m)],
-            [arrays[(7, k)] for k in range(m)],
+            [arrays[(7, k)] for k in range(m) if (7, k) in arrays],
             [None] + [arrays[(8, k)] for k in range(1, m)] if m else [],
             arrays.get((4, 0)))
         label = f"segment {s}"
@@ -643,12 +650,12 @@ def _plan(snap):
         live = n - int(np.bitwise_count(dead).sum()) if dead is not None else n
         records.append((n, seg.n_unique, live, m, SEG_HAS_ORDER | (SEG_HAS_DEAD if dead is not None else 0),
                         tuple(seg.bits) + (0,) * (MAX_TABLES - m)))
-        arrays = [(1, 0, seg.codes), (2, 0, seg.group_start), (3, 0, seg.ids)]
+        arrays = [(1, 0, seg.codes.reshape(-1)), (2, 0, seg.group_start), (3, 0, seg.ids)]
         if dead is not None:
             arrays.append((4, 0, dead))
         arrays.append((5, 0, snap.id_order(s)))
         arrays += [(6, k, seg.offsets[k]) for k in range(m)]
-        arrays += [(7, k, seg.fps[k]) for k in range(m)]
+        arrays += [(7, k, fps) for k, fps in enumerate(seg.fps)]
         arrays += [(8, k, seg.table_groups[k]) for k in range(1, m)]
         sections.append(arrays)
     return records, sections
@@ -912,7 +919,7 @@ def save_index(index, path, metadata=None, created=None, incremental=True):
             table.append(SECTION.pack(s, kind, tbl, DTYPE_CODES[arr.dtype.newbyteorder("<")], flags, off,
                                       arr.shape[0], arr.nbytes, crc, 0))
         live = sum(r[2] for r in records)
-        header = bytearray(FIXED.pack(MAGIC, FORMAT_VERSION, header_length, 0, CODE_BITS, file_length, created_ns,
+        header = bytearray(FIXED.pack(MAGIC, FORMAT_VERSION, header_length, 0, index.bits, file_length, created_ns,
                                       next_id, live, len(records), n_sections, len(meta_bytes),
                                       HDR_HAS_BASE if base_record else 0))
         for n, u, seg_live, m, seg_flags, bits in records:

@@ -1,11 +1,14 @@
 """Writes the golden index files of the current format version, with their expected answers.
 
 Run once per format version and commit the output; never regenerate old versions' files,
-the tests check that they still load:  .venv/bin/python tests/golden/make_golden.py
+the tests check that they still load:  .venv/bin/python tests/golden/make_golden.py [NAME ...]
+(names: tiny, tables, update, wide256; default all). A file added to a version later is written
+alone by naming it, leaving the version's earlier files as they were (v2_wide256 came so).
 From version 2 on, vN_update.hsi is an incremental save: it needs its base file
 vN_update.hsi.base-XXXXXXXX beside it (commit both).
 """
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,15 +59,42 @@ def update():
     return index, {"day": 1}
 
 
-def main():
-    version = storage.FORMAT_VERSION
-    makers = [("tiny", tiny), ("tables", tables)] + ([("update", update)] if version >= 2 else [])
-    for name, make in makers:
-        index, meta = make()
-        rng = np.random.default_rng(3)
-        stored = np.concatenate([seg.codes for seg in index.snapshot().segments])
-        queries = stored[rng.integers(0, len(stored), 12)] ^ (np.uint64(1) << rng.integers(0, 64, 12).astype(np.uint64))
+def wide256():
+    """256-bit codes: a main segment with duplicates, all-zero and all-one codes and tombstones, and a delta."""
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+    codes[0], codes[1] = 0, 255
+    codes[10:20] = codes[20:30]
+    index = hs.HashIndex(bits=256)
+    index.add(codes, ids=np.arange(300) * 3 + 2)
+    index.add(rng.integers(0, 256, (20, 32), dtype=np.uint8))
+    index.remove([2, 5, 47, 900, 901])
+    return index, {"sources": ["golden-pdq.csv"]}
+
+
+def queries_of(index, rng):
+    """12 queries: stored codes with one bit flipped, the first two all-zero and all-one."""
+    stored = np.concatenate([np.asarray(seg.codes) for seg in index.snapshot().segments])
+    picked = stored[rng.integers(0, len(stored), 12)]
+    if index.bits == 64:
+        queries = picked ^ (np.uint64(1) << rng.integers(0, 64, 12).astype(np.uint64))
         queries[:2] = (0, 2**64 - 1)
+        return queries, [f"{int(x):016x}" for x in queries]
+    queries = np.ascontiguousarray(picked).view(np.uint8).copy()
+    queries[np.arange(12), rng.integers(0, 32, 12)] ^= np.uint8(1) << rng.integers(0, 8, 12).astype(np.uint8)
+    queries[0], queries[1] = 0, 255
+    return queries, hs.to_hex(queries)
+
+
+def main(names):
+    version = storage.FORMAT_VERSION
+    makers = [("tiny", tiny), ("tables", tables)] + ([("update", update), ("wide256", wide256)] if version >= 2 else [])
+    for name, make in makers:
+        if names and name not in names:
+            continue
+        index, meta = make()
+        queries, query_hex = queries_of(index, np.random.default_rng(3))
+        radii = (0, 4, 10, 16) if index.bits == 64 else (0, 1, 100, 256)
         path = HERE / f"v{version}_{name}.hsi"
         storage.save_index(index, path, metadata=meta, created=CREATED)
         info = storage.read_metadata(path)
@@ -72,8 +102,8 @@ def main():
         expected = {
             "header": {k: info[k] for k in ("format_version", "code_bits", "count", "entries", "next_id",
                                             "created", "metadata", "base")},
-            "queries": [f"{int(x):016x}" for x in queries],
-            "range": {str(r): [a.tolist() for a in index.range_search(queries, r)] for r in (0, 4, 10, 16)},
+            "queries": query_hex,
+            "range": {str(r): [a.tolist() for a in index.range_search(queries, r)] for r in radii},
             "k": 6,
             "knn": [a.tolist() for a in index.search(queries, 6)],
         }
@@ -82,4 +112,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
