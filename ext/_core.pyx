@@ -79,13 +79,13 @@ cdef class Segment:
     cdef object _masks
 
     def __init__(self, codes, group_start, ids, bits, offsets, fps, table_groups, dead=None):
-        cdef int k, shift
+        cdef int k, shift, words
         self.codes, self.group_start, self.ids, self.dead = codes, group_start, ids, dead
         self.bits, self.offsets = tuple(bits), tuple(offsets)
         self.fps, self.table_groups = tuple(fps), tuple(table_groups)
         self._check_arrays()
         self.seg.m = len(self.bits)
-        self.seg.words = code_words(codes)
+        self.seg.words = words = code_words(codes)
         shift = 64 * self.seg.words
         self.seg.n_unique = codes.shape[0]
         self.seg.n_entries = ids.shape[0]
@@ -100,7 +100,9 @@ cdef class Segment:
             self.seg.shift[k] = shift
             self.seg.offsets[k] = <const uint32_t *>_ptr(self.offsets[k])
             self.seg.fps[k] = <const uint32_t *>_ptr(self.fps[k] if self.fps else None)
-            self.seg.table_groups[k] = <const uint32_t *>_ptr(self.table_groups[k] if k else None)
+            self.seg.table_groups[k] = <const uint32_t *>_ptr(self.table_groups[k] if k or words != 1 else None)
+            if words != 1:
+                hs_wide_masks(self.seg.m, k, self.seg.gather[k])
             masks, ring_start = _masks_for(self.bits[k])
             self._masks.append(masks)
             self.seg.masks[k] = <const uint32_t *>_ptr(masks)
@@ -129,9 +131,9 @@ cdef class Segment:
             _array(self.offsets[k], np.uint32, (1 << self.bits[k]) + 1, f"offsets[{k}]")
             if words == 1:
                 _array(self.fps[k], np.uint32, u, f"fps[{k}]")
-            if k == 0 and self.table_groups[0] is not None:
+            if k == 0 and words == 1 and self.table_groups[0] is not None:
                 raise ValueError("table_groups[0] must be None: table 0 is in code order")
-            if k:
+            if k or words != 1:
                 _array(self.table_groups[k], np.uint32, u, f"table_groups[{k}]")
 
     def __len__(self):
@@ -240,20 +242,18 @@ def _build_segment_wide(codes, ids, int nthreads):
     cdef uint32_t *offsets[HS_MAX_TABLES]
     cdef uint32_t *table_groups[HS_MAX_TABLES]
     m = hs_choose_tables(u, words, bits, shift)
-    offs, tgroups = [], [None]
-    for k in range(m):
+    offs, tgroups = [], []
+    for k in range(m):             # every table has group numbers: no key is the codes' sort order
         offs.append(np.empty((1 << bits[k]) + 1, dtype=np.uint32))
         offsets[k] = <uint32_t *>cnp.PyArray_DATA(offs[k])
-        table_groups[k] = NULL
-        if k:
-            tgroups.append(np.empty(u, dtype=np.uint32))
-            table_groups[k] = <uint32_t *>cnp.PyArray_DATA(tgroups[k])
+        tgroups.append(np.empty(u, dtype=np.uint32))
+        table_groups[k] = <uint32_t *>cnp.PyArray_DATA(tgroups[k])
     with nogil:
         rc = hs_build_tables(<uint64_t *>cnp.PyArray_DATA(ucodes), u, words, m, bits, shift,
                              offsets, NULL, table_groups, nthreads)
     if rc:
         raise MemoryError("out of memory while building the tables")
-    return Segment(ucodes, group_start, sorted_ids, [bits[k] for k in range(m)], offs, [], tgroups[:m])
+    return Segment(ucodes, group_start, sorted_ids, [bits[k] for k in range(m)], offs, [], tgroups)
 
 
 # ---------------------------------------------------------------- checks of loaded segments
@@ -333,16 +333,19 @@ def check_id_order(cnp.ndarray ids, cnp.ndarray order):
     return (("id order points outside the segment", "id order does not sort the ids, or ids repeat")[problem - 1], i)
 
 
-def check_table(cnp.ndarray codes, cnp.ndarray offsets, fps, table_groups, int shift, int bits):
+def check_table(cnp.ndarray codes, cnp.ndarray offsets, fps, table_groups, int shift, int bits, int k=0, int m=0):
     """Table invariants: offsets uint32 (2^bits+1,) ascending from 0 to u; its slots hold every code of
     codes uint64 (u,) or (u, 4) exactly once (table_groups uint32 (u,), or None for table 0: slot j is
-    code j), each in the bucket of its key (bits [shift, shift+bits), see hs_code_key) and with its
-    fingerprint in fps uint32 (u,) (None for 256-bit codes, whose tables have none).
+    code j), each in the bucket of its key (bits [shift, shift+bits); 256-bit codes: table k of m, see
+    hs_wide_masks) and with its fingerprint in fps uint32 (u,) (None for 256-bit codes, whose tables have none).
 
     The builder fills each bucket in code order, so group numbers ascend inside a bucket: with every
     group in the bucket of its own key, that proves each of the u slots names a different group."""
     cdef uint64_t u = codes.shape[0], nb = (<uint64_t>1) << bits, b, j = 0, g = 0, lo, hi
     cdef int words = code_words(codes)
+    cdef uint64_t gather[HS_MAX_WORDS]
+    if words != 1:
+        hs_wide_masks(m, k, gather)
     cdef const uint64_t *c = <const uint64_t *>cnp.PyArray_DATA(codes)
     cdef const uint32_t *off = <const uint32_t *>cnp.PyArray_DATA(offsets)
     cdef const uint32_t *fp = <const uint32_t *>_ptr(fps)
@@ -374,7 +377,7 @@ def check_table(cnp.ndarray codes, cnp.ndarray offsets, fps, table_groups, int s
                     g = tg[j]
                 else:
                     g = j
-                if hs_code_key(c + words * g, words, shift, bits) != b:
+                if hs_code_key(c + words * g, words, shift, bits, gather) != b:
                     problem = 4
                     break
                 if fp != NULL and fp[j] != hs_fingerprint(c[g], shift, bits):

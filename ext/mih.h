@@ -16,8 +16,9 @@
  *                       hash shared by a million entries is one candidate.
  *   ids[n]              ascending inside each group.
  *   dead[(n+7)/8]       tombstone bitmap over entry slots, or NULL.
- *   for each table k (key: bits [shift_k, shift_k + bits_k) of the code, the
- *   code read as one number, word 0 most significant: see hs_code_key):
+ *   for each table k (key: bits [shift_k, shift_k + bits_k) of a 64-bit code;
+ *   of a 256-bit code the bits at positions k, k + m, k + 2m, ...: see
+ *   hs_wide_masks):
  *     offsets[2^bits+1] CSR bucket boundaries,
  *     fps[u]            64-bit codes only: 32-bit fingerprints stored inline,
  *                       bucket by bucket: the code bits just above the key. A
@@ -26,8 +27,8 @@
  *                       code. (At 256 bits and radius 31 a 32-bit fingerprint
  *                       filters nothing: those tables have none, and their
  *                       candidates' codes are prefetched instead.)
- *     table_groups[u]   group number of each slot (table 0: NULL, identity,
- *                       because table 0's key is the top bits of sorted codes).
+ *     table_groups[u]   group number of each slot (64-bit table 0: NULL,
+ *                       identity, because its key is the top bits of sorted codes).
  */
 #ifndef HASHSIEVE_MIH_H
 #define HASHSIEVE_MIH_H
@@ -61,6 +62,8 @@ typedef struct {
      * masks[k][ring_start[k][t] .. ring_start[k][t+1]). */
     const uint32_t *masks[HS_MAX_TABLES];
     uint32_t ring_start[HS_MAX_TABLES][HS_MAX_RING + 2];
+    /* 256-bit codes: the bits of table k's key in each word (hs_wide_masks) */
+    uint64_t gather[HS_MAX_TABLES][HS_MAX_WORDS];
 } hs_segment;
 
 /* Per-query cost counters, for checking the cost model. */
@@ -80,8 +83,13 @@ void hs_group(const uint64_t *sorted_codes, uint64_t n, uint64_t *codes, uint32_
 /* Builds every table: offsets and fingerprints, and the group numbers of tables 1..m-1. */
 int hs_build_tables(const uint64_t *codes, uint64_t u, int words, int m, const int *bits, const int *shift,
                     uint32_t **offsets, uint32_t **fps, uint32_t **table_groups, int nthreads);
-/* Bits [shift, shift + bits) of a code of `words` words, word 0 most significant. */
-uint32_t hs_code_key(const uint64_t *code, int words, int shift, int bits);
+/* Table k's key of a code: bits [shift, shift + bits) of a 64-bit code (mask
+ * NULL), or the bits of a 256-bit code under mask (hs_wide_masks). */
+uint32_t hs_code_key(const uint64_t *code, int words, int shift, int bits, const uint64_t *mask);
+/* Table k of m over 256-bit codes holds the bits at positions k, k + m,
+ * k + 2m, ... (position p is bit p % 64 of word 3 - p / 64): its bits in
+ * each of the four words. */
+void hs_wide_masks(int m, int k, uint64_t mask[HS_MAX_WORDS]);
 uint32_t hs_fingerprint(uint64_t code, int shift, int bits);
 uint32_t hs_mask_count(int bits, int max_ring);
 void hs_make_masks(int bits, int max_ring, uint32_t *masks, uint32_t *ring_start);

@@ -28,6 +28,7 @@ cdef extern from "mih.h" nogil:
         const uint32_t *table_groups[HS_MAX_TABLES]
         const uint32_t *masks[HS_MAX_TABLES]
         uint32_t ring_start[HS_MAX_TABLES][HS_MAX_RING + 2]
+        uint64_t gather[HS_MAX_TABLES][HS_MAX_WORDS]
 
     ctypedef struct hs_stats:
         uint64_t probes
@@ -42,7 +43,8 @@ cdef extern from "mih.h" nogil:
     void hs_group(const uint64_t *sorted_codes, uint64_t n, uint64_t *codes, uint32_t *group_start)
     int hs_build_tables(const uint64_t *codes, uint64_t u, int words, int m, const int *bits, const int *shift,
                         uint32_t **offsets, uint32_t **fps, uint32_t **table_groups, int nthreads)
-    uint32_t hs_code_key(const uint64_t *code, int words, int shift, int bits)
+    uint32_t hs_code_key(const uint64_t *code, int words, int shift, int bits, const uint64_t *mask)
+    void hs_wide_masks(int m, int k, uint64_t *mask)
     uint32_t hs_fingerprint(uint64_t code, int shift, int bits)
     uint32_t hs_mask_count(int bits, int max_ring)
     void hs_make_masks(int bits, int max_ring, uint32_t *masks, uint32_t *ring_start)

@@ -379,76 +379,96 @@ static void HS_FN(brute_knn4)(const hs_segment *s, int segno, const uint64_t *q,
     st->scanned += hi - lo;
 }
 
-/* mih_probes for 256-bit codes. Their tables have no fingerprints, so a
- * candidate reads its 32-byte code through table_groups: a four-stage
- * pipeline prefetches a probe's offsets, then its bucket of group numbers,
- * then the codes they name (up to HS_PF4_CODES a probe), and verifies them
- * HS_PF4 probes later. */
+/* Verifies candidates cg[0, nc) (group numbers, each of probe cp[i]) of
+ * mih_probes4: the codes' loads are independent, so the core overlaps them. */
+static inline void HS_FN(verify4)(const hs_segment *s, int segno, const uint64_t *qs, int r, const int *t,
+                                  const hs_probe *P, const uint32_t *cg, const uint32_t *cp, size_t nc,
+                                  hs_scratch *w)
+{
+    for (size_t i = 0; i < nc; i++) {
+        const uint64_t g = cg[i];
+        if (g >= s->n_unique)       /* a damaged file opened without verify() */
+            continue;
+        const hs_probe *pr = &P[cp[i]];
+        const uint64_t *c = s->codes + 4 * g, *q = qs + 4 * pr->slot;
+        const uint64_t x[4] = {c[0] ^ q[0], c[1] ^ q[1], c[2] ^ q[2], c[3] ^ q[3]};
+        const int d = __builtin_popcountll(x[0]) + __builtin_popcountll(x[1]) + __builtin_popcountll(x[2]) +
+                      __builtin_popcountll(x[3]);
+        if (d > r)
+            continue;
+        /* Report each code from the first table that qualifies it. */
+        int dup = 0;
+        for (int kk = 0; kk < pr->table && !dup; kk++)
+            dup = t[kk] >= 0 && __builtin_popcount(key4(x, s->gather[kk])) <= t[kk];
+        if (!dup)
+            push_hit(w, segno, g, d, pr->slot);
+    }
+}
+
+/* mih_probes for 256-bit codes. Their tables have no fingerprints, so each
+ * candidate reads its 32-byte code through table_groups. The probes go in
+ * blocks through a three-stage pipeline: a block's bucket bounds, the
+ * previous block's group numbers, the block before's codes. Within a stage
+ * the loads are independent, so the core keeps many in flight, page walks
+ * included (at these sizes most loads miss the TLB too, and software
+ * prefetches alone did not ride that out: 10x slower after other work had
+ * flushed the caches); each stage also prefetches what the next one reads. */
 static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
                               const hs_probe *P, size_t n, hs_scratch *w, hs_stats *st, uint64_t max_candidates,
                               uint64_t *candidates)
 {
     (void)nq;
     const uint64_t *codes = s->codes;
+    const size_t nblocks = (n + HS_PF4 - 1) / HS_PF4;
     uint64_t cand = 0;
-    uint32_t lo[HS_RING], hi[HS_RING];
-    for (size_t i = 0; i < n + HS_PF4; i++) {
-        if (i >= HS_PF4) {
-            const size_t p = i - HS_PF4;
-            const int k = P[p].table, slot = P[p].slot;
-            const uint64_t *q = qs + 4 * slot;
-            const uint32_t a = lo[p % HS_RING], b = hi[p % HS_RING];
-            st[slot].candidates += b - a;
-            cand += b - a;
-            if (cand > max_candidates) {
-                *candidates += cand;
-                return 0;
-            }
-            const uint32_t *tg = s->table_groups[k];
-            for (uint32_t j = a; j < b; j++) {
-                const uint64_t g = k ? tg[j] : j;
-                if (g >= s->n_unique)       /* a damaged file opened without verify() */
-                    continue;
-                const uint64_t *c = codes + 4 * g;
-                const uint64_t x[4] = {c[0] ^ q[0], c[1] ^ q[1], c[2] ^ q[2], c[3] ^ q[3]};
-                const int d = __builtin_popcountll(x[0]) + __builtin_popcountll(x[1]) + __builtin_popcountll(x[2]) +
-                              __builtin_popcountll(x[3]);
-                if (d > r)
-                    continue;
-                /* Report each code from the first table that qualifies it. */
-                int dup = 0;
-                for (int kk = 0; kk < k && !dup; kk++)
-                    dup = t[kk] >= 0 && __builtin_popcount(key4(x, s->shift[kk], s->bits[kk])) <= t[kk];
-                if (!dup)
-                    push_hit(w, segno, g, d, slot);
+    uint32_t lo[2][HS_PF4], hi[2][HS_PF4], cg[2][HS_PF4_CANDS], cp[2][HS_PF4_CANDS];
+    size_t nc[2] = {0, 0};
+    for (size_t it = 0; it < nblocks + 2; it++) {
+        if (it >= 2) {                      /* stage 3: block it - 2's codes */
+            const int c = it & 1;
+            HS_FN(verify4)(s, segno, qs, r, t, P, cg[c], cp[c], nc[c], w);
+            nc[c] = 0;
+        }
+        if (it >= 1 && it - 1 < nblocks) {  /* stage 2: block it - 1's group numbers */
+            const size_t b = it - 1, p0 = b * HS_PF4, p1 = p0 + HS_PF4 < n ? p0 + HS_PF4 : n;
+            const int c = b & 1;
+            for (size_t p = p0; p < p1; p++) {
+                const uint32_t a = lo[b & 1][p - p0], e = hi[b & 1][p - p0];
+                const uint32_t *tg = s->table_groups[P[p].table];
+                st[P[p].slot].candidates += e - a;
+                /* Skewed data (a dense cluster near the query in some table):
+                 * past the budget a scan is cheaper, so give up on the tables. */
+                cand += e - a;
+                if (cand > max_candidates) {
+                    *candidates += cand;
+                    return 0;
+                }
+                for (uint32_t j = a; j < e; j++) {
+                    if (nc[c] == HS_PF4_CANDS) {
+                        HS_FN(verify4)(s, segno, qs, r, t, P, cg[c], cp[c], nc[c], w);
+                        nc[c] = 0;
+                    }
+                    const uint32_t g = tg[j];
+                    if (g < s->n_unique)
+                        __builtin_prefetch(codes + 4 * (uint64_t)g);
+                    cg[c][nc[c]] = g;
+                    cp[c][nc[c]++] = (uint32_t)p;
+                }
             }
         }
-        if (i < n)
-            __builtin_prefetch(s->offsets[P[i].table] + P[i].key);
-        if (i >= HS_PF4 / 3 && i - HS_PF4 / 3 < n) {
-            const size_t p = i - HS_PF4 / 3;
-            const int k = P[p].table;
-            const uint32_t *off = s->offsets[k];
-            const uint32_t a = off[P[p].key], b = off[P[p].key + 1];
-            lo[p % HS_RING] = a;
-            hi[p % HS_RING] = b;
-            if (k) {
-                const char *line = (const char *)((uintptr_t)(s->table_groups[k] + a) & ~(uintptr_t)63);
-                for (int l = 0; l < HS_PF_LINES && line < (const char *)(s->table_groups[k] + b); l++, line += 64)
-                    __builtin_prefetch(line);
-            } else {
-                for (uint32_t j = a; j < b && j < a + HS_PF4_CODES; j++)
-                    __builtin_prefetch(codes + 4 * j);
-            }
-        }
-        if (i >= 2 * HS_PF4 / 3 && i - 2 * HS_PF4 / 3 < n) {
-            const size_t p = i - 2 * HS_PF4 / 3;
-            const int k = P[p].table;
-            if (k) {
-                const uint32_t *tg = s->table_groups[k];
-                for (uint32_t j = lo[p % HS_RING], e = hi[p % HS_RING]; j < e && j < lo[p % HS_RING] + HS_PF4_CODES; j++)
-                    if (tg[j] < s->n_unique)
-                        __builtin_prefetch(codes + 4 * (uint64_t)tg[j]);
+        if (it < nblocks) {                 /* stage 1: block it's bucket bounds */
+            const size_t p0 = it * HS_PF4, p1 = p0 + HS_PF4 < n ? p0 + HS_PF4 : n;
+            for (size_t p = p1; p < p1 + HS_PF4 && p < n; p++)   /* the next block's */
+                __builtin_prefetch(s->offsets[P[p].table] + P[p].key);
+            for (size_t p = p0; p < p1; p++) {
+                const uint32_t *off = s->offsets[P[p].table];
+                const uint32_t a = off[P[p].key], e = off[P[p].key + 1];
+                lo[it & 1][p - p0] = a;
+                hi[it & 1][p - p0] = e;
+                const uint32_t *tg = s->table_groups[P[p].table];
+                __builtin_prefetch(tg + a);
+                if (e - a > 16)
+                    __builtin_prefetch(tg + e - 1);
             }
         }
     }

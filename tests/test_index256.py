@@ -263,6 +263,20 @@ def test_other_code_widths_are_refused(bits):
         hs.HashIndex(bits=bits)
 
 
+def test_256_bit_codes_at_an_odd_address_are_read_whole():
+    rng = np.random.default_rng(22)
+    codes = uniform256(rng, 50)
+    index = hs.HashIndex(bits=256)
+    ids = index.add(codes)
+    buffer = np.empty(50 * 32 + 1, np.uint8)
+    odd = buffer[1:].reshape(50, 32)          # C-contiguous, not 8-byte aligned
+    odd[:] = codes
+    assert odd.ctypes.data % 8
+    assert_range_equal(index, codes, ids, odd, 40)
+    index.add(odd)
+    assert len(index) == 100 and index.range_search(codes[0], 0)[0].tolist() == [0, 2]
+
+
 def test_256_bit_edge_codes_and_radius_256():
     codes = np.array([np.zeros(32, np.uint8), np.full(32, 255, np.uint8), np.zeros(32, np.uint8)])
     index = hs.HashIndex(bits=256)

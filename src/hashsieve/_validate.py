@@ -50,7 +50,10 @@ def wide_hashes_array(value, bits, name="hashes"):
     if value.ndim != 2 or value.shape[1] != nbytes:
         raise ValueError(f"{name} must have shape (n, {nbytes}) or ({nbytes},): {bits}-bit codes are {nbytes} bytes "
                          f"each, got shape {value.shape}")
-    return np.ascontiguousarray(value).view("<u8")
+    value = np.ascontiguousarray(value)
+    if value.ctypes.data % 8:          # the native core reads whole 64-bit words
+        value = value.copy()
+    return value.view("<u8")
 
 
 def hashes_array(value, name="hashes", bits=64):

@@ -118,7 +118,7 @@ def _expected_sections(seg, code_bits):
         out.append((5, 0, 4, n))
     out += [(6, k, 2, (1 << bits[k]) + 1) for k in range(m)]
     out += [(7, k, 2, u) for k in range(m if code_bits == 64 else 0)]     # 256-bit tables have no fingerprints
-    out += [(8, k, 2, u) for k in range(1, m)]
+    out += [(8, k, 2, u) for k in range(1 if code_bits == 64 else 0, m)]    # 64-bit table 0 is in code order
     return out
 
 
@@ -370,7 +370,7 @@ def _check_tables(seg, path, label, threads=2):
 
     def check(k):
         return _core.check_table(seg.codes, seg.offsets[k], seg.fps[k] if seg.fps else None, seg.table_groups[k],
-                                 shifts[k], seg.bits[k])
+                                 shifts[k], seg.bits[k], k, len(seg.bits))
 
     if threads > 1 and seg.n_unique > DEEP_CHECK_ENTRIES:     # the check releases the GIL
         with ThreadPoolExecutor(min(threads, len(seg.bits))) as pool:
@@ -582,7 +582,7 @@ def _segments_from(source):
             codes, arrays[(2, 0)], arrays[(3, 0)], rec["bits"][:m],
             [arrays[(6, k)] for k in range(m)],
             [arrays[(7, k)] for k in range(m) if (7, k) in arrays],
-            [None] + [arrays[(8, k)] for k in range(1, m)] if m else [],
+            [arrays.get((8, k)) for k in range(m)],
             arrays.get((4, 0)))
         label = f"segment {s}"
         _check_bounds(seg, path, label)
@@ -656,7 +656,7 @@ def _plan(snap):
         arrays.append((5, 0, snap.id_order(s)))
         arrays += [(6, k, seg.offsets[k]) for k in range(m)]
         arrays += [(7, k, fps) for k, fps in enumerate(seg.fps)]
-        arrays += [(8, k, seg.table_groups[k]) for k in range(1, m)]
+        arrays += [(8, k, groups) for k, groups in enumerate(seg.table_groups) if groups is not None]
         sections.append(arrays)
     return records, sections
 

@@ -1,0 +1,188 @@
+"""256-bit codes (PDQ's width) at radius 31: hashsieve against FAISS in the same run.
+
+    .venv/bin/python bench/bench_256.py --n 10M --kinds uniform,correlated
+
+Per kind of data: N codes, queries half near-duplicates of indexed codes (8-24 bits flipped)
+and half random; single-query median latency (each query timed once per method per round,
+methods turn about, best of --rounds per query; one thread each) of hashsieve,
+faiss.IndexBinaryFlat(256) and faiss.IndexBinaryMultiHash(256, 16, 16) with nflip=1
+(python-threatexchange's default PDQ index; exact at r=31 by pigeonhole: 16 x 2 > 31);
+every answer checked against a NumPy oracle (hashsieve exactly, FAISS as sets, since FAISS
+returns results unsorted). Also: build times, bytes per code (arrays and RSS growth), the
+substring layout the cost model chose, probes / candidates / hits per query (medians, from
+explain()), and the throughput of a batch on every core. Results go to
+bench/results/bench_256_<N>.json and a Markdown table on stdout.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import harness  # noqa: E402  (parse_size, rss_bytes, release_memory)
+
+import hashsieve as hs  # noqa: E402
+
+RADIUS = 31
+CHUNK = 1 << 20
+
+
+def uniform(rng, n):
+    return rng.integers(0, 256, (n, 32), dtype=np.uint8)
+
+
+def correlated(rng, n):
+    """As tests/oracle.correlated256, in chunks: bit j set with probability p_j in [0.2, 0.8], each bit
+    copying its neighbour's value half of the time."""
+    p = rng.uniform(0.2, 0.8, 256)
+    out = np.empty((n, 32), np.uint8)
+    for a in range(0, n, CHUNK):
+        m = min(CHUNK, n - a)
+        bits = rng.random((m, 256)) < p
+        copy = rng.random((m, 256)) < 0.5
+        for j in range(1, 256):
+            np.copyto(bits[:, j], bits[:, j - 1], where=copy[:, j])
+        out[a:a + m] = np.packbits(bits, axis=1)
+    return out
+
+
+KINDS = {"uniform": uniform, "correlated": correlated}
+
+
+def make_queries(rng, codes, nq):
+    near = codes[rng.integers(0, len(codes), nq // 2)].copy()
+    bits = np.unpackbits(near, axis=1)
+    for row in bits:
+        row[rng.choice(256, rng.integers(8, 25), replace=False)] ^= 1
+    return np.concatenate([np.packbits(bits, axis=1), uniform(rng, nq - nq // 2)])
+
+
+def oracle(codes, queries, radius):
+    """Per query (distances, ids) sorted by (distance, id); ids are row numbers."""
+    words = codes.view("<u8")
+    out = []
+    for q in queries.view("<u8"):
+        d = np.zeros(len(codes), np.int32)
+        for a in range(0, len(codes), 4 * CHUNK):
+            d[a:a + 4 * CHUNK] = np.bitwise_count(words[a:a + 4 * CHUNK] ^ q).sum(axis=1, dtype=np.int32)
+        hit = np.flatnonzero(d <= radius)
+        order = np.lexsort((hit, d[hit]))
+        out.append((d[hit][order], hit[order]))
+    return out
+
+
+def as_pairs(lims, dist, ids, i):
+    return sorted(zip(dist[lims[i]:lims[i + 1]].tolist(), ids[lims[i]:lims[i + 1]].tolist()))
+
+
+def run_kind(kind, n, nq, rounds, with_mih, seed):
+    import faiss
+    faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    t = time.perf_counter()
+    codes = KINDS[kind](rng, n)
+    queries = make_queries(rng, codes, nq)
+    print(f"[{kind}] {n} codes generated in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    want = oracle(codes, queries, RADIUS)
+
+    harness.release_memory()
+    rss0 = harness.rss_bytes()
+    t = time.perf_counter()
+    index = hs.HashIndex(bits=256)
+    index.add(codes, ids=np.arange(n, dtype=np.int64))
+    build_s = time.perf_counter() - t
+    rss_growth = harness.rss_bytes() - rss0
+    layout = index.layout()
+
+    flat = faiss.IndexBinaryFlat(256)
+    flat.add(codes)
+    mih, mih_build_s = None, None
+    if with_mih:
+        t = time.perf_counter()
+        mih = faiss.IndexBinaryMultiHash(256, 16, 16)
+        mih.nflip = 1
+        mih.add(codes)
+        mih_build_s = time.perf_counter() - t
+
+    methods = {"hashsieve": lambda q: index.range_search(q, RADIUS, threads=1),
+               "faiss_flat": lambda q: flat.range_search(q, RADIUS + 1)}      # FAISS keeps d < radius
+    if mih is not None:
+        methods["faiss_mih"] = lambda q: mih.range_search(q, RADIUS + 1)
+    best = {name: np.full(nq, np.inf) for name in methods}
+    wrong = {name: 0 for name in methods}
+    clock = time.perf_counter
+    for rnd in range(rounds):
+        for i in range(nq):
+            q = queries[i:i + 1]
+            names = list(methods) if (i + rnd) % 2 == 0 else list(methods)[::-1]
+            for name in names:
+                t = clock()
+                res = methods[name](q)
+                best[name][i] = min(best[name][i], clock() - t)
+                if rnd == 0:
+                    d, ids = want[i]
+                    if name == "hashsieve":
+                        lims, dist, got = res
+                        ok = np.array_equal(dist, d) and np.array_equal(got, ids)
+                    else:
+                        ok = as_pairs(*res, 0) == sorted(zip(d.tolist(), ids.tolist()))
+                    wrong[name] += not ok
+    stats = index.explain(queries, radius=RADIUS, threads=1)
+
+    batch = np.concatenate([queries] * max(1, 10_000 // nq))[:10_000]
+    t = time.perf_counter()
+    index.range_search(batch, RADIUS)
+    batch_qps = len(batch) / (time.perf_counter() - t)
+
+    med = {name: float(np.median(v)) for name, v in best.items()}
+    fastest_faiss = min(v for k, v in med.items() if k != "hashsieve")
+    return {
+        "kind": kind, "n": n, "queries": nq, "radius": RADIUS, "rounds": rounds,
+        "build_s": round(build_s, 2), "faiss_mih_build_s": None if mih_build_s is None else round(mih_build_s, 1),
+        "bytes_per_code_arrays": round(index.nbytes() / n, 1), "bytes_per_code_rss": round(rss_growth / n, 1),
+        "tables": list(layout[0]["tables"]) if layout else [],
+        "median_us": {k: round(v * 1e6, 1) for k, v in med.items()},
+        "ratio_vs_fastest_faiss": round(fastest_faiss / med["hashsieve"], 1),
+        "wrong": wrong,
+        "probes": float(np.median(stats["probes"])), "candidates": float(np.median(stats["candidates"])),
+        "hits": float(np.median(stats["hits"])), "scanned": float(np.median(stats["scanned"])),
+        "near_median_us": round(float(np.median(best["hashsieve"][:nq // 2])) * 1e6, 1),
+        "random_median_us": round(float(np.median(best["hashsieve"][nq // 2:])) * 1e6, 1),
+        "batch_qps_all_cores": round(batch_qps), "cores": len(os.sched_getaffinity(0)),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", default="10M")
+    ap.add_argument("--kinds", default="uniform,correlated")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-mih", action="store_true", help="skip faiss.IndexBinaryMultiHash (its build is slow)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    n = harness.parse_size(args.n)
+    results = [run_kind(kind, n, args.queries, args.rounds, not args.no_mih, args.seed)
+               for kind in args.kinds.split(",")]
+    out = HERE / "results" / f"bench_256_{harness.size_name(n)}.json"
+    out.write_text(json.dumps({"command": " ".join(["bench/bench_256.py"] + sys.argv[1:]), "results": results},
+                              indent=1) + "\n")
+    print("| data | N | hashsieve | faiss Flat(256) | faiss MIH(256,16,16) nflip=1 | ratio | probes | candidates "
+          "| hits | tables | build | B/code (arrays, RSS) | wrong |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        m = r["median_us"]
+        print(f"| {r['kind']} | {harness.size_name(r['n'])} | {m['hashsieve']} us | {m['faiss_flat']} us | "
+              f"{m.get('faiss_mih', '-')} us | {r['ratio_vs_fastest_faiss']}x | {r['probes']:.0f} | "
+              f"{r['candidates']:.0f} | {r['hits']:.0f} | {len(r['tables'])} x {sorted(set(r['tables']))} | "
+              f"{r['build_s']} s | {r['bytes_per_code_arrays']}, {r['bytes_per_code_rss']} | {r['wrong']} |")
+    print(json.dumps(results, indent=1), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
