@@ -856,6 +856,7 @@ static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, co
 #define HS_GATE_BACKOFF_MAX 65536   /* doubling up to this, */
 #define HS_GATE_MAX_CLOSED_NS 1000000000   /* or for this long, whichever ends first */
 #define HS_GATE_PROVEN 256          /* shared jobs without a loss that reset the backoff */
+#define HS_BIG_BATCH_GROUPS 32      /* groups per worker from which a batch always shares */
 static int64_t split_min_ns = 20000;   /* estimated cost from which a query is shared */
 /* pool.ticket: job generation << 32 | open << 31 | helpers wanted << 8 | joined */
 #define TICKET_OPEN (1ull << 31)
@@ -1443,13 +1444,18 @@ static int run_batch(batch_job *J, int nthreads)
     if (!J->scratch)
         return -1;
     const int64_t min_ns = __atomic_load_n(&split_min_ns, __ATOMIC_RELAXED);
+    /* A big batch hands out its queries a group at a time, so a helper that loses its core
+     * holds back one group of many: it always shares, and neither runs alone as the gate's
+     * control job (every HS_GATE_CONTROL-th batch on one thread cost (15 + cores) / 16 of
+     * the shared time) nor feeds the averages the gate keeps for small batches. */
+    const int big = J->nq >= (uint64_t)nw * HS_GROUP * HS_BIG_BATCH_GROUPS;
     int timed = 0;
-    const int helpers = pool_acquire(nw - 1, GATE_BATCH, min_ns == 0, &timed);
+    const int helpers = pool_acquire(nw - 1, GATE_BATCH, min_ns == 0 || big, &timed);
     if (helpers) {
         pool_task task = {batch_run, J};
         const pool_outcome o = pool_run(&task, helpers);
         if (min_ns)
-            gate_shared(GATE_BATCH, &o, J->failed ? 0 : J->nq);
+            gate_shared(GATE_BATCH, &o, J->failed || big ? 0 : J->nq);
         pool_release();
     } else {
         uint64_t t0 = timed ? now_ns() : 0;

@@ -515,3 +515,22 @@ def test_readme_quickstart_runs():
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     assert blocks, "README has no python example"
     exec(compile(blocks[0], "README.md", "exec"), {})
+
+
+def test_big_batches_always_share(rng):
+    """Every 16th batch ran alone on one thread as the gate's control job: for big batches that cost
+    (15 + cores) / 16 of the shared time. A big batch hands out its queries a group at a time, so it
+    always shares; its answers stay exact."""
+    codes = rng.integers(0, 2**64, 200_000, dtype=np.uint64)
+    ids = np.arange(len(codes), dtype=np.int64)
+    index = build(codes, ids)
+    queries = queries_for(rng, codes, 1024)
+    want = range_oracle(codes, ids, queries, 6)
+    _core.share_counters(reset=True)
+    try:
+        for _ in range(40):
+            assert_range_equal(index.range_search(queries, 6, threads=2), want)
+        counts = _core.share_counters()
+    finally:
+        _core.share_counters(reset=True)
+    assert counts["shared"] == 40 and counts["gated"] == 0, counts
