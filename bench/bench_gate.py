@@ -40,7 +40,6 @@ r the radius (it would then match a 0000000000000000 or ffffffffffffffff entry).
 """
 import argparse
 import io
-import json
 import os
 import sys
 import time
@@ -52,7 +51,9 @@ from PIL import Image, ImageDraw, ImageFilter
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
+sys.path.insert(0, HERE)
 
+import harness  # noqa: E402
 import imagegen  # noqa: E402
 from hashsieve.hashing import hash_image  # noqa: E402
 from hashsieve.kinds import KINDS  # noqa: E402
@@ -839,11 +840,7 @@ def main():
     result = {"command": "bench/bench_gate.py " + " ".join(sys.argv[1:]), "settings": vars(a),
               "radius": {k: DEFAULT_RADIUS[k] for k in kinds}, "families": dist, "identity": ident,
               "rules": evals, "radius_sensitivity": sens, "alpha": al, "seconds": round(elapsed, 1)}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, a.out)
+    harness.save_json(a.out, result)
 
 
 if __name__ == "__main__":

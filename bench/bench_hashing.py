@@ -310,7 +310,6 @@ def photos(args):
     import imagehash
     from PIL import Image
     from hashsieve import hashing
-    whole_file = {}
 
     def fast_whole_file(p):
         # fast=True as it was before progressive files were cut to the scans a 1/8 decode needs

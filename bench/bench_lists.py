@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+import harness
 import hashsieve as hs
 
 CODE = ("import sys; from hashsieve.cli import main; rc = main(['build', sys.argv[1], '-o', sys.argv[2]]); "
@@ -59,10 +60,7 @@ def main():
               "machine": os.uname().nodename, "cpus": len(os.sched_getaffinity(0))}
     print(json.dumps(result, indent=2))
     if a.out:
-        tmp = a.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, a.out)
+        harness.save_json(a.out, result, indent=2)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ pdqhash on the full decode (python-threatexchange's pipeline), same JPEGs as spe
 """
 import argparse
 import io
-import json
 import os
 import statistics
 import sys
@@ -38,6 +37,7 @@ import imagegen  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import harness  # noqa: E402
 from bench_hashing import make_jpegs  # noqa: E402
 from hashsieve.pdq import pdq_from_image, pdq_hash  # noqa: E402
 
@@ -166,10 +166,7 @@ def fastcost(args):
 
 
 def _save(name, result):
-    path = os.path.join(HERE, "results", f"pdq_{name}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
+    harness.save_json(os.path.join(HERE, "results", f"pdq_{name}.json"), result)
 
 
 def main(argv=None):

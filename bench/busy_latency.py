@@ -31,7 +31,6 @@ advice ("gated"), and how often the gate backed off. Every single-query
 answer is checked against threads=1 first.
 """
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -218,10 +217,7 @@ def main():
         out = dict(command=shlex.join(["bench/busy_latency.py"] + sys.argv[1:]), setup=head, commit=commit,
                    note=args.note, date=time.strftime("%Y-%m-%d"), machine=harness.machine(),
                    build_s=round(build_s, 1), overall=overall, blocks=blocks)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        harness.save_json(args.json, out)
 
 
 if __name__ == "__main__":

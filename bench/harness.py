@@ -13,6 +13,7 @@ timed.
 """
 import ctypes
 import gc
+import json
 import os
 import time
 
@@ -559,6 +560,15 @@ def summarise_stats(stats):
         out[f"{key}_median"] = float(np.median(v))
         out[f"{key}_mean"] = float(v.mean())
     return out
+
+
+def save_json(path, result, indent=1):
+    """Write result as JSON to path whole: a temporary name, then renamed into place."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=indent)
+    os.replace(tmp, path)
 
 
 def machine():

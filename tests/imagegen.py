@@ -10,9 +10,11 @@ version).  Reused by tests/test_hashing.py and bench/bench_hashing.py.
     corpus(seed, n_scenes)            -> [(name, encoded bytes)] covering every format and mode
     variants(image, seed)             -> {name: near-duplicate PIL image}
     broken_files()                    -> {name: bytes} that must fail to hash
+    zip_bytes(entries)                -> a zip archive of [(name, bytes)]
 """
 import io
 import struct
+import zipfile
 import zlib
 
 import numpy as np
@@ -208,6 +210,15 @@ def camera_exif(orientation=1):
 def encode(img, fmt, **params):
     buf = io.BytesIO()
     img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def zip_bytes(entries):
+    """A zip archive of [(member name, bytes)], in that order (repeated names kept)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries:
+            z.writestr(name, data)
     return buf.getvalue()
 
 

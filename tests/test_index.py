@@ -30,14 +30,6 @@ def strategy(request):
     _core.set_strategy("auto")
 
 
-@pytest.fixture(params=_core.supported_isas())
-def isa(request):
-    before = _core.get_isa()
-    _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(before)
-
-
 def datasets(rng):
     return {
         "uniform": rng.integers(0, 2**64, 30_000, dtype=np.uint64, endpoint=False),

@@ -13,14 +13,6 @@ from oracle import (correlated256, flip_bits256, index_content, knn_oracle, quer
 DATA = {"uniform": uniform256, "skewed": skewed256, "correlated": correlated256}
 
 
-@pytest.fixture(params=_core.supported_isas())
-def isa(request):
-    before = _core.get_isa()
-    _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(before)
-
-
 def assert_range_equal(index, codes, ids, queries, radius, threads=None):
     got = index.range_search(queries, radius, threads=threads)
     for g, e in zip(got, range_oracle(codes, ids, queries, radius)):

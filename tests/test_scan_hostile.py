@@ -42,14 +42,6 @@ def cli(*args, env=None):
                           env=None if env is None else {**os.environ, **env})
 
 
-def zip_bytes(entries):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in entries:
-            z.writestr(name, data)
-    return buf.getvalue()
-
-
 @pytest.fixture
 def index(tmp_path):
     (tmp_path / "list.txt").write_text("0123456789abcdef\n")
@@ -194,7 +186,7 @@ def test_hash_prints_one_line_per_file_whatever_its_name(tmp_path):
 @pytest.mark.filterwarnings("ignore:Duplicate name")
 def test_member_named_like_a_nested_path_has_its_own_key_and_resume_keeps_both(tmp_path):
     outer = tmp_path / "outer.zip"
-    outer.write_bytes(zip_bytes([("x.zip!/y.png", png(10)), ("x.zip", zip_bytes([("y.png", png(11))])),
+    outer.write_bytes(imagegen.zip_bytes([("x.zip!/y.png", png(10)), ("x.zip", imagegen.zip_bytes([("y.png", png(11))])),
                                  ("a.png", png(12)), ("a.png", png(13)), ("a.png#2", png(14))]))
     recs, _ = run_scan([outer])
     assert [r["md5"] is not None for r in recs] == [True] * 5
@@ -210,7 +202,7 @@ def test_member_named_like_a_nested_path_has_its_own_key_and_resume_keeps_both(t
 
 def test_resume_from_a_report_written_before_member_path(tmp_path):
     outer = tmp_path / "outer.zip"
-    outer.write_bytes(zip_bytes([("x.zip", zip_bytes([("y.png", png(11))])), ("z.png", png(12))]))
+    outer.write_bytes(imagegen.zip_bytes([("x.zip", imagegen.zip_bytes([("y.png", png(11))])), ("z.png", png(12))]))
     old = {"path": str(outer), "member": "x.zip!/y.png", "hash": None, "error": None}
     again, _ = run_scan([outer], resume=[old])
     assert [r["member_path"] for r in again] == [["z.png"]]

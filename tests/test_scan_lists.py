@@ -1,25 +1,17 @@
 """In-process tests of the archive walker and the report reader (fast; no worker processes)."""
 import io
 import tarfile
-import zipfile
 
 import pytest
 
+import imagegen
 from hashsieve.scan import Limits, read_report, walk
-
-
-def _zip(entries):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in entries:
-            z.writestr(name, data)
-    return buf.getvalue()
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")
 def test_walk_nested_duplicates_and_done(tmp_path):
-    inner = _zip([("a.jpg", b"x")])
-    (tmp_path / "outer.zip").write_bytes(_zip([("d/a.jpg", b"1"), ("d/a.jpg", b"2"), ("in.zip", inner)]))
+    inner = imagegen.zip_bytes([("a.jpg", b"x")])
+    (tmp_path / "outer.zip").write_bytes(imagegen.zip_bytes([("d/a.jpg", b"1"), ("d/a.jpg", b"2"), ("in.zip", inner)]))
     keys = [it.key for it in walk([tmp_path / "outer.zip"])]
     p = str(tmp_path / "outer.zip")
     assert keys == [(p, ("d/a.jpg",)), (p, ("d/a.jpg#2",)), (p, ("in.zip", "a.jpg"))]
