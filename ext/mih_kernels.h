@@ -64,14 +64,15 @@ static inline uint32_t HS_FN(match8_fp)(const uint32_t *p, uint32_t q, int r)
 #endif
 }
 
-/* Runs ON_MATCH with `j` set for every j in [lo, hi) where
- * popcount(codes[j] ^ q) <= r, 8 codes at a time. r is re-read per block,
- * so a shrinking k-NN threshold takes effect during the scan. */
-#define HS_SCAN(codes, lo, hi, q, r, ON_MATCH)                                  \
+/* Runs ON_MATCH with `j` set for every j in [lo, hi) where the distance of
+ * code j (W words at codes + W * j) to q is <= r, 8 codes at a time with
+ * MATCH8, the tail with DIST. r is re-read per block, so a shrinking k-NN
+ * threshold takes effect during the scan. */
+#define HS_SCAN_W(W, MATCH8, DIST, codes, lo, hi, q, r, ON_MATCH)              \
     do {                                                                        \
         uint64_t j_ = (lo), e_ = (hi);                                          \
         for (; j_ + 8 <= e_; j_ += 8) {                                         \
-            uint32_t m_ = HS_FN(match8)((codes) + j_, (q), (r));                \
+            uint32_t m_ = MATCH8((codes) + (W) * j_, (q), (r));                 \
             while (m_) {                                                        \
                 uint64_t j = j_ + (uint64_t)__builtin_ctz(m_);                  \
                 m_ &= m_ - 1;                                                   \
@@ -79,12 +80,18 @@ static inline uint32_t HS_FN(match8_fp)(const uint32_t *p, uint32_t q, int r)
             }                                                                   \
         }                                                                       \
         for (; j_ < e_; j_++) {                                                 \
-            if (__builtin_popcountll((codes)[j_] ^ (q)) <= (r)) {               \
+            if (DIST((codes) + (W) * j_, (q)) <= (r)) {                         \
                 uint64_t j = j_;                                                \
                 ON_MATCH;                                                       \
             }                                                                   \
         }                                                                       \
     } while (0)
+
+static inline int HS_FN(dist1)(const uint64_t *p, uint64_t q) { return __builtin_popcountll(*p ^ q); }
+
+/* 64-bit codes. */
+#define HS_SCAN(codes, lo, hi, q, r, ON_MATCH) \
+    HS_SCAN_W(1, HS_FN(match8), HS_FN(dist1), codes, lo, hi, q, r, ON_MATCH)
 
 /* Verifies bucket slots [a, b) of table k for a probe at substring distance
  * tp: the 32-bit fingerprints filter first (distance >= tp + fingerprint
@@ -333,25 +340,9 @@ static inline uint32_t HS_FN(match8_w4)(const uint64_t *p, const uint64_t *q, in
 #endif
 }
 
-/* HS_SCAN for 256-bit codes. */
-#define HS_SCAN4(codes, lo, hi, q, r, ON_MATCH)                                 \
-    do {                                                                        \
-        uint64_t j_ = (lo), e_ = (hi);                                          \
-        for (; j_ + 8 <= e_; j_ += 8) {                                         \
-            uint32_t m_ = HS_FN(match8_w4)((codes) + 4 * j_, (q), (r));         \
-            while (m_) {                                                        \
-                uint64_t j = j_ + (uint64_t)__builtin_ctz(m_);                  \
-                m_ &= m_ - 1;                                                   \
-                ON_MATCH;                                                       \
-            }                                                                   \
-        }                                                                       \
-        for (; j_ < e_; j_++) {                                                 \
-            if (HS_FN(dist4)((codes) + 4 * j_, (q)) <= (r)) {                   \
-                uint64_t j = j_;                                                \
-                ON_MATCH;                                                       \
-            }                                                                   \
-        }                                                                       \
-    } while (0)
+/* HS_SCAN for 256-bit codes (dist4 is defined above). */
+#define HS_SCAN4(codes, lo, hi, q, r, ON_MATCH) \
+    HS_SCAN_W(4, HS_FN(match8_w4), HS_FN(dist4), codes, lo, hi, q, r, ON_MATCH)
 
 static void HS_FN(brute_range4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, uint64_t lo,
                                 uint64_t hi, hs_scratch *w, hs_stats *st)
