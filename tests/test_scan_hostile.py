@@ -17,7 +17,7 @@ import pytest
 
 import imagegen
 from hashsieve import hash_image
-from hashsieve.scan import ScanOptions, _hash_jobs, read_report, record_key, record_name, scan, walk
+from hashsieve.scan import ScanOptions, hash_jobs, read_report, record_key, record_name, scan, walk
 
 CLI = [sys.executable, "-m", "hashsieve.cli"]
 
@@ -111,7 +111,7 @@ def test_a_file_replaced_after_the_walk_checked_it_is_not_read(upload):
     root, secret = upload
     (item,) = [i for i in walk([root]) if i.path.endswith("own.png")]
     os.replace(root / "escape.png", root / "own.png")       # now a link out of the tree
-    ((code, _, _, md5, _, error),) = _hash_jobs([item.job], "phash", False, None, 1 << 20)
+    ((code, _, _, md5, _, error),) = hash_jobs([item.job], "phash", False, None, 1 << 20)
     assert code is None and md5 is None and "replaced while it was being scanned" in error
 
 

@@ -64,7 +64,7 @@ from ._validate import available_cores
 from .hashing import CHUNK_BYTES, DEFAULT_MAX_PIXELS, ImageHashError, hash_image, run_in_workers
 from .kinds import kind_of
 
-__all__ = ["Limits", "ScanOptions", "scan", "walk", "LOW_DETAIL_THRESHOLD", "read_report",
+__all__ = ["Limits", "ScanOptions", "Screener", "hash_jobs", "scan", "walk", "LOW_DETAIL_THRESHOLD", "read_report",
            "record_key", "record_name", "progress_bar"]
 
 # Detail score (hashing.image_detail: std of the 32x32 grey thumbnail, 0-127.5) below which an
@@ -607,9 +607,10 @@ class _Total:
 
 
 # ====================================================================== workers
-def _hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
+def hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
     """[(code|None, detail|None, flattened, md5|None, sha1|None, error|None)] per job ((path, dev, ino)
-    or bytes); md5 and sha1 are those of the content read, empty too."""
+    or bytes); md5 and sha1 are those of the content read, empty too.  Runs in the worker processes
+    (Screener.job_args gives the arguments after jobs); never raises for a bad file."""
     out = []
     for job in jobs:
         md5 = sha1 = None
@@ -826,6 +827,56 @@ class Summary:
                 "interrupted": self.interrupted}
 
 
+class Screener:
+    """What every front end does with a file's hash results: the report record and its matches.
+
+    The scan, the screening service and the distributed scan all run hash_jobs(jobs,
+    *screener.job_args) wherever the bytes are decoded, then screener.records(items, results)
+    where the index is open, so a file gets the same record whichever way it came in.
+    lindex: a lists.ListIndex, or None to only hash.
+    """
+
+    def __init__(self, lindex, options):
+        self.lindex, self.options = lindex, options
+        self.kind = kind_of(options.kind)
+        self.job_args = (options.kind, options.fast, options.limits.max_pixels, options.limits.max_file_bytes)
+        self._digests = lindex is not None and lindex.prov.has_digests()
+
+    def _record(self, item, code=None, detail=None, flattened=False, md5=None, sha1=None, error=None):
+        opts = self.options
+        rec = {**_name_fields(item.path, item.member),
+               "hash": None if code is None else f"{code:016x}",
+               "detail": None if detail is None else round(float(detail), 3),
+               "low_detail": detail is not None and detail < opts.low_detail,
+               "degenerate": code is not None and bool(self.kind.degenerate(np.uint64(code), opts.radius)[0]),
+               "md5": md5, "sha1": sha1, "matches": [], "error": None if error is None else _text(error)}
+        if flattened:
+            rec["flattened"] = True
+        return rec
+
+    def error_record(self, item):
+        """The record of an item the walk could not read (item.error set)."""
+        return self._record(item, error=item.error)
+
+    def records(self, items, results):
+        """Report records (with matches) of items (anything with .path and .member, as walk's
+        Items) from their hash_jobs results, in order."""
+        opts, lindex = self.options, self.lindex
+        recs = [self._record(it, *res) for it, res in zip(items, results)]
+        queries = [k for k, r in enumerate(recs) if r["hash"] is not None]
+        if queries and lindex is not None:
+            codes = np.array([int(recs[k]["hash"], 16) for k in queries], dtype=np.uint64)
+            for k, found in zip(queries, lindex.match(codes, opts.radius, match_degenerate=opts.match_degenerate)):
+                recs[k]["matches"] += found
+        if self._digests:
+            for r in recs:
+                for digest in ("md5", "sha1"):
+                    if r[digest]:
+                        r["matches"] += lindex.match_digests([r[digest]], digest)[0]
+        return recs
+
+
+
 class _Stop:
     def __init__(self):
         self.signum = None
@@ -855,8 +906,7 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
         done.add(record_key(rec))
         summary.count(rec, now=False)
     summary.resumed = len(done)
-    want_digests = lindex is not None and lindex.prov.has_digests()
-    kind = kind_of(opts.kind)
+    screener = Screener(lindex, opts)
     stop = stop or _Stop()
     t0 = time.monotonic()
     items = walk(paths, opts.limits, done, exclude, opts.follow_symlinks)
@@ -880,40 +930,11 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
             if summary.files % 8 == 0:
                 progress.set_postfix_str(_postfix(summary, t0, total), refresh=False)
 
-    def record(item, code=None, detail=None, flattened=False, md5=None, sha1=None, error=None):
-        rec = {**_name_fields(item.path, item.member),
-               "hash": None if code is None else f"{code:016x}",
-               "detail": None if detail is None else round(float(detail), 3),
-               "low_detail": detail is not None and detail < opts.low_detail,
-               "degenerate": code is not None and bool(kind.degenerate(np.uint64(code), opts.radius)[0]),
-               "md5": md5, "sha1": sha1, "matches": [], "error": None if error is None else _text(error)}
-        if flattened:
-            rec["flattened"] = True
-        return rec
-
-    def finish_chunk(metas, results):
-        recs = [record(it, *res) for it, res in zip(metas, results)]
-        queries = [k for k, r in enumerate(recs) if r["hash"] is not None]
-        if queries and lindex is not None:
-            codes = np.array([int(recs[k]["hash"], 16) for k in queries], dtype=np.uint64)
-            for k, found in zip(queries, lindex.match(codes, opts.radius, match_degenerate=opts.match_degenerate)):
-                recs[k]["matches"] += found
-        if want_digests:
-            for r in recs:
-                for kind in ("md5", "sha1"):
-                    if r[kind]:
-                        r["matches"] += lindex.match_digests([r[kind]], kind)[0]
-        for r in recs:
-            emit(r)
-
-    args = (opts.kind, opts.fast, opts.limits.max_pixels, opts.limits.max_file_bytes)
     try:
-        for metas, results in run_in_workers(_units(items, opts.chunk), _hash_jobs, args, _worker_died,
+        for metas, results in run_in_workers(_units(items, opts.chunk), hash_jobs, screener.job_args, _worker_died,
                                              opts.workers, stop=stop.event):
-            if results:
-                finish_chunk(metas, results)
-            else:
-                emit(record(metas[0], error=metas[0].error))
+            for rec in screener.records(metas, results) if results else [screener.error_record(metas[0])]:
+                emit(rec)
     finally:
         summary.elapsed = time.monotonic() - t0
         if stop.signum is not None:
