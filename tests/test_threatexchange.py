@@ -97,7 +97,9 @@ def test_pytx_serialize_deserialize_round_trip(rnd, base):
             assert answer(loaded, query) == answer(index, query) == brute_force(entries, query, 40)
     loaded.add(base[5], "added after loading")                  # a loaded index takes more entries
     assert ("added after loading", 0) in answer(loaded, base[5])
-    assert len(loaded) == 102
+    assert len(loaded) == 102 and len(loaded._index.layout()) == 2    # a delta beside the loaded main segment
+    again = pickle.loads(pickle.dumps(loaded))                       # and serializes whole again
+    assert len(again) == 102 and answer(again, base[5]) == answer(loaded, base[5])
 
 
 def test_pytx_empty_index_returns_nothing(rnd):
@@ -311,3 +313,15 @@ def test_deserialize_refuses_a_damaged_state(base):
         with pytest.raises(IndexFormatError, match=message):
             HashsievePDQIndex.deserialize(io.BytesIO(tampered(index, **change)))
     assert answer(HashsievePDQIndex.deserialize(io.BytesIO(tampered(index))), base[7]) == {(7, 0)}
+
+
+def test_ncmec_exchange_recognises_only_pdqsignal_itself_as_documented(monkeypatch, base):
+    """docs/threatexchange.md: pytx's NCMEC exchange finds PDQ by `PdqSignal in signal_types`, so with
+    HashsievePdqSignal it would skip NCMEC's PDQ hashes; such a deployment keeps PdqSignal and points its
+    index at ours. If pytx starts matching by name, this fails and the docs can drop the caveat."""
+    from threatexchange.exchanges.impl import ncmec_api
+    assert ncmec_api._get_conversion([HashsievePdqSignal]) == {}
+    monkeypatch.setattr(PdqSignal, "get_index_cls", classmethod(lambda cls: HashsievePDQIndex))   # the recipe
+    assert list(ncmec_api._get_conversion([PdqSignal]).values()) == [PdqSignal]
+    index = PdqSignal.get_index_cls().build([(base[0], 1)])
+    assert type(index) is HashsievePDQIndex and answer(index, base[0]) == {(1, 0)}

@@ -25,7 +25,7 @@ from threatexchange.signal_type.pdq.signal import PdqSignal
 from ._validate import _is_int
 from .hexcodes import WIDE_HEX_DIGITS, from_hex
 from .index import HashIndex
-from .storage import IndexFormatError
+from .storage import IndexFormatError, save_index
 
 PDQ_BITS = 256
 # pytx's PDQ_CONFIDENT_MATCH_THRESHOLD: a distance <= 31 is a match.
@@ -128,7 +128,7 @@ class HashsievePDQIndex(SignalTypeIndex):
         with self._lock, tempfile.TemporaryDirectory(prefix="hashsieve-pdq-") as folder:
             self._build_queued()       # under the lock: an add in another thread waits, index and metadata agree
             path = os.path.join(folder, "index.hsi")
-            self._index.save(path)
+            save_index(self._index, path, incremental=False)   # self-contained: no base file beside it to carry
             with open(path, "rb") as f:
                 saved = f.read()
             metadata = list(self._metadata)
