@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_pytx.py           # --sizes 100K,1M,5e6,10M --pytx-max 5e6 --index2-max 1M
 
 For each size N (random PDQ hashes, metadata = the row number as HMA's bank_content_id) and each index
-(pytx's default PDQIndex up to --pytx-max, its PDQIndex2 up to --index2-max, HashsievePDQIndex): build time (build()
-from the (hex, id) list, then one query, since our index builds its queue on the first query), median
+(pytx's default PDQIndex up to --pytx-max, its PDQIndex2 up to --index2-max, HashsievePDQIndex): build
+time (build() from the (hex, id) list, then one query: our index builds its queue on the first query), median
 single-query latency at threshold 31 (queries half near-duplicates of entries with 8-24 bits flipped,
 half random; every query timed once per round, best of --rounds, then the median), serialized size and
 serialize time (index.serialize to a file, as HMA does), deserialize time (SignalTypeIndex.deserialize,
@@ -217,8 +217,9 @@ def main():
             print(f"| {r['index']} | {harness.size_name(r['n'])} | {r['error']} |||||||||")
             continue
         print(f"| {r['index']} | {harness.size_name(r['n'])} | {r['build_s']} s | {r['median_query_us']} us | "
-              f"{r['serialized_bytes'] / 1e6:.1f} MB | {r['serialize_s']} s | {r.get('deserialize_s', r.get('error'))} s "
-              f"| {r['build_peak_rss_bytes'] / 2**30:.2f} GiB | {r.get('loaded_rss_bytes', 0) / 2**30:.2f} GiB | "
+              f"{r['serialized_bytes'] / 1e6:.1f} MB | {r['serialize_s']} s | "
+              f"{r.get('deserialize_s', r.get('error'))} s | {r['build_peak_rss_bytes'] / 2**30:.2f} GiB | "
+              f"{r.get('loaded_rss_bytes', 0) / 2**30:.2f} GiB | "
               f"{r['same_answers_as_others']} | {r['load_avg_1m']} |")
 
 

@@ -9,9 +9,9 @@ list it in an HMA deployment's signal_types instead of PdqSignal. Needs the extr
 
 Serialized form: a pickle (so pytx's SignalTypeIndex.deserialize and HMA, which call pickle.load, read
 it) whose state is the native index file's bytes (hashsieve.storage's format, with a CRC-32 of them,
-checked on loading; the index is loaded, never rebuilt) and the metadata list. Deserializing untrusted bytes is exactly as
-unsafe as with pytx's own indexes: pickle runs code. Load only streams that you, or an index builder you
-trust, serialized.
+checked on loading; the index is loaded, never rebuilt) and the metadata list. Deserializing untrusted
+bytes is exactly as unsafe as with pytx's own indexes: pickle runs code. Load only streams that you, or
+an index builder you trust, serialized.
 """
 import os
 import tempfile
@@ -132,8 +132,8 @@ class HashsievePDQIndex(SignalTypeIndex):
             with open(path, "rb") as f:
                 saved = f.read()
             metadata = list(self._metadata)
-        return {"format": STATE_FORMAT, "threshold": self.threshold, "index": saved, "index_crc32": zlib.crc32(saved),
-                "metadata": metadata}
+        return {"format": STATE_FORMAT, "threshold": self.threshold, "index": saved,
+                "index_crc32": zlib.crc32(saved), "metadata": metadata}
 
     def __setstate__(self, state):
         what = "HashsievePDQIndex.deserialize"
