@@ -31,10 +31,10 @@ def one_line_error(p):
 
 # ====================================================================== parsing
 def test_parse_hash_kinds_and_errors():
-    assert parse_hash("0xABCDEF0123456789") == ("perceptual", "abcdef0123456789")
+    assert parse_hash("0xABCDEF0123456789") == ("phash", "abcdef0123456789")
     assert parse_hash("d41d8cd98f00b204e9800998ecf8427e")[0] == "md5"
     assert parse_hash("da39a3ee5e6b4b0d3255bfef95601890afd80709")[0] == "sha1"
-    with pytest.raises(ValueError, match="PDQ"):
+    with pytest.raises(ValueError, match="PDQ hash or a SHA-256 digest; .*--kind pdq"):
         parse_hash("ab" * 32)
     with pytest.raises(ValueError, match="'g'"):
         parse_hash("g123456789abcdef")
@@ -60,9 +60,9 @@ def test_csv_list_columns_quoting_bom(tmp_path):
                   'd41d8cd98f00b204e9800998ecf8427e,,md5 row,\n'.encode("utf-8"))
     hl = HashList(p, name="custom")
     a, b = list(hl)
-    assert (a.kind, a.row_id, a.label, a.extra, a.line) == ("perceptual", "7", "a, quoted label", {"source": "s1"}, 2)
+    assert (a.kind, a.row_id, a.label, a.extra, a.line) == ("phash", "7", "a, quoted label", {"source": "s1"}, 2)
     assert (b.kind, b.row_id, b.label) == ("md5", None, "md5 row")
-    assert hl.name == "custom" and hl.counts == {"perceptual": 1, "md5": 1, "sha1": 0}
+    assert hl.name == "custom" and hl.counts == {"phash": 1, "md5": 1}
 
 
 def test_csv_errors_name_the_line(tmp_path):
@@ -296,7 +296,7 @@ def test_open_lists_gives_the_scan_records_from_many_threads(tmp_path):
         assert [m["id"] for m in md5] == ["M1"]
         prov = li.provenance([0, 1, 99])
         assert sorted(prov) == [0, 1]
-        assert prov[0] == {"list": "l", "id": "A1", "label": "first", "kind": "perceptual",
+        assert prov[0] == {"list": "l", "id": "A1", "label": "first", "kind": "phash",
                            "hash": "00000000ffffffff", "line": 2, "extra": {"source": "s1"}}
     with pytest.raises(hs.IndexOpenError, match="no such index"):
         hs.open_lists(tmp_path / "missing.hsi")
