@@ -140,6 +140,7 @@ def parse_hash(text, kinds=None, row_type=None):
     row's type (see the module docstring), None to go by the length; a type ROW_TYPES does
     not know raises KeyError (the caller skips and counts such rows).
     """
+    kind = None if row_type is None else ROW_TYPES[row_type]
     s = hex_digits(text).lower()
     if not s:
         raise ValueError("empty hash")
@@ -147,8 +148,7 @@ def parse_hash(text, kinds=None, row_type=None):
         bad = next(c for c in s if c not in "0123456789abcdef")
         raise ValueError(f"{text.strip()!r} is not a hex hash (character {bad!r} is not 0-9 or a-f)")
     kinds = perceptual_kinds(()) if kinds is None else kinds
-    if row_type is not None:
-        kind = ROW_TYPES[row_type]
+    if kind is not None:
         want = DIGEST_KINDS.get(kind) or kind_of(kind).hex_digits
         if len(s) != want:
             raise ValueError(f"{text.strip()!r} has {len(s)} hex digits; a {row_type} hash has {want}")
@@ -274,11 +274,12 @@ class HashList:
             s = text.split("#", 1)[0].strip()
             if not s or (no == 1 and s.lower() == "hash"):
                 continue
-            parts = s.split()
-            # "TYPE HASH": python-threatexchange's local files (a type is never a hex string).
+            parts = s.split(None, 1)
+            # "TYPE VALUE": python-threatexchange's local files (a type is never a hex string; the value of
+            # a type hashsieve does not match, such as raw_text, may hold spaces).
             typed = len(parts) == 2 and _TYPE.match(parts[0].lower()) and not _HEX.match(parts[0].lower())
             if len(parts) != 1 and not typed:
-                self._bad(no, f"expected one hex hash or 'TYPE HASH' per line, got {len(parts)} fields {s[:60]!r}")
+                self._bad(no, f"expected one hex hash or 'TYPE HASH' per line, got {s[:60]!r}")
                 continue
             parsed = self._parse(no, parts[-1], parts[0] if typed else None)
             if parsed is not None:
@@ -595,7 +596,8 @@ class Provenance:
             by_kind = self.db.execute("SELECT list_no, kind, count(*) FROM entries GROUP BY 1, 2").fetchall()
             lists = self.db.execute("SELECT list_no, name, source, sha256, added, updated FROM lists "
                                     "ORDER BY list_no").fetchall()
-        for list_no, kind, n in by_kind:
+        order = {k: i for i, k in enumerate([*KINDS, *DIGEST_KINDS])}      # perceptual kinds first, as in files
+        for list_no, kind, n in sorted(by_kind, key=lambda r: order.get(r[1], len(order))):
             counts.setdefault(list_no, {})[self.legacy_kind if kind == LEGACY_PERCEPTUAL else kind] = n
         return [{"name": name, "source": source, "sha256": sha, "added": added, "updated": updated,
                  "counts": counts.get(list_no, {})} for list_no, name, source, sha, added, updated in lists]
@@ -654,19 +656,26 @@ class ListIndex:
             raise ValueError(f"this index holds no {name} hashes (it holds {', '.join(self.indexes)})")
         return kind_of(name)
 
+    def _only_kind(self):
+        if len(self.kinds) != 1:
+            raise ValueError(f"this index holds {' and '.join(self.indexes)} hashes, one HashIndex each: use "
+                             ".indexes[kind] and .kinds")
+        return self.kinds[0]
+
     @property
     def index(self):
         """The HashIndex of the only perceptual kind (ValueError when there are several: use indexes)."""
-        return self.indexes[self.kind_named().name]
+        return self.indexes[self._only_kind().name]
 
     @property
     def kind(self):
         """The name of the only perceptual kind (ValueError when there are several: use kinds)."""
-        return self.kind_named().name
+        return self._only_kind().name
 
     @property
     def default_radius(self):
-        return self.kind_named().default_radius
+        """The only perceptual kind's default radius (ValueError when there are several)."""
+        return self._only_kind().default_radius
 
     @staticmethod
     def _codes(kind, codes):
