@@ -508,6 +508,15 @@ def test_list_index_matches_each_kind_with_its_radius(tmp_path):
             li.match(0x00000000ffffffff, kind="dhash")
         with pytest.raises(ValueError, match=r"one HashIndex each: use .indexes\[kind\]"):
             li.index
+        li.verify()
+    # verify() checks the PDQ part's sections too.
+    data = bytearray((tmp_path / "i.hsi").read_bytes())
+    sec = next(s for s in hs.read_metadata(tmp_path / "i.hsi")["sections"] if s["name"] == "segment1.codes")
+    data[sec["offset"]] ^= 1
+    (tmp_path / "i.hsi").write_bytes(bytes(data))
+    with hs.open_lists(tmp_path / "i.hsi") as li:
+        with pytest.raises(hs.IndexFormatError, match="segment1.codes: checksum mismatch"):
+            li.verify()
 
 
 def test_build_a_mixed_list_and_info_counts_per_kind(tmp_path):

@@ -628,6 +628,7 @@ class ListIndex:
         match_digests(digests, kind)            # kind 'md5' or 'sha1'
         provenance(ids)                         # {index id: full row}
         counts()                                # {kind: live entries}, digests included
+        verify()                                # every checksum and invariant of every kind's index
 
     ``kind`` is a kind name or HashKind; None means the index's only perceptual kind (a
     ValueError naming the kinds when it holds several).  Codes are in the kind's layout:
@@ -745,6 +746,12 @@ class ListIndex:
             for kind in DIGEST_KINDS:
                 out[kind] = out.get(kind, 0) + x["counts"].get(kind, 0)
         return out
+
+    def verify(self):
+        """Check every section checksum of the index file (once) and every invariant of each kind's index
+        (HashIndex.verify); IndexFormatError naming the file and the damage."""
+        from .storage import verify_parts
+        verify_parts(self.indexes.values())
 
     def provenance(self, ids):
         """{index id: {list, id, label, kind, hash, line, extra}} for these index ids (absent ids are left out)."""

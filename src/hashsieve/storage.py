@@ -73,7 +73,7 @@ import numpy as np
 from . import _core
 
 __all__ = ["IndexFormatError", "IndexHandle", "read_metadata", "save_index", "save_parts", "load_index",
-           "load_parts", "verify_index", "FORMAT_VERSION"]
+           "load_parts", "verify_index", "verify_parts", "FORMAT_VERSION"]
 
 MAGIC = b"\x89HSIEVE\n"        # \x89 catches 7-bit transfers, \n catches newline translation
 FORMAT_VERSION = 3
@@ -714,11 +714,19 @@ def _verify_payload(source, threads=2):
 
 def verify_index(index):
     """Checksums of the file the index was loaded from, then every structural invariant of its segments."""
-    snap = index.snapshot()
-    path = snap.source.path if snap.source is not None else "<in-memory index>"
-    if snap.source is not None:
-        _verify_payload(snap.source)
-    _check_structure(snap, path, range(len(snap.segments)))
+    verify_parts([index])
+
+
+def verify_parts(indexes):
+    """verify_index of several indexes (the parts of one file, say), each file's checksums checked once."""
+    checked = []
+    for index in indexes:
+        snap = index.snapshot()
+        path = snap.source.path if snap.source is not None else "<in-memory index>"
+        if snap.source is not None and all(snap.source is not s for s in checked):
+            _verify_payload(snap.source)
+            checked.append(snap.source)
+        _check_structure(snap, path, range(len(snap.segments)))
 
 
 # ====================================================================== save
