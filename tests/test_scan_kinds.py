@@ -204,6 +204,10 @@ def test_screener_api_for_the_service_and_the_distributed_scan(world):
         with pytest.raises(ValueError, match="ambiguous"):
             Screener(li, ScanOptions(radius=5))
         assert Screener(li, ScanOptions(radius={"pdq": 5})).radius == {"phash": 8, "pdq": 5}
+        with pytest.raises(ValueError, match="radius for dhash, which this scan does not compute"):
+            Screener(li, ScanOptions(radius={"dhash": 5}))
+        with pytest.raises(ValueError, match="holds no dhash hashes"):
+            Screener(li, ScanOptions(kinds=["dhash"]))
 
 
 def test_old_reports_resume_in_a_mixed_scan(world):

@@ -930,6 +930,10 @@ class Screener:
                 raise ValueError(f"radius {radius} is ambiguous with {len(self.kinds)} kinds "
                                  f"({', '.join(k.name for k in self.kinds)}); give {{kind: radius}}")
             radius = {self.kinds[0].name: radius}
+        unknown = set(radius or ()) - {k.name for k in self.kinds}
+        if unknown:
+            raise ValueError(f"radius for {', '.join(sorted(unknown))}, which this scan does not compute "
+                             f"({', '.join(k.name for k in self.kinds)})")
         self.radius = {k.name: (radius or {}).get(k.name, k.default_radius) for k in self.kinds}
         self.job_args = (tuple(k.name for k in self.kinds), options.fast, options.limits.max_pixels,
                          options.limits.max_file_bytes, options.dihedral)
