@@ -166,7 +166,8 @@ def test_radius_and_kind_options_per_kind(world):
     recs, _ = scanned(world, "--radius", "pdq=40", "--radius", "phash=10")
     assert match_sets(recs) == oracle(world, radius={"phash": 10, "pdq": 40})
     recs, _ = scanned(world, "--kind", "pdq")
-    assert list(recs["p1.png"]["hashes"]) == ["pdq"] and recs["p1.png"]["hash"] == recs["p1.png"]["hashes"]["pdq"]["hash"]
+    rec = recs["p1.png"]
+    assert list(rec["hashes"]) == ["pdq"] and rec["hash"] == rec["hashes"]["pdq"]["hash"] and rec["detail"] is None
     assert not [m for r in recs.values() for m in r["matches"] if m["kind"] == "phash"]
     p = run("scan", world["up"], "--index", "i.hsi", "--radius", "9", cwd=world["root"])
     assert p.returncode == 2 and "ambiguous" in p.stderr

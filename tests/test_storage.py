@@ -504,7 +504,8 @@ def test_file_of_parts_round_trip_answers_like_each_index(tmp_path, rng, mmap):
     loaded["phash"].remove(index_content(loaded["phash"])[1][:10])
     storage.save_parts(loaded, path)
     again = storage.load_parts(path, verify=True)
-    assert read_metadata(path)["base"] is not None and read_metadata(path)["metadata"] == {"hashsieve": {"kind": "phash"}}
+    info = read_metadata(path)
+    assert info["base"] is not None and info["metadata"] == {"hashsieve": {"kind": "phash"}}
     for name in indexes:
         assert same(answers(again[name], q[name]), answers(loaded[name], q[name]))
 

@@ -607,8 +607,9 @@ def build_parser():
     s = sub.add_parser("scan", help="scan folders and archives against an index, writing a JSON-lines report",
                        description="Walk folders and zip/tar archives (also .tar.gz/.bz2/.xz and archives in "
                                    "archives), hash every image in worker processes (every kind the index holds, "
-                                   "from one decode) and report one JSON line per file. Exit 0 nothing matched, 1 something matched, 2 usage/index error, "
-                                   "130/143 interrupted (continue with --resume).")
+                                   "from one decode) and report one JSON line per file. Exit 0 nothing matched, "
+                                   "1 something matched, 2 usage/index error, 130/143 interrupted (continue with "
+                                   "--resume).")
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.add_argument("--index", required=True, metavar="INDEX")
     s.add_argument("--radius", "-r", action="append", metavar="[KIND=]R", help=radius_help)
