@@ -455,6 +455,9 @@ def test_degenerate_pdq_entries_are_counted_per_kind(tmp_path):
     hl = HashList(p)
     assert len(list(hl)) == 3
     assert hl.degenerate == {"pdq": 1, "phash": 1} and hl.degenerate_example["pdq"] == (1, "0" * 64)
+    p = run("build", "d.txt", "-o", "i.hsi", cwd=tmp_path, check=0)
+    assert f"1 entries have degenerate pdq hashes (e.g. line 1: {'0' * 64})" in p.stderr
+    assert "1 entries have degenerate phash hashes (e.g. line 3: 0000000000000000)" in p.stderr
 
 
 def test_schema_1_tables_read_as_the_index_kind_and_are_rewritten_by_an_update(tmp_path):
