@@ -1,13 +1,14 @@
-"""PDQ against its reference: pdqhash (Meta's C++) on the same arrays, bit for bit."""
+"""PDQ against its reference: pdqhash (Meta's C++) on the same arrays, bit for bit, and hash_image(..., "pdq")
+against python-threatexchange's pipeline (Pillow decode, its array, pdqhash)."""
 import io
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import imagegen
-from hashsieve import _pdq
+from hashsieve import ImageHashError, _pdq, hash_image, hash_images
 from hashsieve.pdq import pdq_from_image, pdq_hash
 
 pdqhash = pytest.importorskip("pdqhash")
@@ -243,9 +244,6 @@ def test_pdq_bad_input_is_a_clear_error(bad, error, match):
 # ---------------------------------------------------------------------------
 # hash_image(..., "pdq"): the decode pipeline, python-threatexchange's for the normal modes
 # ---------------------------------------------------------------------------
-from hashsieve import ImageHashError, hash_image, hash_images  # noqa: E402
-from PIL import ImageOps  # noqa: E402
-
 # The modes hashed as Pillow decodes them, exactly as python-threatexchange does.
 PYTX_EXACT_MODES = ("RGB", "RGBA", "L", "LA")
 
@@ -289,6 +287,19 @@ def test_hash_image_pdq_hashes_odd_modes_as_the_picture(pdq_corpus):
         seen.add(image.mode)
         assert (bytes(code).hex(), quality) == reference_hex(looks_like(image)), name
     assert seen >= {"P", "CMYK", "1", "I;16"}
+
+
+@pytest.mark.parametrize("mode", ["RGBX", "RGBa", "PA", "La", "YCbCr", "LAB", "HSV", "I", "F"])
+def test_hash_image_pdq_hashes_every_other_pillow_mode_as_the_picture(mode):
+    rgba = Image.fromarray(np.dstack([smooth(150, 170, 3), np.full((150, 170, 1), 200, np.uint8)]), "RGBA")
+    source = {"PA": rgba.convert("P").convert("PA"), "La": rgba.convert("LA").convert("La"),
+              "I": rgba.convert("L").convert("I"), "F": rgba.convert("L").convert("F")}
+    image = source.get(mode) or rgba.convert(mode)
+    assert image.mode == mode
+    picture = image.convert("LA").getchannel(0) if mode == "La" else image
+    want = reference_hex(pytx_array(picture) if mode in ("RGBX", "La") else looks_like(picture))
+    code, quality = hash_image(image, "pdq", with_quality=True)
+    assert (bytes(code).hex(), quality) == want
 
 
 def test_hash_image_pdq_palette_and_cmyk_are_close_to_their_rgb_copy():
@@ -386,3 +397,31 @@ def test_hash_image_quality_and_dihedral_are_pdq_only():
     for option in ("with_quality", "dihedral"):
         with pytest.raises(ValueError, match="for PDQ"):
             hash_image(data, "phash", **{option: True})
+
+
+def test_hash_image_pdq_fast_decodes_big_jpegs_at_reduced_scale_close_to_exact(monkeypatch):
+    """fast=True: a JPEG with a short side >= 1024 is decoded at 1/2 (or less) keeping >= 512 px;
+    its hash stays close to the exact one (the drift is measured in docs/pdq.md)."""
+    big = imagegen.encode(imagegen.camera_photo(1600, 1200, 3), "JPEG", quality=90)
+    from PIL import JpegImagePlugin
+    drafts = []
+    real = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda self, *a: drafts.append(a) or real(self, *a))
+    fast = hash_image(big, "pdq", fast=True)
+    assert drafts == [(None, (512, 512))]
+    exact = hash_image(big, "pdq")
+    image = Image.open(io.BytesIO(big))
+    image.draft(None, (512, 512))
+    assert image.size == (800, 600)
+    assert np.array_equal(fast, pdq_hash(np.asarray(image)))
+    assert 0 < int(np.unpackbits(fast ^ exact).sum()) <= 16
+
+
+def test_hash_image_pdq_fast_is_exact_when_there_is_nothing_to_reduce():
+    small_jpeg = imagegen.encode(imagegen.photo(1000, 800, 4), "JPEG", quality=90)     # short side < 1024
+    png = imagegen.encode(imagegen.photo(1200, 1100, 4), "PNG")
+    for data in (small_jpeg, png):
+        assert np.array_equal(hash_image(data, "pdq", fast=True), hash_image(data, "pdq"))
+    caller = Image.open(io.BytesIO(imagegen.encode(imagegen.photo(1200, 1100, 4), "JPEG", quality=90)))
+    exact = hash_image(caller, "pdq", fast=True)     # a caller's image is never drafted
+    assert caller.size == (1200, 1100) and np.array_equal(exact, pdq_hash(np.asarray(caller)))

@@ -711,6 +711,8 @@ _FAST_PDQ_MIN_SIDE = 512
 
 def _pdq_pixels(img, owned):
     """The uint8 array to hash: (h, w), (h, w, 3) or (h, w, 4) (see _PDQ_AS_DECODED)."""
+    if img.mode == "La":
+        img = img.convert("LA")     # (Pillow converts premultiplied La to nothing else)
     if img.mode in _PDQ_AS_DECODED:
         return np.asarray(img.getchannel(0) if img.mode == "LA" else img)
     if img.mode in _PDQ_16_BIT:
@@ -933,10 +935,12 @@ def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_tra
     For "pdq", detail is always the quality (it costs nothing) and a failed image's hash
     is 32 zero bytes.
     """
-    zero = kind_of(kind).zeros(1)[0]
+    bits = kind_of(kind).bits
     for code, detail, flattened, error in _iter_hashes(images, kind, workers, fast, exif_transpose, with_detail,
                                                        max_pixels, chunksize, mp_context):
-        yield (code if error is None else zero.copy()), detail, flattened, error
+        if error is not None and bits != 64:
+            code = kind_of(kind).zeros(1)[0]       # (the workers' failure code is the int 0)
+        yield code, detail, flattened, error
 
 
 def _iter_hashes(images, kind, workers, fast, exif_transpose, with_detail, max_pixels, chunksize, mp_context):
