@@ -220,7 +220,10 @@ class _Original:
         self.codes, self.ids = index_content(self.index)
 
     def groups_at(self, record, positions):
-        """Groups (of segment record[0]) whose answers a change of these elements of section record can alter."""
+        """Groups (of segment record[0]) whose answers a change of these elements of section record can alter;
+        none for the pdq part's sections (its queries are fixed: wide_queries)."""
+        if record[0] >= len(self.segments):
+            return []
         seg = self.segments[record[0]]
         kind, table, u = record[1], record[2], seg.n_unique
         gs = np.asarray(seg.group_start)
