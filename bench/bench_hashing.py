@@ -28,7 +28,10 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
 import imagegen  # noqa: E402
-from hashsieve.hashing import HASH_KINDS, hash_image, hash_images  # noqa: E402
+from hashsieve.hashing import hash_image, hash_images  # noqa: E402
+from hashsieve.kinds import KINDS  # noqa: E402
+
+IMAGEHASH_KINDS = tuple(name for name, kind in KINDS.items() if kind.bits == 64)   # (PDQ: bench_pdq.py)
 
 JPEG_SIZES = ((1280, 960), (1600, 1200), (2048, 1536), (2400, 1600))   # 1.2-3.8 MP
 PNG_SIZES = ((256, 256), (320, 240), (200, 300), (400, 300))
@@ -155,17 +158,17 @@ def neardup(args):
     for i in range(args.originals):
         w, h = ((640, 480), (480, 640), (800, 600), (512, 512))[i % 4]
         originals.append(imagegen.scene(SCENE_MIX[i % len(SCENE_MIX)], w, h, int(rng.integers(0, 2**31))))
-    dist = {k: {v: [] for v in imagegen.VARIANTS} for k in HASH_KINDS}
-    orig_hashes = {k: [] for k in HASH_KINDS}
+    dist = {k: {v: [] for v in imagegen.VARIANTS} for k in IMAGEHASH_KINDS}
+    orig_hashes = {k: [] for k in IMAGEHASH_KINDS}
     for img in originals:
         variants = imagegen.variants(img)
-        for kind in HASH_KINDS:
+        for kind in IMAGEHASH_KINDS:
             h0 = hash_image(img, kind)
             orig_hashes[kind].append(h0)
             for v, vimg in variants.items():
                 dist[kind][v].append(popcount(h0 ^ hash_image(vimg, kind)))
     unrelated = {}
-    for kind in HASH_KINDS:
+    for kind in IMAGEHASH_KINDS:
         hs = np.array(orig_hashes[kind], dtype=np.uint64)
         x = hs[:, None] ^ hs[None, :]
         pc = np.unpackbits(x.view(np.uint8), axis=-1).reshape(len(hs), len(hs), 64).sum(-1)
@@ -175,7 +178,7 @@ def neardup(args):
     print(f"# near-duplicates: {n} synthetic originals ({', '.join(SCENE_MIX)}; 512-800 px), "
           f"{n * (n - 1) // 2} unrelated pairs\n")
     print("Distance (bits) from each original to its modified copy.\n")
-    for kind in HASH_KINDS:
+    for kind in IMAGEHASH_KINDS:
         print(f"### {kind}\n")
         print("| copy | mean | median | p90 | p99 | max |")
         print("|---|---|---|---|---|---|")
@@ -194,7 +197,7 @@ def neardup(args):
     print("| kind | radius | mild copies within (resize, jpeg-q50, crop-2%, light +-15%) | all copies within "
           "| unrelated pairs within |")
     print("|---|---|---|---|---|")
-    for kind in HASH_KINDS:
+    for kind in IMAGEHASH_KINDS:
         m = np.concatenate([dist[kind][v] for v in mild])
         a = np.concatenate([dist[kind][v] for v in imagegen.VARIANTS])
         r = int(np.ceil(np.percentile(m, 95)))
@@ -216,7 +219,7 @@ def fastcost(args):
         print("| images | kind | mean | median | p95 | max | identical | speed-up (CPU time, same run) |")
         print("|---|---|---|---|---|---|---|---|")
         for set_name, paths in sets.items():
-            for kind in HASH_KINDS:
+            for kind in IMAGEHASH_KINDS:
                 # CPU time of this process: steadier than wall time on a shared machine.
                 t = time.process_time()
                 exact = [hash_image(p, kind) for p in paths]
@@ -364,7 +367,7 @@ def photos(args):
         print("\nfast=True against the exact path, bits differing per image:\n")
         print("| images | kind | mean | median | max | identical |\n|---|---|---|---|---|---|")
         for g in ("all", "baseline 4:2:0", "progressive 4:2:0", "baseline 4:4:4", "progressive 4:4:4"):
-            for kind in HASH_KINDS:
+            for kind in IMAGEHASH_KINDS:
                 d = np.array([popcount(hash_image(p, kind) ^ hash_image(p, kind, fast=True)) for p in groups.get(g, [])])
                 if d.size:
                     print(f"| {g} ({d.size}) | {kind} | {d.mean():.2f} | {np.median(d):.0f} | {d.max()} | "

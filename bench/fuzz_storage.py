@@ -17,9 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from test_storage_fuzz import make_big_index, run_fuzz, scratch_folder  # noqa: E402
-
-from hashsieve.storage import save_index  # noqa: E402
+from test_storage_fuzz import make_big_file, run_fuzz, scratch_folder  # noqa: E402
 
 
 def main():
@@ -32,7 +30,7 @@ def main():
     folder = scratch_folder()
     try:
         path = folder / "big.hsi"
-        save_index(make_big_index(args.seed), path)
+        make_big_file(args.seed, path)
         start = time.perf_counter()
         result = run_fuzz(path, args.seed, args.cases, args.workers, args.first)
         result.update(seed=args.seed, first=args.first, workers=args.workers, file_bytes=path.stat().st_size,

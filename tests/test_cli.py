@@ -390,7 +390,7 @@ def test_query_add_remove_info(tmp_path):
     p = run("query", "i.hsi", "00000000ffffffff", "-k", "1", "--json", cwd=tmp_path, check=1)
     assert [m["list"] for m in json.loads(p.stdout)["matches"]] == ["newlist"]
     info = json.loads(run("info", "i.hsi", "--json", cwd=tmp_path, check=0).stdout)
-    assert info["count"] == 2 and {x["name"]: x["perceptual"] for x in info["lists"]} == {"a": 1, "newlist": 1}
+    assert info["count"] == 2 and {x["name"]: x["counts"]["phash"] for x in info["lists"]} == {"a": 1, "newlist": 1}
     dbs = [n for n in os.listdir(tmp_path) if ".lists-" in n]
     assert dbs == [os.path.basename(info["provenance"])], "old provenance tables must be deleted"
     assert "provenance" in run("info", "i.hsi", cwd=tmp_path, check=0).stdout

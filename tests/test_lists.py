@@ -31,10 +31,10 @@ def one_line_error(p):
 
 # ====================================================================== parsing
 def test_parse_hash_kinds_and_errors():
-    assert parse_hash("0xABCDEF0123456789") == ("perceptual", "abcdef0123456789")
+    assert parse_hash("0xABCDEF0123456789") == ("phash", "abcdef0123456789")
     assert parse_hash("d41d8cd98f00b204e9800998ecf8427e")[0] == "md5"
     assert parse_hash("da39a3ee5e6b4b0d3255bfef95601890afd80709")[0] == "sha1"
-    with pytest.raises(ValueError, match="PDQ"):
+    with pytest.raises(ValueError, match="PDQ hash or a SHA-256 digest; .*--kind pdq"):
         parse_hash("ab" * 32)
     with pytest.raises(ValueError, match="'g'"):
         parse_hash("g123456789abcdef")
@@ -60,9 +60,9 @@ def test_csv_list_columns_quoting_bom(tmp_path):
                   'd41d8cd98f00b204e9800998ecf8427e,,md5 row,\n'.encode("utf-8"))
     hl = HashList(p, name="custom")
     a, b = list(hl)
-    assert (a.kind, a.row_id, a.label, a.extra, a.line) == ("perceptual", "7", "a, quoted label", {"source": "s1"}, 2)
+    assert (a.kind, a.row_id, a.label, a.extra, a.line) == ("phash", "7", "a, quoted label", {"source": "s1"}, 2)
     assert (b.kind, b.row_id, b.label) == ("md5", None, "md5 row")
-    assert hl.name == "custom" and hl.counts == {"perceptual": 1, "md5": 1, "sha1": 0}
+    assert hl.name == "custom" and hl.counts == {"phash": 1, "md5": 1}
 
 
 def test_csv_errors_name_the_line(tmp_path):
@@ -296,7 +296,7 @@ def test_open_lists_gives_the_scan_records_from_many_threads(tmp_path):
         assert [m["id"] for m in md5] == ["M1"]
         prov = li.provenance([0, 1, 99])
         assert sorted(prov) == [0, 1]
-        assert prov[0] == {"list": "l", "id": "A1", "label": "first", "kind": "perceptual",
+        assert prov[0] == {"list": "l", "id": "A1", "label": "first", "kind": "phash",
                            "hash": "00000000ffffffff", "line": 2, "extra": {"source": "s1"}}
     with pytest.raises(hs.IndexOpenError, match="no such index"):
         hs.open_lists(tmp_path / "missing.hsi")
@@ -395,3 +395,197 @@ def test_remove_reports_skipped_rows(tmp_path):
     (tmp_path / "gone.csv").write_text("hash,id\n8f0f3f7f0f0f0f00,a\nnothex,b\n")
     p = run("remove", "i.hsi", "gone.csv", "--skip-bad", cwd=tmp_path, check=0)
     assert "1 bad rows skipped" in p.stderr and "gone.csv:3: skipped" in p.stderr
+
+
+# ====================================================================== several kinds (issue 13)
+PDQ_A = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
+PDQ_B = "0123456789abcdef" * 4
+
+
+def test_64_hex_pdq_hashes_need_a_kind_in_plain_lists(tmp_path):
+    """A 64-hex-digit hash was refused ("not supported yet"); it is PDQ when the reader is told so."""
+    p = tmp_path / "mixed.txt"
+    p.write_text(f"0123456789abcdef\n{PDQ_A.upper()}\nd41d8cd98f00b204e9800998ecf8427e\n")
+    with pytest.raises(ListError, match=r"mixed.txt:2: .*PDQ hash or a SHA-256 digest.*--kind pdq"):
+        list(HashList(p))
+    hl = HashList(p, kinds=("pdq",))
+    assert [(e.kind, e.hash, e.line) for e in hl] == [("phash", "0123456789abcdef", 1), ("pdq", PDQ_A, 2),
+                                                      ("md5", "d41d8cd98f00b204e9800998ecf8427e", 3)]
+    assert hl.counts == {"phash": 1, "pdq": 1, "md5": 1}
+    (tmp_path / "one.txt").write_text("0123456789abcdef\n")
+    (e,) = list(HashList(tmp_path / "one.txt", kinds=("dhash", "pdq")))
+    assert e.kind == "dhash"
+    with pytest.raises(ValueError, match="phash and dhash are both 64-bit"):
+        HashList(p, kinds=("phash", "dhash"))
+
+
+def test_threatexchange_type_hash_lines_and_unsupported_types(tmp_path):
+    """python-threatexchange's local files: 'TYPE HASH' per line; types hashsieve does not match are
+    skipped and counted (a warning at build), not an error."""
+    p = tmp_path / "te.txt"
+    p.write_text(f"pdq {PDQ_A}\nvideo_md5 D41D8CD98F00B204E9800998ECF8427E\nurl https://example.com/a b\n"
+                 "raw_text some words here\nPDQ 0123456789abcdef\nphash 0123456789abcdef\n")
+    with pytest.raises(ListError, match=r"te.txt:5: .* a pdq hash has 64"):
+        list(HashList(p))
+    hl = HashList(p, skip_bad=True)
+    assert [(e.kind, e.hash) for e in hl] == [("pdq", PDQ_A), ("md5", "d41d8cd98f00b204e9800998ecf8427e"),
+                                              ("phash", "0123456789abcdef")]
+    assert hl.unsupported == {"url": 1, "raw_text": 1} and hl.skipped == 1
+    # Typed PDQ rows need no --kind; a 64-hex untyped row in the same file still does.
+    p.write_text(f"pdq {PDQ_A}\n{PDQ_B}\n")
+    with pytest.raises(ListError, match=r"te.txt:2: .*--kind pdq"):
+        list(HashList(p))
+
+
+def test_csv_kind_column(tmp_path):
+    p = tmp_path / "k.csv"
+    p.write_text(f"hash,kind,id\n{PDQ_A},pdq,1\n{PDQ_B},sha256,2\n0123456789abcdef,,3\n0123456789abcdef,dhash,4\n"
+                 f"0123456789abcdef,pdq,5\n")
+    with pytest.raises(ListError, match=r"k.csv:6: '0123456789abcdef' has 16 hex digits; a pdq hash has 64"):
+        list(HashList(p))
+    hl = HashList(p, skip_bad=True)
+    assert [(e.kind, e.row_id, e.extra) for e in hl] == [("pdq", "1", None), ("phash", "3", None),
+                                                         ("dhash", "4", None)]
+    assert hl.unsupported == {"sha256": 1} and hl.skipped == 1
+
+
+def test_degenerate_pdq_entries_are_counted_per_kind(tmp_path):
+    p = tmp_path / "d.txt"
+    p.write_text(f"pdq {'0' * 64}\npdq {PDQ_A}\n0000000000000000\n")
+    hl = HashList(p)
+    assert len(list(hl)) == 3
+    assert hl.degenerate == {"pdq": 1, "phash": 1} and hl.degenerate_example["pdq"] == (1, "0" * 64)
+    p = run("build", "d.txt", "-o", "i.hsi", cwd=tmp_path, check=0)
+    assert f"1 entries have degenerate pdq hashes (e.g. line 1: {'0' * 64})" in p.stderr
+    assert "1 entries have degenerate phash hashes (e.g. line 3: 0000000000000000)" in p.stderr
+
+
+def test_schema_1_tables_read_as_the_index_kind_and_are_rewritten_by_an_update(tmp_path):
+    """Tables from before several kinds say 'perceptual': read as the index's kind; an update migrates them."""
+    import sqlite3
+    (tmp_path / "a.txt").write_text("00000000ffffffff\n")
+    run("build", "a.txt", "-o", "i.hsi", cwd=tmp_path, check=0)
+    with hs.open_lists(tmp_path / "i.hsi") as li:
+        table = li.prov.path
+    db = sqlite3.connect(table)
+    db.execute("UPDATE entries SET kind='perceptual' WHERE kind='phash'")
+    db.execute("UPDATE meta SET value='1' WHERE key='schema'")
+    db.commit()
+    db.close()
+    with hs.open_lists(tmp_path / "i.hsi") as li:
+        assert [m["kind"] for m in li.match(0x00000000ffffffff)[0]] == ["phash"]
+        assert li.provenance([0])[0]["kind"] == "phash" and li.counts()["phash"] == 1
+    (tmp_path / "b.txt").write_text("00000000fffffff0\n")
+    run("add", "i.hsi", "b.txt", cwd=tmp_path, check=0)
+    with hs.open_lists(tmp_path / "i.hsi") as li:
+        assert li.prov.schema() == 2
+        assert [m["list"] for m in li.match(0x00000000ffffffff)[0]] == ["a", "b"]
+        kinds = li.prov.db.execute("SELECT DISTINCT kind FROM entries").fetchall()
+    assert kinds == [("phash",)]
+
+
+def _mixed_index(tmp_path):
+    """An index of a phash + pdq + md5 list: the ListIndex API on it."""
+    (tmp_path / "m.csv").write_text(f"hash,kind,id\n00000000ffffffff,phash,P1\n{PDQ_A},pdq,Q1\n{PDQ_B},pdq,Q2\n"
+                                    "d41d8cd98f00b204e9800998ecf8427e,md5,M1\n")
+    run("build", "m.csv", "-o", "i.hsi", cwd=tmp_path, check=0)
+    return hs.open_lists(tmp_path / "i.hsi")
+
+
+def test_list_index_matches_each_kind_with_its_radius(tmp_path):
+    from hashsieve.kinds import KINDS
+    pdq = KINDS["pdq"]
+    with _mixed_index(tmp_path) as li:
+        assert [k.name for k in li.kinds] == ["phash", "pdq"]
+        assert li.counts() == {"phash": 1, "pdq": 2, "md5": 1, "sha1": 0}
+        near = pdq.from_hex([PDQ_A])
+        near[0, :3] ^= np.uint8(0xFF)                         # 24 bits off: within PDQ's 31
+        got = li.match(near, kind="pdq")[0]
+        assert [(m["id"], m["distance"], m["kind"]) for m in got] == [("Q1", 24, "pdq")]
+        assert li.match(near, radius=23, kind=pdq) == [[]]
+        assert [m["id"] for m in li.nearest(pdq.from_hex([PDQ_B])[0], 2, kind="pdq")[0]] == ["Q2", "Q1"]
+        assert [m["id"] for m in li.match(0x00000000ffffffff, kind="phash")[0]] == ["P1"]
+        with pytest.raises(ValueError, match="holds phash and pdq hashes; say which with kind="):
+            li.match(0x00000000ffffffff)
+        with pytest.raises(ValueError, match="holds no dhash hashes"):
+            li.match(0x00000000ffffffff, kind="dhash")
+        with pytest.raises(ValueError, match=r"one HashIndex each: use .indexes\[kind\]"):
+            li.index
+        li.verify()
+    # verify() checks the PDQ part's sections too.
+    data = bytearray((tmp_path / "i.hsi").read_bytes())
+    sec = next(s for s in hs.read_metadata(tmp_path / "i.hsi")["sections"] if s["name"] == "segment1.codes")
+    data[sec["offset"]] ^= 1
+    (tmp_path / "i.hsi").write_bytes(bytes(data))
+    with hs.open_lists(tmp_path / "i.hsi") as li:
+        with pytest.raises(hs.IndexFormatError, match="segment1.codes: checksum mismatch"):
+            li.verify()
+
+
+def test_build_a_mixed_list_and_info_counts_per_kind(tmp_path):
+    with _mixed_index(tmp_path):
+        pass
+    p = run("build", "m.csv", "-o", "i.hsi", cwd=tmp_path, check=0)
+    assert "list m (m.csv): 1 phash, 2 pdq, 1 MD5 entries" in p.stderr
+    assert "wrote i.hsi: 1 phash, 2 pdq hashes, 1 MD5/SHA-1 digests" in p.stderr
+    info = json.loads(run("info", "i.hsi", "--json", cwd=tmp_path, check=0).stdout)
+    assert info["format_version"] == 3 and info["kinds"] == ["phash", "pdq"] and info["code_bits"] is None
+    assert info["counts"] == {"phash": 1, "pdq": 2, "md5": 1, "sha1": 0}
+    assert [(x["kind"], x["code_bits"], x["count"]) for x in info["parts"]] == [("phash", 64, 1), ("pdq", 256, 2)]
+    assert info["lists"][0]["counts"] == {"phash": 1, "pdq": 2, "md5": 1}
+    text = run("info", "i.hsi", cwd=tmp_path, check=0).stdout
+    assert "phash (64-bit codes), pdq (256-bit codes)" in text and "\npdq          2 live" in text
+    assert "m: 1 phash, 2 pdq, 1 MD5;" in text
+
+
+def test_plain_pdq_list_needs_kind_pdq_on_the_command_line(tmp_path):
+    (tmp_path / "pdq.txt").write_text(f"{PDQ_A}\n{PDQ_B}\n")
+    line = one_line_error(run("build", "pdq.txt", "-o", "i.hsi", cwd=tmp_path))
+    assert "pdq.txt:1:" in line and "--kind pdq" in line and not (tmp_path / "i.hsi").exists()
+    p = run("build", "pdq.txt", "-o", "i.hsi", "--kind", "pdq", cwd=tmp_path, check=0)
+    assert "wrote i.hsi: 2 pdq hashes" in p.stderr
+    info = json.loads(run("info", "i.hsi", "--json", cwd=tmp_path, check=0).stdout)
+    assert info["format_version"] == 2 and info["code_bits"] == 256 and info["kinds"] == ["pdq"]
+    assert "unknown kind pdqq" in run("build", "pdq.txt", "-o", "j.hsi", "--kind", "pdqq", cwd=tmp_path).stderr
+
+
+def test_query_pdq_hex_with_radius_per_kind(tmp_path):
+    with _mixed_index(tmp_path):
+        pass
+    off = bytearray.fromhex(PDQ_A)
+    off[0] ^= 0x0F                                              # 4 bits from Q1
+    p = run("query", "i.hsi", off.hex(), "00000000ffffffff", "--json", cwd=tmp_path, check=1)
+    got = [json.loads(x) for x in p.stdout.splitlines()]
+    assert [(g["kind"], [(m["id"], m["distance"]) for m in g["matches"]]) for g in got] == \
+        [("pdq", [("Q1", 4)]), ("phash", [("P1", 0)])]
+    assert run("query", "i.hsi", off.hex(), "-r", "pdq=3", cwd=tmp_path, check=0).stdout.endswith("no match\n")
+    assert "ambiguous" in one_line_error(run("query", "i.hsi", off.hex(), "00000000ffffffff", "-r", "3",
+                                             cwd=tmp_path))
+    assert "from 0 to 256 bits" in one_line_error(run("query", "i.hsi", off.hex(), "-r", "pdq=300", cwd=tmp_path))
+    # A 64-bit-only index says it holds no PDQ hashes.
+    (tmp_path / "p.txt").write_text("00000000ffffffff\n")
+    run("build", "p.txt", "-o", "p.hsi", cwd=tmp_path, check=0)
+    assert "holds no pdq hashes" in one_line_error(run("query", "p.hsi", PDQ_A, "--kind", "pdq", cwd=tmp_path))
+
+
+def test_add_and_remove_entries_of_every_kind(tmp_path):
+    """A PDQ list added to a pHash index gives it a PDQ part; removals reach each kind's index."""
+    (tmp_path / "p.txt").write_text("00000000ffffffff\n0f0f0f0f33333333\n")
+    run("build", "p.txt", "-o", "i.hsi", cwd=tmp_path, check=0)
+    (tmp_path / "q.txt").write_text(f"pdq {PDQ_A}\npdq {PDQ_B}\nmd5 d41d8cd98f00b204e9800998ecf8427e\n")
+    run("add", "i.hsi", "q.txt", cwd=tmp_path, check=0)
+    with hs.open_lists(tmp_path / "i.hsi") as li:
+        assert li.counts() == {"phash": 2, "pdq": 2, "md5": 1, "sha1": 0}
+        assert [m["list"] for m in li.match(hs.from_hex(PDQ_B), kind="pdq")[0]] == ["q"]
+    # Untyped 64-digit rows are PDQ once the index holds PDQ hashes.
+    (tmp_path / "gone.txt").write_text(f"{PDQ_B}\n0f0f0f0f33333333\n")
+    run("remove", "i.hsi", "gone.txt", cwd=tmp_path, check=0)
+    with hs.open_lists(tmp_path / "i.hsi") as li:
+        assert {k: len(ix) for k, ix in li.indexes.items()} == {"phash": 1, "pdq": 1}
+        assert li.match(hs.from_hex(PDQ_B), kind="pdq") == [[]]
+        assert [m["id"] for m in li.match(hs.from_hex(PDQ_A), kind="pdq")[0]] == [None]
+        assert li.match(0x0F0F0F0F33333333, kind="phash") == [[]]
+    (tmp_path / "r.txt").write_text("1111111111111111\n")
+    run("add", "i.hsi", "r.txt", cwd=tmp_path, check=0)
+    with hs.open_lists(tmp_path / "i.hsi") as li:
+        assert li.counts()["phash"] == 2 and li.counts()["pdq"] == 1

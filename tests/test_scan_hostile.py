@@ -111,8 +111,8 @@ def test_a_file_replaced_after_the_walk_checked_it_is_not_read(upload):
     root, secret = upload
     (item,) = [i for i in walk([root]) if i.path.endswith("own.png")]
     os.replace(root / "escape.png", root / "own.png")       # now a link out of the tree
-    ((code, _, _, md5, _, error),) = hash_jobs([item.job], "phash", False, None, 1 << 20)
-    assert code is None and md5 is None and "replaced while it was being scanned" in error
+    ((hashes, md5, _, error),) = hash_jobs([item.job], ("phash",), False, None, 1 << 20)
+    assert hashes is None and md5 is None and "replaced while it was being scanned" in error
 
 
 # ---------------------------------------------------------------- 5: names that are not UTF-8

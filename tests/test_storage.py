@@ -126,20 +126,26 @@ def rng():
 
 # Header editing, for fuzzing: parse the header into fields, change them, repack with a valid CRC.
 def split_header(data):
+    """(fixed, parts, segments, sections) header records as lists of fields, the metadata bytes (with the
+    base record) and the rest of the file; parts is [] before format version 3."""
     fixed = list(storage.FIXED.unpack_from(data, 0))
-    nseg, nsec, nmeta = fixed[9], fixed[10], fixed[11]
+    nseg, nsec, nmeta, npart = fixed[9], fixed[10], fixed[11], fixed[13]
     pos = storage.FIXED.size
+    parts = [list(storage.PART.unpack_from(data, pos + i * 64)) for i in range(npart)]
+    pos += 64 * npart
     segs = [list(storage.SEGMENT.unpack_from(data, pos + i * 64)) for i in range(nseg)]
     pos += 64 * nseg
     secs = [list(storage.SECTION.unpack_from(data, pos + i * 48)) for i in range(nsec)]
     pos += 48 * nsec
     if fixed[12] & storage.HDR_HAS_BASE:        # the base record travels with the metadata bytes
         nmeta += storage.BASE.size + storage.BASE.unpack_from(data, pos)[2]
-    return fixed, segs, secs, bytes(data[pos:pos + nmeta]), bytes(data[pos + nmeta:])
+    return fixed, parts, segs, secs, bytes(data[pos:pos + nmeta]), bytes(data[pos + nmeta:])
 
 
-def join_header(fixed, segs, secs, meta, rest, fix_crc=True):
+def join_header(fixed, parts, segs, secs, meta, rest, fix_crc=True):
     head = bytearray(storage.FIXED.pack(*fixed))
+    for p in parts:
+        head += storage.PART.pack(*p)
     for s in segs:
         head += storage.SEGMENT.pack(*s)
     for s in secs:
@@ -175,7 +181,7 @@ def test_round_trip_with_delta_and_tombstones(tmp_path, rng, mmap):
         snap = loaded.snapshot()
         assert not snap.segments[0].codes.flags.writeable and isinstance(snap.source.buffer, storage._mmap.mmap)
     info = read_metadata(path)
-    assert info["count"] == len(index) - 5 and info["format_version"] == storage.FORMAT_VERSION
+    assert info["count"] == len(index) - 5 and info["format_version"] == storage.SINGLE_VERSION
     assert info["code_bits"] == 64 and len(info["segments"]) == 2
     assert all(s["offset"] % 64 == 0 for s in info["sections"])
 
@@ -435,8 +441,20 @@ GOLDEN_FILES = sorted(GOLDEN.glob("v*.hsi"))
 
 def test_golden_files_exist():
     assert {p.name for p in GOLDEN_FILES} >= {"v1_tiny.hsi", "v1_tables.hsi", "v2_tiny.hsi", "v2_tables.hsi",
-                                              "v2_update.hsi", "v2_wide256.hsi"}
+                                              "v2_update.hsi", "v2_wide256.hsi", "v3_parts.hsi",
+                                              "v3_parts_update.hsi"}
     assert read_metadata(GOLDEN / "v2_update.hsi")["base"] is not None
+    assert read_metadata(GOLDEN / "v3_parts_update.hsi")["base"] is not None
+
+
+def _check_golden_answers(index, expected):
+    queries = hs.from_hex(expected["queries"])     # uint64, or uint8 (n, 32) for a 256-bit file
+    assert index.bits == (64 if queries.dtype == np.uint64 else 256)
+    for r, want in expected["range"].items():
+        lims, dist, ids = index.range_search(queries, int(r))
+        assert [lims.tolist(), dist.tolist(), ids.tolist()] == want
+    dist, ids = index.search(queries, expected["k"])
+    assert [dist.tolist(), ids.tolist()] == expected["knn"]
 
 
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.name)
@@ -447,15 +465,106 @@ def test_golden_file_still_loads(path, mmap):
     for key in ("format_version", "code_bits", "count", "entries", "next_id", "created", "metadata", "base"):
         if key in expected["header"]:
             assert info[key] == expected["header"][key], key
+    if "parts" in expected:                         # a file of parts (format 3)
+        parts = storage.load_parts(path, mmap=mmap, verify=True)
+        assert list(parts) == list(expected["parts"]) == [p["name"] for p in info["parts"]]
+        for name, index in parts.items():
+            _check_golden_answers(index, expected["parts"][name])
+        assert sum(len(ix) for ix in parts.values()) == expected["header"]["count"]
+        return
     index = hs.HashIndex.load(path, mmap=mmap, verify=True)
-    queries = hs.from_hex(expected["queries"])     # uint64, or uint8 (n, 32) for a 256-bit file
-    assert index.bits == info["code_bits"] == (64 if queries.dtype == np.uint64 else 256)
-    for r, want in expected["range"].items():
-        lims, dist, ids = index.range_search(queries, int(r))
-        assert [lims.tolist(), dist.tolist(), ids.tolist()] == want
-    dist, ids = index.search(queries, expected["k"])
-    assert [dist.tolist(), ids.tolist()] == expected["knn"]
+    assert index.bits == info["code_bits"]
+    _check_golden_answers(index, expected)
     assert len(index) == expected["header"]["count"]
+
+
+# ---------------------------------------------------------------- files of parts (format 3)
+@pytest.mark.parametrize("mmap", [True, False])
+def test_file_of_parts_round_trip_answers_like_each_index(tmp_path, rng, mmap):
+    indexes = tiny_parts(rng)
+    indexes["phash"] = make_index(rng)             # a main segment with tables, a delta, tombstones
+    path = tmp_path / "mixed.hsi"
+    storage.save_parts(indexes, path, metadata={"hashsieve": {"kind": "phash"}})
+    info = read_metadata(path)
+    assert info["format_version"] == 3 and info["code_bits"] is None
+    assert [(p["name"], p["code_bits"], p["count"]) for p in info["parts"]] == \
+        [("phash", 64, len(indexes["phash"])), ("pdq", 256, len(indexes["pdq"]))]
+    assert info["count"] == len(indexes["phash"]) + len(indexes["pdq"])
+    loaded = storage.load_parts(path, mmap=mmap, verify=True)
+    assert list(loaded) == ["phash", "pdq"]
+    q = {"phash": near(rng, index_content(indexes["phash"])[0], 50),
+         "pdq": rng.integers(0, 256, (20, 32), dtype=np.uint8)}
+    for name, index in indexes.items():
+        assert same(answers(loaded[name], q[name]), answers(index, q[name]))
+        assert loaded[name].snapshot().next_id == index.snapshot().next_id
+        if mmap:
+            assert isinstance(loaded[name].snapshot().source.buffer, storage._mmap.mmap)
+    # Each part changes and saves again (a daily update: the new file references the old as its base).
+    loaded["pdq"].add(rng.integers(0, 256, (3, 32), dtype=np.uint8))
+    loaded["phash"].remove(index_content(loaded["phash"])[1][:10])
+    storage.save_parts(loaded, path)
+    again = storage.load_parts(path, verify=True)
+    info = read_metadata(path)
+    assert info["base"] is not None and info["metadata"] == {"hashsieve": {"kind": "phash"}}
+    for name in indexes:
+        assert same(answers(again[name], q[name]), answers(loaded[name], q[name]))
+
+
+def test_one_part_is_written_as_a_single_index_file(tmp_path, rng):
+    path = tmp_path / "one.hsi"
+    storage.save_parts({"pdq": tiny_parts(rng)["pdq"]}, path)
+    assert read_metadata(path)["format_version"] == storage.SINGLE_VERSION
+    assert list(storage.load_parts(path)) == [None] and hs.HashIndex.load(path).bits == 256
+
+
+def test_load_index_refuses_a_file_of_parts_naming_load_parts(tmp_path, rng):
+    path = tmp_path / "mixed.hsi"
+    storage.save_parts(tiny_parts(rng), path)
+    with pytest.raises(IndexFormatError, match=r"holds 2 indexes \(phash, pdq\).*load_parts"):
+        hs.HashIndex.load(path)
+
+
+def test_save_parts_refuses_bad_names(tmp_path, rng):
+    parts = tiny_parts(rng)
+    for bad in ("PDQ", "", "a" * 17, "p/q", 3):
+        with pytest.raises(ValueError, match="part name"):
+            storage.save_parts({"phash": parts["phash"], bad: parts["pdq"]}, tmp_path / "x.hsi")
+    assert not (tmp_path / "x.hsi").exists()
+
+
+def test_verify_of_any_part_checks_every_part(tmp_path, rng):
+    path = tmp_path / "mixed.hsi"
+    storage.save_parts(tiny_parts(rng), path)
+    data = bytearray(path.read_bytes())
+    sec = next(s for s in read_metadata(path)["sections"] if s["name"] == "segment2.codes")    # pdq's main
+    data[sec["offset"] + 5] ^= 4
+    path.write_bytes(bytes(data))
+    loaded = storage.load_parts(path)            # without verify: only the header is checked
+    with pytest.raises(IndexFormatError, match="segment2.codes: checksum mismatch"):
+        loaded["phash"].verify()
+    with pytest.raises(IndexFormatError, match="checksum mismatch"):
+        storage.load_parts(path, verify=True)
+
+
+def test_every_truncation_and_flipped_header_byte_of_a_file_of_parts(tmp_path, rng):
+    path = tmp_path / "mixed.hsi"
+    storage.save_parts(tiny_parts(rng), path)
+    data = path.read_bytes()
+    header_length = storage.FIXED.unpack_from(data)[2]
+    target = tmp_path / "cut.hsi"
+    for n in list(range(0, header_length + 64, 7)) + list(range(header_length + 64, len(data), 397)):
+        target.write_bytes(data[:n])
+        with pytest.raises(IndexFormatError):
+            storage.load_parts(target)
+    # Every byte of the fixed header and the part table, every 13th byte of the rest of the header.
+    for pos in list(range(storage.FIXED.size + 2 * storage.PART.size)) + list(range(256, header_length, 13)):
+        if pos in range(16, 20):
+            continue                                # the CRC itself
+        buf = bytearray(data)
+        buf[pos] ^= 1 << (pos % 8)
+        target.write_bytes(bytes(buf))
+        with pytest.raises(IndexFormatError):
+            storage.load_parts(target)
 
 
 # ---------------------------------------------------------------- damage
@@ -537,12 +646,12 @@ def test_foreign_and_too_new_files(tmp_path, tiny_file, rng):
         bad.write_bytes(data)
         with pytest.raises(IndexFormatError):
             hs.HashIndex.load(bad)
-    fixed, segs, secs, meta, rest = split_header(tiny_file.read_bytes())
+    fixed, parts, segs, secs, meta, rest = split_header(tiny_file.read_bytes())
     for field, value, message in [(1, storage.FORMAT_VERSION + 1, "newer than this hashsieve"), (4, 128, "code width 128"),
                                   (1, 0, "invalid format version")]:
         f2 = list(fixed)
         f2[field] = value
-        bad.write_bytes(join_header(f2, segs, secs, meta, rest))
+        bad.write_bytes(join_header(f2, parts, segs, secs, meta, rest))
         with pytest.raises(IndexFormatError, match=message):
             hs.HashIndex.load(bad)
         with pytest.raises(IndexFormatError, match=message):
@@ -553,30 +662,49 @@ def test_foreign_and_too_new_files(tmp_path, tiny_file, rng):
 
 
 def _fuzz_case(path, data, q, expected):
+    """Loads data as a file of one index or of parts: refused, or every part answers as expected
+    ({part name: answers to q[part name]})."""
     path.write_bytes(data)
     try:
         read_metadata(path)
     except IndexFormatError:
         pass
     try:
-        index = hs.HashIndex.load(path, mmap=True, verify=True)
+        parts = storage.load_parts(path, mmap=True, verify=True)
     except IndexFormatError:
         return "error"
     # Whatever loads and verifies must be the same index.
-    assert same(answers(index, q), expected)
+    assert list(parts) == list(expected)
+    for name, index in parts.items():
+        assert same(answers(index, q[name]), expected[name])
     return "loaded"
 
 
-def test_header_fuzz(tmp_path, rng):
+def tiny_parts(rng):
+    """A file's worth of parts: the tiny 64-bit index and a 256-bit one with a delta and tombstones."""
+    wide = hs.HashIndex(bits=256)
+    wide.add(rng.integers(0, 256, (40, 32), dtype=np.uint8), ids=np.arange(40) * 3)
+    wide.add(rng.integers(0, 256, (5, 32), dtype=np.uint8))
+    wide.remove([3, 9])
+    return {"phash": tiny_table_index(rng), "pdq": wide}
+
+
+@pytest.mark.parametrize("of_parts", [False, True], ids=["one index", "parts"])
+def test_header_fuzz(tmp_path, rng, of_parts):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
     path = tmp_path / "h.hsi"
-    save_index(tiny_table_index(rng), path, metadata={"a": [1, 2]})
+    if of_parts:
+        storage.save_parts(tiny_parts(rng), path, metadata={"a": [1, 2]})
+    else:
+        save_index(tiny_table_index(rng), path, metadata={"a": [1, 2]})
     data = path.read_bytes()
-    fixed, segs, secs, meta, rest = split_header(data)
-    q = rand_codes(rng, 10)
-    expected = answers(hs.HashIndex.load(path), q)
+    fixed, parts, segs, secs, meta, rest = split_header(data)
+    loaded = storage.load_parts(path)
+    q = {name: rand_codes(rng, 10) if ix.bits == 64 else rng.integers(0, 256, (10, 32), dtype=np.uint8)
+         for name, ix in loaded.items()}
+    expected = {name: answers(ix, q[name]) for name, ix in loaded.items()}
     target = tmp_path / "fuzz.hsi"
     u64 = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 63, 64, 65, 2**31, 2**32 - 1, 2**32, 2**63]),
                     st.integers(0, 4 * len(data)))
@@ -587,12 +715,14 @@ def test_header_fuzz(tmp_path, rng):
             return st.integers(-2**63, 2**63 - 1)
         return u64.map(lambda v: v % (1 << bits))
 
-    fixed_types = "xIIIIQqqQIIII"      # type of each field of FIXED (magic first)
+    fixed_types = "xIIIIQqqQIIIII"      # type of each field of FIXED (magic first)
+    part_types = "xIIqQ"                # (the name is not edited here: the raw byte edits reach it)
     seg_types = "QQQII" + "B" * 8
     sec_types = "IHHIIQQQII"
 
     edit = st.one_of(
         st.tuples(st.just("fixed"), st.integers(1, len(fixed) - 1), st.data()),
+        st.tuples(st.just("part"), st.integers(0, max(len(parts) * len(part_types) - 1, 0)), st.data()),
         st.tuples(st.just("segment"), st.integers(0, len(segs) * len(seg_types) - 1), st.data()),
         st.tuples(st.just("section"), st.integers(0, len(secs) * len(sec_types) - 1), st.data()),
     )
@@ -603,17 +733,21 @@ def test_header_fuzz(tmp_path, rng):
         st.tuples(st.integers(0, len(data) - len(rest) - 1), st.integers(0, 255)), max_size=2),
         fix_crc=st.booleans(), meta_bytes=st.one_of(st.none(), st.binary(max_size=12)))
     def run(edits, raw, fix_crc, meta_bytes):
-        f2, s2, c2 = list(fixed), [list(s) for s in segs], [list(s) for s in secs]
+        f2, p2, s2, c2 = list(fixed), [list(p) for p in parts], [list(s) for s in segs], [list(s) for s in secs]
         for where, i, draw in edits:
             if where == "fixed":
                 f2[i] = draw.draw(field_value(fixed_types[i]))
+            elif where == "part":
+                if parts and i % len(part_types):
+                    p2[i // len(part_types)][i % len(part_types)] = draw.draw(
+                        field_value(part_types[i % len(part_types)]))
             elif where == "segment":
                 s2[i // len(seg_types)][i % len(seg_types)] = draw.draw(field_value(seg_types[i % len(seg_types)]))
             else:
                 c2[i // len(sec_types)][i % len(sec_types)] = draw.draw(field_value(sec_types[i % len(sec_types)]))
         m = meta if meta_bytes is None else meta_bytes
         f2[11] = len(m) if meta_bytes is not None and f2[11] == fixed[11] else f2[11]
-        blob = bytearray(join_header(f2, s2, c2, m, rest, fix_crc=fix_crc))
+        blob = bytearray(join_header(f2, p2, s2, c2, m, rest, fix_crc=fix_crc))
         for pos, value in raw:
             if pos < len(blob):
                 blob[pos] = value
@@ -641,9 +775,9 @@ def test_deeply_nested_metadata_is_a_format_error(tmp_path, rng, monkeypatch):
 
 
 def _with_next_id(data, next_id):
-    fixed, segs, secs, meta, rest = split_header(data)
+    fixed, parts, segs, secs, meta, rest = split_header(data)
     fixed[7] = next_id
-    return join_header(fixed, segs, secs, meta, rest)
+    return join_header(fixed, parts, segs, secs, meta, rest)
 
 
 def test_load_refuses_next_id_not_above_every_id(tmp_path, rng):

@@ -3,7 +3,9 @@
 Loading such a segment without verify trusts its big arrays: the native code's clamps keep
 queries in bounds, and its entries are checked before the first change. verify checks
 everything. These tests forge such files with every checksum recomputed, and fuzz them
-(truncations, bit/byte/word flips, forged sections and headers).
+(truncations, bit/byte/word flips, forged sections and headers). The fuzzed file is a file of
+parts (format 3), as a mixed pHash + PDQ list gives: the big 64-bit part "phash" and a small
+256-bit part "pdq"; flips and forged headers reach both.
 
 This file is also a helper script: the fuzz runs in child processes
 (``python tests/test_storage_fuzz.py fuzz FILE SEED FIRST COUNT FOLDER``) so that a crash fails a
@@ -24,7 +26,7 @@ import pytest
 
 import hashsieve as hs
 from hashsieve import _core, storage
-from hashsieve.storage import IndexFormatError, save_index
+from hashsieve.storage import IndexFormatError
 from oracle import index_content, knn_oracle, range_oracle
 from test_storage import join_header, split_header
 
@@ -46,6 +48,22 @@ def make_big_index(seed):
     return index
 
 
+def make_big_file(seed, path):
+    """Writes the fuzzed file: the big index as part "phash" and a small 256-bit part "pdq" (a delta,
+    tombstones)."""
+    rng = np.random.default_rng([seed, 256])
+    wide = hs.HashIndex(bits=256)
+    wide.add(rng.integers(0, 256, (3000, 32), dtype=np.uint8))
+    wide.add(rng.integers(0, 256, (40, 32), dtype=np.uint8))
+    wide.remove(np.arange(0, 3000, 7))
+    storage.save_parts({"phash": make_big_index(seed), "pdq": wide}, path)
+
+
+def phash_part(path, mmap=True, verify=False):
+    """The big 64-bit index of a file written by make_big_file."""
+    return storage.load_parts(path, mmap=mmap, verify=verify)["phash"]
+
+
 def scratch_folder():
     """A temporary folder, on tmpfs if there is one: the fuzz writes a 30 MB file per case."""
     return Path(tempfile.mkdtemp(prefix="hsfuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
@@ -55,7 +73,7 @@ def scratch_folder():
 def big_file():
     folder = scratch_folder()
     path = folder / "big.hsi"
-    save_index(make_big_index(SEED), path)
+    make_big_file(SEED, path)
     yield path
     shutil.rmtree(folder)
 
@@ -69,11 +87,11 @@ def forge(data, name, edit):
     """A copy of an index file whose section `name` edit(array) changed in place, with the section's
     and the header's CRCs recomputed, as a forger would."""
     buf = bytearray(data)
-    fixed, segs, secs, meta, _ = split_header(buf)
+    fixed, parts, segs, secs, meta, _ = split_header(buf)
     sec = next(s for s in secs if section_name(s) == name)
     edit(np.frombuffer(buf, dtype=storage.DTYPES[sec[3]], count=sec[6], offset=sec[5]))
     sec[8] = zlib.crc32(buf[sec[5]:sec[5] + sec[7]])
-    return join_header(fixed, segs, secs, meta, bytes(buf[fixed[2]:]))
+    return join_header(fixed, parts, segs, secs, meta, bytes(buf[fixed[2]:]))
 
 
 def sole_finder_queries(code, bits):
@@ -86,7 +104,7 @@ def sole_finder_queries(code, bits):
 def assert_exact(index, queries, radii=RADII, k=5):
     """Range and k-NN answers equal the oracle's over the index's own decoded content."""
     codes, ids = index_content(index)
-    queries = np.asarray(queries, dtype=np.uint64)
+    queries = np.asarray(queries, dtype=np.uint64 if index.bits == 64 else np.uint8)
     for r in radii:
         for got, want, what in zip(index.range_search(queries, r), range_oracle(codes, ids, queries, r),
                                    ("lims", "distances", "ids")):
@@ -126,23 +144,23 @@ def test_damaged_entries_of_a_big_segment_fail_every_change(big_file, tmp_path, 
     name, edit = ENTRY_DAMAGE[damage]
     path = tmp_path / "damaged.hsi"
     path.write_bytes(forge(big_file.read_bytes(), name, edit))
-    index = hs.HashIndex.load(path)
+    index = phash_part(path)
     assert len(index.snapshot().segments[0]) > storage.DEEP_CHECK_ENTRIES
     changes = {"remove": lambda: index.remove([1, 2, 3]), "add": lambda: index.add([1, 2]),
                "add with ids": lambda: index.add([1], ids=[10**12]), "compact": index.compact,
                "save": lambda: index.save(tmp_path / "copy.hsi")}
     for what, change in changes.items():
-        with pytest.raises(IndexFormatError, match="damaged.hsi: segment 0: "):
+        with pytest.raises(IndexFormatError, match=r"damaged.hsi \(part phash\): segment 0: "):
             change()
     assert not (tmp_path / "copy.hsi").exists()
-    with pytest.raises(IndexFormatError, match="damaged.hsi: segment 0: "):
-        hs.HashIndex.load(path, verify=True)
+    with pytest.raises(IndexFormatError, match=r"damaged.hsi \(part phash\): segment 0: "):
+        phash_part(path, verify=True)
 
 
 def test_verify_checks_every_table_of_a_big_segment(big_file, tmp_path):
     """One table_groups[1] slot redirected to its bucket neighbour's code (fingerprint forged to
     match, CRCs recomputed): verify refuses it; without verify an exact query misses its match."""
-    index = hs.HashIndex.load(big_file, verify=True)
+    index = phash_part(big_file, verify=True)
     seg = index.snapshot().segments[0]
     assert len(seg) > storage.DEEP_CHECK_ENTRIES and seg.bits == (16, 16, 16, 16)
     groups, offsets = np.asarray(seg.table_groups[1]), np.asarray(seg.offsets[1])
@@ -157,10 +175,10 @@ def test_verify_checks_every_table_of_a_big_segment(big_file, tmp_path):
     path = tmp_path / "redirected.hsi"
     path.write_bytes(forge(forge(big_file.read_bytes(), "segment0.table_groups[1]", copy_neighbour),
                            "segment0.fingerprints[1]", copy_neighbour))
-    with pytest.raises(IndexFormatError, match=f"redirected.hsi: segment 0: table 1 holds a code twice, or a bucket "
-                                               f"out of code order \\(slot {j + 1}\\)"):
-        hs.HashIndex.load(path, verify=True)
-    loaded = hs.HashIndex.load(path)
+    with pytest.raises(IndexFormatError, match=f"redirected.hsi \\(part phash\\): segment 0: table 1 holds a code "
+                                               f"twice, or a bucket out of code order \\(slot {j + 1}\\)"):
+        phash_part(path, verify=True)
+    loaded = phash_part(path)
     with pytest.raises(IndexFormatError, match="table 1 holds a code twice"):
         loaded.verify()
     _core.set_strategy("tables")
@@ -173,15 +191,16 @@ def test_verify_checks_every_table_of_a_big_segment(big_file, tmp_path):
 
 def test_load_refuses_next_id_not_above_every_id_of_a_big_segment(big_file, tmp_path):
     """Without verify, next_id is checked against the largest id read through the id order (O(1))."""
-    index = hs.HashIndex.load(big_file)
+    index = phash_part(big_file)
     snap = index.snapshot()
     top = int(np.max(snap.segments[0].ids))
-    fixed, segs, secs, meta, rest = split_header(big_file.read_bytes())
-    fixed[7] = top
+    fixed, parts, segs, secs, meta, rest = split_header(big_file.read_bytes())
+    parts[0][3] = top                       # the phash part's next id
     path = tmp_path / "next.hsi"
-    path.write_bytes(join_header(fixed, segs, secs, meta, rest))
-    with pytest.raises(IndexFormatError, match=f"next.hsi: next id {top} is not above the largest id {top}"):
-        hs.HashIndex.load(path)
+    path.write_bytes(join_header(fixed, parts, segs, secs, meta, rest))
+    with pytest.raises(IndexFormatError,
+                       match=f"next.hsi \\(part phash\\): next id {top} is not above the largest id {top}"):
+        phash_part(path)
 
 
 # ---------------------------------------------------------------- the fuzz
@@ -190,14 +209,21 @@ class _Original:
 
     def __init__(self, path):
         self.data = Path(path).read_bytes()
-        self.index = hs.HashIndex.load(path, mmap=False, verify=True)
+        parts = storage.load_parts(path, mmap=False, verify=True)
+        self.part_names = list(parts)
+        self.index, self.wide = parts["phash"], parts["pdq"]       # phash first: its segments are 0 and 1
         self.segments = self.index.snapshot().segments
-        fixed, self.segs, self.secs, _, _ = split_header(self.data)
+        wide_codes = index_content(self.wide)[0]
+        self.wide_queries = wide_codes[:6] ^ np.eye(6, 32, dtype=np.uint8)    # stored codes, one bit off
+        fixed, self.parts, self.segs, self.secs, _, _ = split_header(self.data)
         self.header_length = fixed[2]
         self.codes, self.ids = index_content(self.index)
 
     def groups_at(self, record, positions):
-        """Groups (of segment record[0]) whose answers a change of these elements of section record can alter."""
+        """Groups (of segment record[0]) whose answers a change of these elements of section record can alter;
+        none for the pdq part's sections (its queries are fixed: wide_queries)."""
+        if record[0] >= len(self.segments):
+            return []
         seg = self.segments[record[0]]
         kind, table, u = record[1], record[2], seg.n_unique
         gs = np.asarray(seg.group_start)
@@ -288,19 +314,22 @@ def mutate(rng, orig):
     if kind == "truncate":
         return kind, data[:int(rng.integers(0, len(data)))], []
     if kind == "forged header":
-        fixed, segs, secs, meta, rest = split_header(data)
+        fixed, parts, segs, secs, meta, rest = split_header(data)
         for _ in range(int(rng.integers(1, 3))):
-            records, layout = (([fixed], storage.FIXED) if rng.random() < 0.3 else (segs, storage.SEGMENT)
+            records, layout = (([fixed], storage.FIXED) if rng.random() < 0.3 else (parts, storage.PART)
+                               if rng.random() < 0.2 else (segs, storage.SEGMENT)
                                if rng.random() < 0.3 else (secs, storage.SECTION))
             record, types = records[int(rng.integers(0, len(records)))], _field_types(layout)
-            field = int(rng.integers(1 if record is fixed else 0, len(record)))   # not the magic
+            # not the magic nor a part's name
+            field = int(rng.integers(1 if record is fixed or records is parts else 0, len(record)))
             value = int(record[field])
             new = int(rng.choice([0, 1, value - 1, value + 1, value + 64, value * 2, 2**32 - 1, 2**63,
                                   int(rng.integers(0, 2**31))]))
             record[field] = _fit(new, np.dtype(types[field]))
-        return kind, join_header(fixed, segs, secs, meta, rest), []
+        return kind, join_header(fixed, parts, segs, secs, meta, rest), []
     if kind == "forged section":
-        candidates = [s for s in orig.secs if s[7] and (s[0] == 0 or rng.random() < 0.1)]
+        # The phash part's sections: the queries aim at what a forged one changes.
+        candidates = [s for s in orig.secs if s[7] and s[0] < len(orig.segments) and (s[0] == 0 or rng.random() < 0.1)]
         record = candidates[int(rng.integers(0, len(candidates)))]
         seg = orig.segments[record[0]]
         positions = []
@@ -394,28 +423,34 @@ def run_cases(path, seed, first, count, folder, progress=sys.stderr):
         stage = "load"
         try:
             try:
-                index = hs.HashIndex.load(target, mmap=bool(rng.integers(0, 2)))
+                parts = storage.load_parts(target, mmap=bool(rng.integers(0, 2)))
             except IndexFormatError:
                 count_outcome(f"{kind}: refused by load")
             else:
+                assert list(parts) == orig.part_names, f"parts {list(parts)}"
+                index = parts["phash"]
                 stage = "queries"
                 _core.set_strategy(("auto", "tables", "scan")[int(rng.integers(0, 3))])
                 for r in RADII:
                     index.range_search(queries, r, threads=int(rng.integers(1, 3)))
+                    parts["pdq"].range_search(orig.wide_queries, 10 * r)
                 index.search(queries, 5)
+                parts["pdq"].search(orig.wide_queries, 5)
                 _core.set_strategy("auto")
                 stage = "changes"
                 count_outcome(f"{kind}: loaded, changes {_changes(index, rng, orig, queries, folder, outcomes)}")
-                del index
+                del index, parts
             stage = "verify"
             try:
-                index = hs.HashIndex.load(target, mmap=bool(rng.integers(0, 2)), verify=True)
+                parts = storage.load_parts(target, mmap=bool(rng.integers(0, 2)), verify=True)
             except IndexFormatError:
                 count_outcome(f"{kind}: refused by verify")
             else:
-                assert_exact(index, queries)
+                assert list(parts) == orig.part_names, f"parts {list(parts)}"
+                assert_exact(parts["phash"], queries)
+                assert_exact(parts["pdq"], orig.wide_queries, radii=(0, 10, 40))
                 count_outcome(f"{kind}: accepted by verify, exact")
-                del index
+                del parts
         except Exception as e:       # anything but IndexFormatError where allowed is a failure
             failures.append({"case": case, "kind": kind, "stage": stage, "error": repr(e),
                              "trace": traceback.format_exc(limit=-3)})

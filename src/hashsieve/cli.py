@@ -37,7 +37,15 @@ def _info(msg):
 
 
 # ====================================================================== lists -> index
-def _hash_lists(specs, skip_bad, kind):
+_LABELS = {"md5": "MD5", "sha1": "SHA-1"}
+
+
+def _counts_text(counts):
+    """'3 phash, 2 pdq, 1 MD5' of {kind: n} (every kind given, in its order)."""
+    return ", ".join(f"{n:,} {_LABELS.get(k, k)}" for k, n in counts.items()) or "no"
+
+
+def _hash_lists(specs, skip_bad, kinds):
     """HashList per NAME=PATH spec; two lists of one name in one command are refused, naming both files."""
     from .lists import HashList, list_spec
     out, by_name = [], {}
@@ -47,23 +55,29 @@ def _hash_lists(specs, skip_bad, kind):
             raise CliError(f"lists {by_name[name]} and {path} are both named {name!r}; name them apart with "
                            f"NAME=PATH (e.g. {name}-2={path})")
         by_name[name] = path
-        out.append(HashList(path, name=name, skip_bad=skip_bad, kind=kind))
+        try:
+            out.append(HashList(path, name=name, skip_bad=skip_bad, kinds=kinds))
+        except ValueError as e:
+            raise CliError(f"--kind: {e}") from None
     return out
 
 
 def _report_list(hl, already):
     """The one-line account of a list just read, and its warnings."""
-    c = hl.counts
-    _info(f"list {hl.name} ({hl.path}): {c['perceptual']} perceptual, {c['md5']} MD5, {c['sha1']} SHA-1 entries"
+    _info(f"list {hl.name} ({hl.path}): {_counts_text(hl.counts)} entries"
           + (f", {hl.skipped} bad rows skipped" if hl.skipped else "")
           + (f", {already} already present (skipped)" if already else ""))
     for line, reason in hl.skipped_examples:
         _warn(f"{hl.path}:{line}: skipped: {reason}")
     if hl.skipped > len(hl.skipped_examples):
         _warn(f"{hl.path}: ... and {hl.skipped - len(hl.skipped_examples)} more bad rows skipped")
-    if hl.degenerate:
-        line, h = hl.degenerate_example
-        _warn(f"{hl.path}: {hl.degenerate} entries have degenerate {hl.kind.name} hashes (e.g. line {line}: {h}): "
+    if hl.unsupported:
+        _warn(f"{hl.path}: {sum(hl.unsupported.values())} rows of types hashsieve does not match were skipped ("
+              + ", ".join(f"{t}: {n}" for t, n in sorted(hl.unsupported.items()))
+              + "); only perceptual hashes (phash, pdq, ...), MD5 and SHA-1 are indexed")
+    for kind, n in hl.degenerate.items():
+        line, h = hl.degenerate_example[kind]
+        _warn(f"{hl.path}: {n} entries have degenerate {kind} hashes (e.g. line {line}: {h}): "
               "blank, solid, striped or transparent images, which carry no identity; they make no perceptual "
               "match unless --match-degenerate (their MD5/SHA-1 rows still match)")
     if not hl.rows:
@@ -84,10 +98,32 @@ def _add_lists(prov, hash_lists):
     return added
 
 
+def _in_file_order(indexes):
+    """{kind: HashIndex} in the order an index file holds them: KINDS order, so a 64-bit kind comes first."""
+    from .kinds import KINDS
+    return {name: indexes[name] for name in KINDS if name in indexes}
+
+
+def _add_perceptual(indexes, prov, hash_lists, since=0):
+    """Add the lists' perceptual entries (table ids >= since) to their kind's HashIndex, creating it if new."""
+    from .index import HashIndex
+    from .kinds import KINDS, kind_of
+    for name in {k for hl in hash_lists for k in hl.counts if k in KINDS}:
+        kind = kind_of(name)
+        ids, codes = prov.perceptual_rows(kind, since)
+        if name not in indexes:
+            indexes[name] = HashIndex(bits=kind.bits)
+        if len(ids):
+            indexes[name].add(codes, ids)
+        del ids, codes          # the index holds its own sorted copies; keep the save's peak down
+
+
 def cmd_build(a):
     from .index import HashIndex
+    from .kinds import kind_of
     from .lists import IndexLock, Provenance, write_index
-    hash_lists = _hash_lists(a.lists, a.skip_bad, a.kind)
+    kinds = a.kind or ("phash",)
+    hash_lists = _hash_lists(a.lists, a.skip_bad, kinds)
     if os.path.isdir(a.output):
         raise CliError(f"-o {a.output} is a folder; give the index file name, e.g. {a.output}/lists.hsi")
     folder = os.path.dirname(os.path.abspath(a.output))
@@ -100,16 +136,18 @@ def cmd_build(a):
             total = _add_lists(prov, hash_lists)
             if total == 0:
                 raise CliError("the lists hold no entries; nothing to build (nothing written)")
-            index = HashIndex()
-            ids, codes = prov.perceptual_rows()
-            index.add(codes, ids)
-            del ids, codes          # the index holds its own sorted copies; keep the save's peak down
+            indexes = {}
+            _add_perceptual(indexes, prov, hash_lists)
+            if not indexes:                 # digests only: an empty index of the first kind named
+                indexes[kinds[0]] = HashIndex(bits=kind_of(kinds[0]).bits)
+            indexes = _in_file_order(indexes)
         except BaseException:
             prov.discard()
             raise
-        write_index(a.output, index, prov, a.kind, old_prov)
-    _info(f"wrote {a.output}: {len(index)} {a.kind} hashes, {total - len(index)} MD5/SHA-1 digests "
-          f"from {len(hash_lists)} list(s)")
+        write_index(a.output, indexes, prov, old_prov)
+    perceptual = sum(len(ix) for ix in indexes.values())
+    _info(f"wrote {a.output}: {_counts_text({k: len(ix) for k, ix in indexes.items()})} hashes, "
+          f"{total - perceptual} MD5/SHA-1 digests from {len(hash_lists)} list(s)")
     return EXIT_OK
 
 
@@ -155,7 +193,8 @@ def _open(path):
 def _updating(index_path):
     """Lock the index, open it and a new provenance table; save both if the block succeeds.
 
-    On any error the new table is discarded and the index file is left as it was.
+    The block may change li.indexes (add kinds to it). On any error the new table is discarded
+    and the index file is left as it was.
     """
     from .lists import IndexLock, ListError, Provenance, write_index
     with IndexLock(index_path):
@@ -169,41 +208,41 @@ def _updating(index_path):
         except BaseException:
             prov.discard()
             raise
-        write_index(index_path, li.index, prov, li.kind, li.prov.path)
+        write_index(index_path, _in_file_order(li.indexes), prov, li.prov.path)
         li.close()
+
+
+def _index_counts(li):
+    return _counts_text({k: len(ix) for k, ix in _in_file_order(li.indexes).items()})
 
 
 def cmd_add(a):
     with _updating(a.index) as (li, prov):
-        hash_lists = _hash_lists(a.lists, a.skip_bad, li.kind)
+        # Untyped hashes are of the index's kinds unless --kind says otherwise.
+        hash_lists = _hash_lists(a.lists, a.skip_bad, a.kind or tuple(li.indexes))
         since = prov.next_id()
         added = _add_lists(prov, hash_lists)
-        ids, codes = prov.perceptual_rows(since)
-        if len(ids):
-            li.index.add(codes, ids)
-    _info(f"added {added} entries to {a.index}; it now holds {len(li.index)} {li.kind} hashes")
+        _add_perceptual(li.indexes, prov, hash_lists, since)
+    _info(f"added {added} entries to {a.index}; it now holds {_index_counts(li)} hashes")
     return EXIT_OK
 
 
 def cmd_remove(a):
-    import numpy as np
-
     with _updating(a.index) as (li, prov):
-        hash_lists = _hash_lists(a.lists, a.skip_bad, li.kind)
-        ids, removed, missing = [], 0, 0
+        hash_lists = _hash_lists(a.lists, a.skip_bad, a.kind or tuple(li.indexes))
+        removed, missing = 0, 0
         for hl in hash_lists:
-            i, r, m = prov.remove_list_rows(hl, a.list)
+            ids, r, m = prov.remove_list_rows(hl, a.list)
             _report_list(hl, 0)
-            ids.append(i)
             removed += r
             missing += m
-        ids = np.concatenate(ids)
-        if len(ids):
-            li.index.remove(ids)
-            # Fold the tombstones in once they are a quarter of what is stored.
-            if li.index.tombstones > len(li.index) / 3:
-                li.index.compact()
-    _info(f"removed {removed} entries from {a.index}; it now holds {len(li.index)} {li.kind} hashes")
+            for kind, kind_ids in ids.items():
+                index = li.indexes[kind]
+                index.remove(kind_ids)
+                # Fold the tombstones in once they are a quarter of what is stored.
+                if index.tombstones > len(index) / 3:
+                    index.compact()
+    _info(f"removed {removed} entries from {a.index}; it now holds {_index_counts(li)} hashes")
     if missing:
         _warn(f"{missing} rows matched no entry in the index")
     return EXIT_OK
@@ -223,25 +262,30 @@ def cmd_info(a):
     li = _open(a.index)
     meta = read_metadata(a.index)
     lists = li.prov.summary()
+    parts = [{"kind": kind.name, "code_bits": kind.bits, "count": p["count"], "entries": p["entries"]}
+             for kind, p in zip(li.kinds, meta["parts"])]
     out = {"path": a.index, "format_version": meta["format_version"], "code_bits": meta["code_bits"],
-           "kind": li.kind, "count": meta["count"], "entries": meta["entries"],
+           "kinds": [k.name for k in li.kinds], "counts": li.counts(), "parts": parts,
+           "count": meta["count"], "entries": meta["entries"],
            "file_size": meta["file_size"], "created": meta["created_iso"],
-           "provenance": li.prov.path, "files": _files_of(li, meta), "lists": lists,
-           "digests": sum(x["md5"] + x["sha1"] for x in lists)}
+           "provenance": li.prov.path, "files": _files_of(li, meta), "lists": lists}
     if a.json:
         print(json.dumps(out, indent=2))
         return EXIT_OK
+    counts = out["counts"]
     print(f"index        {a.index}")
-    print(f"format       hashsieve index v{out['format_version']}, {out['code_bits']}-bit codes, kind {li.kind}")
-    print(f"hashes       {out['count']:,} live ({out['entries']:,} stored, incl. removed not yet compacted)")
-    print(f"digests      {out['digests']:,} MD5/SHA-1")
+    print(f"format       hashsieve index v{out['format_version']}: "
+          + ", ".join(f"{p['kind']} ({p['code_bits']}-bit codes)" for p in parts))
+    for p in parts:
+        print(f"{p['kind']:<13}{p['count']:,} live ({p['entries']:,} stored, incl. removed not yet compacted)")
+    print(f"digests      {counts.get('md5', 0):,} MD5, {counts.get('sha1', 0):,} SHA-1")
     print(f"file         {out['file_size']:,} bytes, written {out['created']}")
     print(f"provenance   {out['provenance']}")
     print(f"files        {len(out['files'])} (copy them together, or use `hashsieve copy`): "
           + ", ".join(out["files"]))
     print(f"lists        {len(lists)}")
     for x in lists:
-        print(f"  {x['name']}: {x['perceptual']:,} perceptual, {x['md5']:,} MD5, {x['sha1']:,} SHA-1; "
+        print(f"  {x['name']}: {_counts_text(x['counts'])}; "
               f"from {x['source']} (sha256 {x['sha256'][:12]}…, updated {x['updated']})")
     return EXIT_OK
 
@@ -256,39 +300,73 @@ def cmd_copy(a):
         raise CliError(f"folder {os.path.dirname(os.path.abspath(dest))} does not exist; create it first")
     with IndexLock(dest) as lock:
         prov = Provenance.new_file(dest, copy_from=li.prov)
-        final = write_index(dest, li.index, prov, li.kind, incremental=False)
+        final = write_index(dest, li.indexes, prov, incremental=False)
         lock.remove()               # the copy is exactly two files
     li.close()
-    _info(f"wrote {dest} ({len(li.index)} {li.kind} hashes) and its provenance table {final}; "
+    _info(f"wrote {dest} ({_index_counts(li)} hashes) and its provenance table {final}; "
           "the two files are all the copy needs")
     return EXIT_OK
 
 
+def _radii(specs, kinds):
+    """{kind name: radius} from --radius values: R (one kind only) or KIND=R; every kind not named keeps
+    its default."""
+    radii = {}
+    for spec in specs or ():
+        name, _, value = spec.rpartition("=")
+        if not name:
+            if len(kinds) != 1:
+                raise CliError(f"--radius {spec} is ambiguous: this command matches {', '.join(k.name for k in kinds)} "
+                               f"hashes; give one radius per kind, e.g. --radius {kinds[0].name}=R")
+            name = kinds[0].name
+        kind = next((k for k in kinds if k.name == name), None)
+        if kind is None:
+            raise CliError(f"--radius {spec}: no {name} hashes are matched here "
+                           f"(kinds: {', '.join(k.name for k in kinds)})")
+        try:
+            r = int(value)
+        except ValueError:
+            raise CliError(f"--radius {spec}: the radius must be a whole number of bits") from None
+        if not 0 <= r <= kind.bits:
+            raise CliError(f"--radius must be from 0 to {kind.bits} bits for {kind.name}, got {r}")
+        radii[kind.name] = r
+    return radii
+
+
 def cmd_query(a):
-    from .lists import parse_hash
+    from .kinds import kind_of
+    from .lists import parse_hash, perceptual_kinds
     li = _open(a.index)
+    try:
+        by_digits = perceptual_kinds(a.kind or tuple(li.indexes))
+    except ValueError as e:
+        raise CliError(f"--kind: {e}") from None
     parsed = []
     for h in a.hashes:
         try:
-            parsed.append((h,) + parse_hash(h))
+            kind, hx = parse_hash(h, by_digits)
         except ValueError as e:
             raise CliError(f"query {e}") from None
-    radius = li.default_radius if a.radius is None else a.radius
-    if not 0 <= radius <= li.index.bits:
-        raise CliError(f"--radius must be from 0 to {li.index.bits} bits, got {radius}")
+        if kind not in ("md5", "sha1") and kind not in li.indexes:
+            raise CliError(f"query {h}: a {kind} hash, but {a.index} holds no {kind} hashes "
+                           f"(it holds {', '.join(li.indexes)})")
+        parsed.append((kind, hx))
+    radii = _radii(a.radius, [kind_of(k) for k in dict.fromkeys(k for k, _ in parsed) if k not in ("md5", "sha1")])
     if a.k is not None and not 1 <= a.k <= MAX_K:
         raise CliError(f"-k must be from 1 to {MAX_K}, got {a.k}")
     any_match = False
-    for text, kind, h in parsed:
-        if kind == "perceptual":
-            code = int(h, 16)
-            matches = (li.nearest(code, a.k, match_degenerate=a.match_degenerate)[0] if a.k is not None
-                       else li.match(code, radius, match_degenerate=a.match_degenerate)[0])
+    for kind, h in parsed:
+        if kind in ("md5", "sha1"):
+            matches, radius = li.match_digests([h], kind)[0], 0
         else:
-            matches = li.match_digests([h], kind)[0]
+            k = kind_of(kind)
+            radius = radii.get(kind, k.default_radius)
+            code = k.from_hex([h])
+            matches = (li.nearest(code, a.k, kind=k, match_degenerate=a.match_degenerate)[0] if a.k is not None
+                       else li.match(code, radius, kind=k, match_degenerate=a.match_degenerate)[0])
         any_match |= any(m["distance"] <= radius for m in matches)
         if a.json:
-            print(json.dumps({"hash": h, "matches": matches}), flush=True)
+            print(json.dumps({"hash": h, "kind": kind, "matches": matches}), flush=True)
         elif not matches:
             print(f"{h}\t-\tno match")
         else:
@@ -337,7 +415,7 @@ def cmd_hash(a):
             else:
                 progress.write(line, file=sys.stderr)   # (clears the bar, writes, draws it again)
 
-    opts = ScanOptions(kind=a.kind, workers=a.workers, fast=a.fast, limits=_limits(a),
+    opts = ScanOptions(kinds=[a.kind], workers=a.workers, fast=a.fast, limits=_limits(a),
                        follow_symlinks=a.follow_symlinks)
     stop = _install_stop()
     try:
@@ -364,15 +442,19 @@ def cmd_scan(a):
         if not os.path.lexists(p):
             raise CliError(f"{p}: no such file or folder; check the path")
     li = _open(a.index)
-    if a.kind is not None and a.kind != li.kind:
-        raise CliError(f"--kind {a.kind} but {a.index} holds {li.kind} hashes; scan with --kind {li.kind}")
-    if a.radius is not None and not 0 <= a.radius <= li.index.bits:
-        raise CliError(f"--radius must be from 0 to {li.index.bits} bits, got {a.radius}")
+    try:
+        kinds = [li.kind_named(k) for k in a.kind] if a.kind else li.kinds
+    except ValueError as e:
+        raise CliError(f"--kind: {e}; scan with --kind {','.join(li.indexes)} or leave --kind out") from None
+    radii = _radii(a.radius, kinds)
+    if a.dihedral and not any(k.score == "quality" for k in kinds):
+        raise CliError(f"--dihedral matches the rotated and flipped PDQ hashes of each file, but this scan matches "
+                       f"no PDQ hashes ({', '.join(k.name for k in kinds)})")
     if a.resume and not a.report:
         raise CliError("--resume needs --report OUT.jsonl (the report of the interrupted scan)")
-    opts = ScanOptions(radius=a.radius, kind=li.kind, workers=a.workers, fast=a.fast,
-                       match_degenerate=a.match_degenerate,
-                       low_detail=a.low_detail_threshold, limits=_limits(a),
+    opts = ScanOptions(radius=radii, kinds=[k.name for k in kinds], workers=a.workers, fast=a.fast,
+                       match_degenerate=a.match_degenerate, match_low_quality=a.match_low_quality,
+                       dihedral=a.dihedral, low_detail=a.low_detail_threshold, limits=_limits(a),
                        follow_symlinks=a.follow_symlinks)
     previous = []
     if a.report:
@@ -410,7 +492,7 @@ def cmd_scan(a):
     rate = f"{d['images_per_second']} images/s" if d["images_per_second"] is not None else "-"
     _info(f"scanned {d['files']} files ({d['resumed_from_report']} from the earlier run): {d['images']} images "
           f"hashed, {d['matched_files']} matched ({d['matches']} matches), {d['degenerate']} degenerate, "
-          f"{d['errors']} errors; {d['seconds']} s, {rate}"
+          f"{d['low_quality']} low quality, {d['errors']} errors; {d['seconds']} s, {rate}"
           + (f"; report {a.report}" if a.report else ""))
     if d["all_failed"]:
         _warn(f"every file failed ({d['errors']} errors): nothing was hashed or matched against the lists; "
@@ -426,11 +508,25 @@ def cmd_scan(a):
 
 
 # ====================================================================== parser
+def _kinds_arg(text):
+    """--kind K[,K...]: kind names."""
+    from .kinds import KINDS
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in KINDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown kind {', '.join(unknown) or repr(text)}; kinds: {', '.join(KINDS)}")
+    return names
+
+
 def build_parser():
     from .hashing import HASH_KINDS
-    from .kinds import KINDS
-    from .scan import LOW_DETAIL_THRESHOLD
+    from .kinds import KINDS, LOW_DETAIL_THRESHOLD, PDQ_LOW_QUALITY
     radii = ", ".join(f"{k.name} {k.default_radius}" for k in KINDS.values())
+    radius_help = (f"largest Hamming distance, inclusive: R, or KIND=R per kind (repeat it); default per kind: "
+                   f"{radii}")
+    kinds_help = ("what untyped hashes in the lists are, as KIND[,KIND]: 16 hex digits are the 64-bit kind named "
+                  "(default phash); 64 digits are PDQ only with pdq named (64 digits are also SHA-256). CSV 'kind' "
+                  "columns and 'TYPE HASH' lines say it per row")
     degenerate_help = ("also match degenerate hashes (blank, solid, striped, transparent images; list entries "
                        "of them too), which carry no identity; see docs/cli.md")
     p = argparse.ArgumentParser(
@@ -440,23 +536,25 @@ def build_parser():
                "could not be hashed (hash); 2 usage, list, index or file error; 3 internal error (a bug); "
                "130/143 scan interrupted by Ctrl-C/SIGTERM (continue with --resume). See docs/cli.md.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    list_help = ("hash list files: plain text (one hex hash per line, # comments) or CSV with a 'hash' column "
-                 "and optional 'id', 'label' and more; 16 hex digits = perceptual hash, 32 = MD5, 40 = SHA-1. "
-                 "NAME=PATH names the list (default: file name without extension)")
+    list_help = ("hash list files: plain text (one hex hash per line, or python-threatexchange's 'TYPE HASH' "
+                 "lines such as 'pdq 01ab...', # comments) or CSV with a 'hash' column and optional 'kind', 'id', "
+                 "'label' and more; 16 hex digits = 64-bit perceptual hash, 64 = PDQ (with --kind pdq or a type), "
+                 "32 = MD5, 40 = SHA-1. NAME=PATH names the list (default: file name without extension)")
 
     b = sub.add_parser("build", help="build an index file from hash lists",
                        description="Build an index (and its provenance table INDEX.lists-*.db beside it) from "
                                    "hash lists. Nothing is written unless every list parses.")
     b.add_argument("lists", nargs="+", metavar="LIST", help=list_help)
     b.add_argument("-o", "--output", required=True, metavar="INDEX", help="index file to write (atomically)")
-    b.add_argument("--kind", default="phash", choices=HASH_KINDS,
-                   help="which perceptual hash the lists hold (default phash)")
+    b.add_argument("--kind", type=_kinds_arg, metavar="KIND[,KIND]", help=kinds_help)
     b.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows instead of stopping")
     b.set_defaults(func=cmd_build)
 
+    update_kinds_help = kinds_help.replace("(default phash)", "(default: the index's kinds, else phash)")
     ad = sub.add_parser("add", help="add hash lists to an index, in place and atomically")
     ad.add_argument("index", metavar="INDEX")
     ad.add_argument("lists", nargs="+", metavar="LIST", help=list_help)
+    ad.add_argument("--kind", type=_kinds_arg, metavar="KIND[,KIND]", help=update_kinds_help)
     ad.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows")
     ad.set_defaults(func=cmd_add)
 
@@ -465,10 +563,11 @@ def build_parser():
     rm.add_argument("index", metavar="INDEX")
     rm.add_argument("lists", nargs="+", metavar="LIST", help=list_help)
     rm.add_argument("--list", metavar="NAME", help="only remove from the list of this name (default: any list)")
+    rm.add_argument("--kind", type=_kinds_arg, metavar="KIND[,KIND]", help=update_kinds_help)
     rm.add_argument("--skip-bad", action="store_true", help="skip and count malformed rows")
     rm.set_defaults(func=cmd_remove)
 
-    i = sub.add_parser("info", help="format, count, code width and lists of an index")
+    i = sub.add_parser("info", help="format, counts per kind and lists of an index")
     i.add_argument("index", metavar="INDEX")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
@@ -493,9 +592,12 @@ def build_parser():
 
     q = sub.add_parser("query", help="look hex hashes up in an index")
     q.add_argument("index", metavar="INDEX")
-    q.add_argument("hashes", nargs="+", metavar="HEX", help="16-digit perceptual hash, or 32/40-digit MD5/SHA-1")
+    q.add_argument("hashes", nargs="+", metavar="HEX",
+                   help="16-digit 64-bit perceptual hash, 64-digit PDQ hash, or 32/40-digit MD5/SHA-1")
+    q.add_argument("--kind", type=_kinds_arg, metavar="KIND[,KIND]",
+                   help="what untyped hashes are, as for build (default: the index's kinds)")
     g = q.add_mutually_exclusive_group()
-    g.add_argument("--radius", "-r", type=int, help=f"largest Hamming distance, inclusive (default per kind: {radii})")
+    g.add_argument("--radius", "-r", action="append", metavar="[KIND=]R", help=radius_help)
     g.add_argument("-k", type=int, help=f"the k nearest entries instead of a radius (1 to {MAX_K}); the exit "
                                          "status is 1 only if one of them is within the kind's default radius")
     q.add_argument("--json", action="store_true", help="one JSON line per query")
@@ -504,13 +606,15 @@ def build_parser():
 
     s = sub.add_parser("scan", help="scan folders and archives against an index, writing a JSON-lines report",
                        description="Walk folders and zip/tar archives (also .tar.gz/.bz2/.xz and archives in "
-                                   "archives), hash every image in worker processes and report one JSON line per "
-                                   "file. Exit 0 nothing matched, 1 something matched, 2 usage/index error, "
-                                   "130/143 interrupted (continue with --resume).")
+                                   "archives), hash every image in worker processes (every kind the index holds, "
+                                   "from one decode) and report one JSON line per file. Exit 0 nothing matched, "
+                                   "1 something matched, 2 usage/index error, 130/143 interrupted (continue with "
+                                   "--resume).")
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.add_argument("--index", required=True, metavar="INDEX")
-    s.add_argument("--radius", "-r", type=int, help=f"largest Hamming distance, inclusive (default per kind: {radii})")
-    s.add_argument("--kind", choices=HASH_KINDS, help="hash kind (default and only allowed: the index's kind)")
+    s.add_argument("--radius", "-r", action="append", metavar="[KIND=]R", help=radius_help)
+    s.add_argument("--kind", type=_kinds_arg, metavar="KIND[,KIND]",
+                   help="match only these of the index's kinds (default: every kind it holds)")
     s.add_argument("--report", metavar="OUT.jsonl", help="report file (default: standard output)")
     s.add_argument("--resume", action="store_true",
                    help="continue an interrupted scan: keep its report, skip the files already in it")
@@ -518,6 +622,12 @@ def build_parser():
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     s.add_argument("--fast", action="store_true", help="faster hashing, about 1 bit less exact")
     s.add_argument("--match-degenerate", action="store_true", help=degenerate_help)
+    s.add_argument("--match-low-quality", action="store_true",
+                   help=f"also match PDQ hashes of files under quality {PDQ_LOW_QUALITY} (python-threatexchange's "
+                        "threshold; they are flagged low_quality and make no PDQ match by default)")
+    s.add_argument("--dihedral", action="store_true",
+                   help="also match the seven rotated and flipped PDQ hashes of each file; each PDQ match names "
+                        "the variant it matched through")
     s.add_argument("--low-detail-threshold", type=float, default=LOW_DETAIL_THRESHOLD, metavar="D",
                    help=f"detail score below which a file is flagged low_detail in the report, for information "
                         f"(default {LOW_DETAIL_THRESHOLD})")

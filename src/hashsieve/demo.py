@@ -2,13 +2,17 @@
 
     python -m hashsieve.demo [--out DIR] [--workers N]
 
-1. generates "listed" images and writes a hash list (CSV: hash,id,label) of them,
-   plus an MD5 list naming one exact file;
-2. builds the index with `hashsieve build` (the same code path as the command);
+1. generates "listed" images and writes a pHash list (CSV: hash,id,label) of them,
+   a PDQ list in python-threatexchange's local-file format ("pdq HEX" lines, with a
+   video_md5 row and a url row, which hashsieve skips) and an MD5 list naming one
+   exact file;
+2. builds one index of both kinds with `hashsieve build` (the same code path as the
+   command) and shows its counts per kind;
 3. generates an archive: a folder, a zip and a tar.gz holding resized and
    re-encoded copies of listed images, unrelated images, a blank image, junk,
    corrupt files and a zip bomb;
-4. scans it with `hashsieve scan` and prints the summary and the matches.
+4. scans it with `hashsieve scan` (pHash and PDQ of every file from one decode) and
+   prints the summary and the matches of each kind.
 
 Everything is synthetic and written under --out (default ./demo-out).
 """
@@ -29,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from . import cli
 from .hashing import hash_image
+from .kinds import KINDS
 from .scan import record_name
 
 
@@ -73,15 +78,22 @@ def make_world(out):
     arc = os.path.join(out, "archive")
     for d in (lists, os.path.join(arc, "incoming", "2024"), os.path.join(arc, "junk")):
         os.makedirs(d, exist_ok=True)
-    listed = [_picture(1000 + k) for k in range(10)]
+    listed = [_picture(1000 + k) for k in range(12)]
     unrelated = [_picture(5000 + k) for k in range(10)]
 
     with open(os.path.join(lists, "demo-list.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["hash", "id", "label"])
-        for k, img in enumerate(listed):
+        for k, img in enumerate(listed[:10]):
             w.writerow([f"{hash_image(img):016x}", f"DEMO-{k:03d}", f"synthetic listed image {k}"])
         w.writerow(["0000000000000000", "DEMO-BLANK", "a blank image (degenerate hash)"])
+    # PDQ as hash-sharing programmes distribute it: python-threatexchange's "TYPE HASH" lines.
+    pdq = KINDS["pdq"]
+    with open(os.path.join(lists, "threatexchange-pdq.txt"), "w") as f:
+        f.write("# PDQ hashes in python-threatexchange's local-file format\n")
+        for img in listed[9:]:
+            f.write(f"pdq {pdq.to_hex(hash_image(img, 'pdq'))[0]}\n")
+        f.write(f"video_md5 {hashlib.md5(b'a listed video').hexdigest()}\nurl https://example.invalid/listed\n")
     exact = _enc(unrelated[9], quality=90)
     with open(os.path.join(lists, "md5-list.txt"), "w") as f:
         f.write("# MD5 of exact files\n" + hashlib.md5(exact).hexdigest() + "\n")
@@ -102,6 +114,8 @@ def make_world(out):
     with tarfile.open(os.path.join(arc, "old-backup.tar.gz"), "w:gz") as tf:
         for name, data in [("backup/listed-6.webp", _enc(listed[6], "WEBP", quality=75)),
                            ("backup/listed-7.jpg", _near_dup(listed[7], 7)),
+                           ("backup/listed-10.jpg", _near_dup(listed[10], 1)),
+                           ("backup/listed-11.png", _enc(listed[11], "PNG")),
                            ("backup/photo-7.jpg", _enc(unrelated[7], quality=80)),
                            ("backup/photo-8.jpg", _enc(unrelated[8], quality=80))]:
             info = tarfile.TarInfo(name)
@@ -145,8 +159,8 @@ def main(argv=None):
     index = os.path.join(out, "demo.hsi")
     report = os.path.join(out, "report.jsonl")
     print("\n== hashsieve build")
-    rc = cli.main(["build", os.path.join(lists, "demo-list.csv"), os.path.join(lists, "md5-list.txt"),
-                   "-o", index])
+    rc = cli.main(["build", os.path.join(lists, "demo-list.csv"), os.path.join(lists, "threatexchange-pdq.txt"),
+                   os.path.join(lists, "md5-list.txt"), "-o", index])
     if rc != 0:
         return rc
     cli.main(["info", index])
@@ -157,11 +171,11 @@ def main(argv=None):
     rc = cli.main(scan_args)
     with open(report) as f:
         recs = [json.loads(line) for line in f]
-    print(f"\n== report {report}: {len(recs)} lines; matches:")
+    print(f"\n== report {report}: {len(recs)} lines; matches (pHash radius 8, PDQ radius 31):")
     for r in recs:
         for m in r["matches"]:
-            print(f"  {_name(r, out)}: list {m['list']}, id {m['id'] or '-'}, label {m['label'] or '-'}; "
-                  f"{m['kind']} distance {m['distance']}")
+            print(f"  {_name(r, out)}: {m['kind']} distance {m['distance']}; list {m['list']}, id {m['id'] or '-'}, "
+                  f"label {m['label'] or '-'}")
     print("errors:")
     for r in recs:
         if r["error"]:
@@ -169,6 +183,9 @@ def main(argv=None):
     flat = [_name(r, out) for r in recs if r["degenerate"]]
     print(f"degenerate hashes (blank, solid, striped: no perceptual match without --match-degenerate): "
           f"{', '.join(flat) or '-'}")
+    low = [f"{_name(r, out)} (quality {r['hashes']['pdq']['quality']})" for r in recs if r["low_quality"]]
+    print(f"low-quality PDQ hashes (quality under 50: no PDQ match without --match-low-quality): "
+          f"{', '.join(low) or '-'}")
     print(f"\nscan exit status {rc} (1 = something matched); demo took {time.monotonic() - t0:.1f} s")
     return 0 if rc in (0, 1) else rc
 

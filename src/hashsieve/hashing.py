@@ -40,6 +40,7 @@ from PIL import Image, ImageOps
 from . import _resample
 from ._validate import available_cores
 from .kinds import KINDS, kind_of
+from .pdq import pdq_hash
 
 __all__ = ["HASH_KINDS", "DEFAULT_MAX_PIXELS", "ImageHashError", "HashResults",
            "hash_image", "hash_images", "iter_hash_images", "image_detail"]
@@ -392,8 +393,14 @@ def _costly_format(img):
     return None
 
 
-def _decode_cost(img):
-    return img.size[0] * img.size[1] * _COSTLIER.get(_costly_format(img), _COST_PER_PIXEL)
+# PDQ hashes an RGB array (3 bytes a pixel) where the other kinds make a grey copy (1 byte): the
+# pool's budget for big decodes counts it (max_pixels still counts pixels, whatever the kind).
+_PDQ_EXTRA_PER_PIXEL = 2
+
+
+def _decode_cost(img, kind=None):
+    per_pixel = _COSTLIER.get(_costly_format(img), _COST_PER_PIXEL)
+    return img.size[0] * img.size[1] * (per_pixel + (_PDQ_EXTRA_PER_PIXEL if kind == "pdq" else 0))
 
 
 def _check_pixels(img, name, max_pixels):
@@ -610,16 +617,16 @@ def _is_fully_transparent(img):
     return False
 
 
-def _flattened(img, background):
-    """The image composited onto an opaque RGBA background colour, as mode "L" (a band of rows
-    at a time: no whole RGBA copy)."""
+def _flattened(img, background, mode="L"):
+    """The image composited onto an opaque RGBA background colour, as mode "L" (or mode) (a band
+    of rows at a time: no whole RGBA copy)."""
     w, h = img.size
     rows = max(1, _BAND_PIXELS // max(w, 1))
-    grey = Image.new("L", img.size)
+    out = Image.new(mode, img.size)
     for y in range(0, h, rows):
         band = img.crop((0, y, w, min(h, y + rows))).convert("RGBA")
-        grey.paste(Image.alpha_composite(Image.new("RGBA", band.size, background), band).convert("L"), (0, y))
-    return grey
+        out.paste(Image.alpha_composite(Image.new("RGBA", band.size, background), band).convert(mode), (0, y))
+    return out
 
 
 def _hash_pil(img, kind, fast, exif_transpose, with_detail, owned=True):
@@ -685,12 +692,90 @@ def _hash_grey(grey, kind, fast, need, scale, with_detail):
     return code, float(np.asarray(thumb32, dtype=np.float64).std())
 
 
-def _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels):
-    """(hash, detail or None, flattened); ImageHashError for any image that cannot be hashed."""
+# ---------------------------------------------------------------------------
+# PDQ: the pixels python-threatexchange hands pdqhash, for the modes where that is the picture
+# ---------------------------------------------------------------------------
+# Hashed as Pillow decodes them, exactly as python-threatexchange's PdqSignal.hash_from_file does
+# (RGBA/RGBX: the fourth channel ignored; LA: its grey, which is what pytx's LA -> RGB gives).
+_PDQ_AS_DECODED = ("RGB", "RGBA", "RGBX", "L", "LA")
+# Converted to grey: pytx would hash mode "1" as 0/1 (the same bits, quality 0) and refuses I, F.
+_PDQ_TO_GREY = ("1", "I", "F")
+# 16-bit greyscale: its high byte (65535 is white), where Pillow's convert("L") clips at 255 and
+# pytx refuses the mode.  Every other mode (P, PA, CMYK, YCbCr, LAB, HSV, RGBa) is converted to
+# RGB: pytx would hash palette indices, or C, M, Y as R, G, B (docs/pdq.md).
+_PDQ_16_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+# fast=True: JPEGs decoded at 1/2, 1/4 or 1/8 scale keeping at least this short side
+# (bench_pdq.py fastcost).
+_FAST_PDQ_MIN_SIDE = 512
+
+
+def _pdq_pixels(img, owned):
+    """The uint8 array to hash: (h, w), (h, w, 3) or (h, w, 4) (see _PDQ_AS_DECODED)."""
+    if img.mode == "La":
+        img = img.convert("LA")     # (Pillow converts premultiplied La to nothing else)
+    if img.mode in _PDQ_AS_DECODED:
+        return np.asarray(img.getchannel(0) if img.mode == "LA" else img)
+    if img.mode in _PDQ_16_BIT:
+        return (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+    to = "L" if img.mode in _PDQ_TO_GREY else "RGB"
+    if isinstance(img.info.get("transparency"), bytes):
+        img = img if owned else img.copy()      # (Pillow warns and drops it converting: drop it silently)
+        del img.info["transparency"]
+    # A band of rows at a time: no whole converted copy beside the array.
+    w, h = img.size
+    out = np.empty((h, w) if to == "L" else (h, w, 3), np.uint8)
+    rows = max(1, _BAND_PIXELS // max(w, 1))
+    for y in range(0, h, rows):
+        out[y:y + rows] = np.asarray(img.crop((0, y, w, min(h, y + rows))).convert(to))
+    return out
+
+
+def _pdq_draft(img):
+    """fast=True: a JPEG set to decode at the smallest of 1/2, 1/4, 1/8 scale that keeps
+    _FAST_PDQ_MIN_SIDE on the short side (none if that is 1/1).  A no-op once loaded."""
+    if img.format in ("JPEG", "MPO") and min(img.size) >= 2 * _FAST_PDQ_MIN_SIDE:
+        img.draft(None, (_FAST_PDQ_MIN_SIDE, _FAST_PDQ_MIN_SIDE))
+    return img
+
+
+def _hash_pdq_pil(img, fast, exif_transpose, dihedral, owned=True):
+    """(hash uint8 (32,) or (8, 32), quality, flattened) of a PIL image.
+
+    An image with alpha whose hash (the alpha dropped, as python-threatexchange does) carries no
+    identity (degenerate, or quality under the gate) is hashed flattened onto white, or else
+    black, when that one does (flattened=True), as for the other kinds.
+    """
+    pdq = KINDS["pdq"]
+    if fast and owned:              # never change the mode/size of a caller's image
+        img = _pdq_draft(img)
+    with _decoding_turn(img, "pdq"):
+        if exif_transpose:
+            img, owned = ImageOps.exif_transpose(img), True
+        alpha = _has_alpha(img)
+        pixels = _pdq_pixels(img, owned)
+        if owned and not alpha:
+            img.close()     # free the decoded pixels now: the array is a copy
+        code, quality = pdq_hash(pixels, with_quality=True, dihedral=dihedral)
+        del pixels
+        flattened = False
+        if alpha and (pdq.degenerate(code[0] if dihedral else code)[0] or pdq.low_quality(quality)):
+            for background in _BACKGROUNDS:
+                flat = pdq_hash(_pdq_pixels(_flattened(img, background, "RGB"), True), with_quality=True,
+                                dihedral=dihedral)
+                if not (pdq.degenerate(flat[0][0] if dihedral else flat[0])[0] or pdq.low_quality(flat[1])):
+                    (code, quality), flattened = flat, True
+                    break
+        return code, quality, flattened
+
+
+def _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels, dihedral=False):
+    """(hash, detail or quality or None, flattened); ImageHashError for any image that cannot be hashed."""
     name = _describe(image)
     img, owned = _open(image, name)
     try:
         _check_pixels(img, name, max_pixels)
+        if kind == "pdq":
+            return _hash_pdq_pil(img, fast, exif_transpose, dihedral, owned)
         return _hash_pil(img, kind, fast, exif_transpose, with_detail, owned)
     except ImageHashError:
         raise
@@ -702,19 +787,24 @@ def _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels):
 
 
 def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_detail=False,
-               max_pixels=DEFAULT_MAX_PIXELS):
-    """The 64-bit perceptual hash of one image, as an int (a uint64 value).
+               max_pixels=DEFAULT_MAX_PIXELS, with_quality=False, dihedral=False):
+    """The perceptual hash of one image: an int (a uint64 value) for the 64-bit kinds, a
+    uint8 array (32,) for "pdq".
 
     image: a path (str or os.PathLike), bytes/bytearray/memoryview holding an encoded
         file, a binary file object, or a PIL.Image (hashed as it is, current frame).
     kind: "phash", "dhash", "ahash" or "whash" (imagehash's functions with
-        hash_size=8; whash is haar with remove_max_haar_ll=True).
-    fast: False (default) is bit-exact with imagehash 4.3 (but see with_detail on
-        flattening).  True decodes JPEGs at reduced scale in greyscale (a big
-        progressive one from fewer scans) and box-reduces large images first:
-        several times faster on big JPEGs, at a cost of about 1 bit (docs/hashing.md).
+        hash_size=8; whash is haar with remove_max_haar_ll=True), or "pdq" (Meta's
+        256-bit PDQ, identical to python-threatexchange's PdqSignal.hash_from_file for
+        RGB, RGBA, L and LA images; other modes are hashed as they look, docs/pdq.md).
+    fast: False (default) is bit-exact with imagehash 4.3 / pdqhash (but see with_detail on
+        flattening).  True decodes JPEGs at reduced scale (in greyscale for the 64-bit
+        kinds; a big progressive one from fewer scans) and box-reduces large images first:
+        several times faster on big JPEGs, at a cost of about 1 bit for the 64-bit kinds
+        and a few for PDQ (docs/hashing.md, docs/pdq.md).
     exif_transpose: apply the EXIF orientation tag first.  Off by default because
-        imagehash does not, so lists built with imagehash hash the stored pixels.
+        imagehash and python-threatexchange do not, so lists built with them hash the
+        stored pixels.
     with_detail: return (hash, detail, flattened).  detail is the standard deviation
         of a 32x32 greyscale thumbnail (0-127.5): 0.0 for solid, blank and fully
         transparent images, whose hashes are degenerate (0000000000000000 or
@@ -722,6 +812,12 @@ def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_de
         alpha and was hashed flattened onto white (or black) because its imagehash
         hash, which drops the alpha, is degenerate (kinds.py; e.g. a logo whose shape
         is only in the alpha channel); then, and only then, the hash is not imagehash's.
+        For "pdq" detail is the quality (int 0-100, the reference's; python-threatexchange
+        ignores hashes under 50), and the alpha is flattened when the hash is degenerate
+        or its quality under 50 and the flattened one's is not.
+    with_quality: "pdq" only: return (hash, quality).
+    dihedral: "pdq" only: the hash is uint8 (8, 32), the eight hashes of the image rotated
+        and flipped, in pdqhash.compute_dihedral's order (docs/pdq.md).
     max_pixels: images with more pixels are refused before decoding (None: only
         Pillow's own PIL.Image.MAX_IMAGE_PIXELS applies).  It bounds decoding memory, so a
         WebP pixel, which Pillow needs 18 bytes to decode instead of 5, counts 18/5 times,
@@ -730,10 +826,18 @@ def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_de
     Raises ImageHashError (a ValueError) naming the image and the reason when it
     cannot be read or decoded; TypeError if `image` is no kind of image source.
     """
-    kind_of(kind)
+    score = kind_of(kind).score
+    if (with_quality or dihedral) and score != "quality":
+        raise ValueError(f"with_quality= and dihedral= are for PDQ (kind='pdq'), not {kind!r}; "
+                         "with_detail=True gives the 64-bit kinds' detail score")
+    if with_quality and with_detail:
+        raise ValueError("pass with_quality=True or with_detail=True, not both (with_detail's second "
+                         "value is the quality too)")
     _check_input_type(image)
-    code, detail, flattened = _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels)
-    return (code, detail, flattened) if with_detail else code
+    code, detail, flattened = _hash_one(image, kind, fast, exif_transpose, with_detail, max_pixels, dihedral)
+    if with_detail:
+        return code, detail, flattened
+    return (code, detail) if with_quality else code
 
 
 def image_detail(image, fast=False, *, exif_transpose=False, max_pixels=DEFAULT_MAX_PIXELS):
@@ -751,19 +855,22 @@ def image_detail(image, fast=False, *, exif_transpose=False, max_pixels=DEFAULT_
 class HashResults:
     """Hashes of a batch, aligned with the input order.
 
-    hashes: uint64 array; 0 where the image failed (check ``ok``, not the value:
-        0 is also the hash of a black image).
+    hashes: uint64 array (n,), for "pdq" uint8 (n, 32); zeros where the image failed (check
+        ``ok``, not the value: 0 is also the hash of a black image).
     errors: list of None or the error message for that image.
-    detail: float64 array of detail scores when requested (NaN on failure), else None.
+    detail: float64 array of detail scores (for "pdq" the quality) when requested (NaN on
+        failure), else None.
+    quality: "pdq" only (else None): int16 array of PDQ qualities 0-100, -1 on failure.
     flattened: bool array, True where the image was hashed flattened (see hash_image).
     """
 
-    __slots__ = ("hashes", "errors", "detail", "flattened")
+    __slots__ = ("hashes", "errors", "detail", "quality", "flattened")
 
-    def __init__(self, hashes, errors, detail, flattened):
+    def __init__(self, hashes, errors, detail, flattened, quality=None):
         self.hashes = hashes
         self.errors = errors
         self.detail = detail
+        self.quality = quality
         self.flattened = flattened
 
     @property
@@ -825,8 +932,18 @@ def iter_hash_images(images, kind="phash", workers=None, fast=False, *, exif_tra
 
     Streaming form of hash_images (for progress bars and very long inputs): the
     input may be any iterable; at most a few chunks per worker are in flight.
+    For "pdq", detail is always the quality (it costs nothing) and a failed image's hash
+    is 32 zero bytes.
     """
-    kind_of(kind)
+    bits = kind_of(kind).bits
+    for code, detail, flattened, error in _iter_hashes(images, kind, workers, fast, exif_transpose, with_detail,
+                                                       max_pixels, chunksize, mp_context):
+        if error is not None and bits != 64:
+            code = kind_of(kind).zeros(1)[0]       # (the workers' failure code is the int 0)
+        yield code, detail, flattened, error
+
+
+def _iter_hashes(images, kind, workers, fast, exif_transpose, with_detail, max_pixels, chunksize, mp_context):
     if workers is None:
         workers = available_cores()
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -907,8 +1024,8 @@ _pool_conn = None           # in a pool worker: its pipe to the pool
 
 
 @contextlib.contextmanager
-def _decoding_turn(img):
-    cost = _decode_cost(img)
+def _decoding_turn(img, kind=None):
+    cost = _decode_cost(img, kind)
     if _pool_conn is None or cost <= BIG_DECODE_BYTES:
         yield
         return
@@ -1241,9 +1358,9 @@ def hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpos
         RuntimeError says so.
     Other arguments as hash_image.
 
-    Returns HashResults: ``.hashes`` (uint64 array in input order, 0 on failure),
-    ``.errors`` (None or a message naming the image), ``.ok``, ``.failed``,
-    ``.flattened`` and, with with_detail=True, ``.detail``.
+    Returns HashResults: ``.hashes`` (uint64 array in input order, 0 on failure; for "pdq"
+    uint8 (n, 32) and ``.quality``), ``.errors`` (None or a message naming the image), ``.ok``,
+    ``.failed``, ``.flattened`` and, with with_detail=True, ``.detail``.
     """
     hashes, errors, details, flattened = [], [], [], []
     for code, detail, flat, error in iter_hash_images(
@@ -1253,6 +1370,9 @@ def hash_images(images, kind="phash", workers=None, fast=False, *, exif_transpos
         errors.append(error)
         details.append(np.nan if detail is None else detail)
         flattened.append(flat)
-    return HashResults(np.array(hashes, dtype=np.uint64), errors,
-                       np.array(details, dtype=np.float64) if with_detail else None,
-                       np.array(flattened, dtype=bool))
+    details = np.array(details, dtype=np.float64)
+    quality = None
+    if kind_of(kind).score == "quality":
+        quality = np.where(np.isnan(details), -1, details).astype(np.int16)
+    return HashResults(kind_of(kind).as_codes(hashes), errors, details if with_detail else None,
+                       np.array(flattened, dtype=bool), quality)

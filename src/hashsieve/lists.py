@@ -3,20 +3,32 @@
 A hash list is a text file (UTF-8; a line ends at ``\\n``, so line numbers are
 what an editor shows):
 
-* plain text: one hex hash per line; ``#`` starts a comment (whole line or the
-  rest of a line); blank lines are ignored.
-* CSV: a header row with a ``hash`` column and optional ``id``, ``label`` and
-  further columns (kept as ``extra``).  A file is read as CSV when its name ends
+* plain text: one hex hash per line, or ``TYPE HASH`` per line as
+  python-threatexchange writes its local files (``pdq 0123...``, ``video_md5 ...``);
+  ``#`` starts a comment (whole line or the rest of a line); blank lines are ignored.
+* CSV: a header row with a ``hash`` column and optional ``kind``, ``id``, ``label``
+  and further columns (kept as ``extra``).  A file is read as CSV when its name ends
   in ``.csv`` or ``.tsv`` or its first line (after comments) holds a comma,
   semicolon or tab; the header's delimiter is used for the whole file.  Every
   record is one line: a quoted field that runs past the end of its line is an
   error (it is almost always an unterminated quote that would swallow the rows
   after it).
 
-A hash is 16 hex digits (a 64-bit perceptual hash, imagehash's form), 32 (MD5)
-or 40 (SHA-1) of the file's bytes; an optional ``0x`` prefix and upper case are
-accepted.  Every entry keeps its list name (the file name without extension,
-or ``NAME=PATH`` on the command line), its id, label and line number.  A list
+A hash is 16 hex digits (a 64-bit perceptual hash, imagehash's form), 64 (a
+PDQ hash), 32 (MD5) or 40 (SHA-1) of the file's bytes; an optional ``0x`` prefix
+and upper case are accepted.  Its kind comes from, in this order: the row's type
+(the ``kind`` column, or the TYPE of a ``TYPE HASH`` line: a hash kind's name,
+``md5``, ``sha1``, or python-threatexchange's ``pdq``, ``video_md5``,
+``photo_md5``), else its length: 32 MD5, 40 SHA-1, 16 the 64-bit kind the
+reader is given (``--kind``, default phash), 64 PDQ only when the reader is given
+pdq (64 hex digits are also a SHA-256 digest: an untyped one without ``--kind
+pdq`` is a bad row naming the fix).  A row whose type hashsieve does not match
+(python-threatexchange's ``url``, ``raw_text``, ``trend_query``, ``sha256``...) is
+skipped and counted per type (``unsupported``), with a warning, not an error:
+threatexchange exports mix signal types.  A hash whose length does not fit its
+type is a bad row.  A list may mix kinds.  Every entry keeps its list name (the
+file name without extension, or ``NAME=PATH`` on the command line), its kind,
+id, label and line number.  A list
 is read as a stream straight into the provenance table, so memory does not grow
 with its length.
 
@@ -24,8 +36,12 @@ An index built by the command line has a *provenance table* beside it: an
 SQLite file ``INDEX.lists-<token>.db`` in the index's folder, named in the
 index metadata (``metadata["hashsieve"]["provenance"]``; nothing but a plain
 file name of that form is ever opened or deleted).  Row ``id`` of its
-``entries`` table is the int64 id of the entry in the HashIndex; MD5/SHA-1
-entries live only in the table (looked up by digest).  A row whose list, hash
+``entries`` table is the int64 id of the entry in the HashIndex of its ``kind``
+(one id space over every kind: the index file holds one HashIndex per kind,
+storage.save_parts); MD5/SHA-1 entries live only in the table (looked up by
+digest).  Schema 2 names each entry's kind (``phash``, ``pdq``, ``md5``...);
+schema 1 tables (before several kinds) wrote ``perceptual`` for the index's one
+kind: they are read as that kind, and an update rewrites them as schema 2.  A row whose list, hash
 and id are already in the table is skipped, so running an update twice is
 harmless.  Every update writes a new table under a new token, then saves the
 index atomically pointing at it, then deletes the old table: a crash leaves the
@@ -45,16 +61,21 @@ import time
 import numpy as np
 
 from ._validate import hashes_array
-from .hexcodes import from_hex, hex_digits
-from .kinds import kind_of
+from .hexcodes import hex_digits
+from .kinds import KINDS, kind_of
 
-__all__ = ["ListError", "Entry", "HashList", "list_spec", "parse_hash", "Provenance", "provenance_path",
-           "DIGEST_KINDS"]
+__all__ = ["ListError", "Entry", "HashList", "list_spec", "parse_hash", "perceptual_kinds", "Provenance",
+           "provenance_path", "DIGEST_KINDS", "ListIndex", "IndexOpenError", "open_lists"]
 
-DIGEST_KINDS = {16: "perceptual", 32: "md5", 40: "sha1"}
+DIGEST_KINDS = {"md5": 32, "sha1": 40}      # digest kind -> hex digits
+# Row types (a CSV 'kind' column, the TYPE of python-threatexchange's "TYPE HASH" lines) -> entry kind.
+ROW_TYPES = {**{name: name for name in KINDS}, "md5": "md5", "sha1": "sha1",
+             "video_md5": "md5", "photo_md5": "md5"}
 _HEX = re.compile(r"^[0-9a-f]+$")
+_TYPE = re.compile(r"^[a-z][a-z0-9_]*$")
 META_KEY = "hashsieve"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+LEGACY_PERCEPTUAL = "perceptual"    # schema 1's kind of every perceptual entry (the index's one kind)
 # The only provenance file names an index may point at: what Provenance.new_file writes.
 _PROVENANCE_NAME = re.compile(r"[^/\\\x00]+\.lists-[0-9a-f]{12}\.db\Z")
 MAX_LINE = 1 << 20          # bytes in one line of a hash list
@@ -70,7 +91,8 @@ class ListError(ValueError):
 
 
 class Entry:
-    """One list row: kind ('perceptual', 'md5' or 'sha1'), hash (lower-case hex), row id, label, line, extra."""
+    """One list row: kind (a hash kind's name such as 'phash' or 'pdq', or 'md5' / 'sha1'), hash (lower-case
+    hex), row id, label, line, extra."""
 
     __slots__ = ("kind", "hash", "row_id", "label", "line", "extra")
 
@@ -95,21 +117,49 @@ def list_spec(arg):
     return base or arg, arg
 
 
-def parse_hash(text):
-    """(kind, normalised hex) or raise ValueError with a reason a person can act on."""
+def perceptual_kinds(names):
+    """{hex digits: kind name} of the perceptual kinds a reader is given (e.g. ("phash", "pdq")): what an
+    untyped hash of that length is.  16 digits default to phash; 64 only mean PDQ when pdq is named.
+    ValueError for an unknown name or two kinds of one width (a list cannot tell them apart)."""
+    by_digits = {}
+    for name in names:
+        kind = kind_of(name)
+        if by_digits.get(kind.hex_digits, name) != name:
+            raise ValueError(f"kinds {by_digits[kind.hex_digits]} and {name} are both {kind.bits}-bit: an untyped "
+                             f"{kind.hex_digits}-digit hash cannot say which it is; name one (or give the "
+                             "lists a 'kind' column)")
+        by_digits[kind.hex_digits] = name
+    by_digits.setdefault(KINDS["phash"].hex_digits, "phash")
+    return by_digits
+
+
+def parse_hash(text, kinds=None, row_type=None):
+    """(kind, normalised hex) of one hash, or raise ValueError with a reason a person can act on.
+
+    kinds: perceptual_kinds() of the reader (default: 16 digits are phash).  row_type: the
+    row's type (see the module docstring), None to go by the length; a type ROW_TYPES does
+    not know raises KeyError (the caller skips and counts such rows).
+    """
+    kind = None if row_type is None else ROW_TYPES[row_type]
     s = hex_digits(text).lower()
     if not s:
         raise ValueError("empty hash")
     if not _HEX.match(s):
         bad = next(c for c in s if c not in "0123456789abcdef")
         raise ValueError(f"{text.strip()!r} is not a hex hash (character {bad!r} is not 0-9 or a-f)")
-    kind = DIGEST_KINDS.get(len(s))
+    kinds = perceptual_kinds(()) if kinds is None else kinds
+    if kind is not None:
+        want = DIGEST_KINDS.get(kind) or kind_of(kind).hex_digits
+        if len(s) != want:
+            raise ValueError(f"{text.strip()!r} has {len(s)} hex digits; a {row_type} hash has {want}")
+        return kind, s
+    kind = {**{n: k for k, n in DIGEST_KINDS.items()}, **kinds}.get(len(s))
     if kind is None:
-        hint = ""
         if len(s) == 64:
-            hint = " (64 digits is a PDQ or SHA-256 hash, not supported yet)"
-        raise ValueError(f"{text.strip()!r} has {len(s)} hex digits{hint}; expected 16 (64-bit perceptual hash), "
-                         "32 (MD5) or 40 (SHA-1)")
+            raise ValueError(f"{text.strip()!r} has 64 hex digits: a PDQ hash or a SHA-256 digest; if the list holds "
+                             "PDQ hashes pass --kind pdq (or name the kind in a 'kind' column)")
+        raise ValueError(f"{text.strip()!r} has {len(s)} hex digits; expected 16 (64-bit perceptual hash), "
+                         "64 (PDQ), 32 (MD5) or 40 (SHA-1)")
     return kind, s
 
 
@@ -117,25 +167,28 @@ class HashList:
     """One hash list file, read as a stream: iterating yields its rows as Entry objects, one at a time.
 
     Nothing is kept per row.  A bad row raises ListError (FILE:LINE: reason) unless
-    skip_bad, which counts it instead.  After a complete iteration: ``sha256`` (of
-    the file's bytes), ``rows`` (good rows), ``skipped`` (bad rows) with the first
-    few in ``skipped_examples`` [(line, reason)], ``counts`` by kind, and
-    ``degenerate`` (perceptual hashes that carry no identity, see kinds.py) with
-    the first in ``degenerate_example`` (line, hex).
+    skip_bad, which counts it instead.  kinds: the perceptual kinds untyped hashes
+    are (see parse_hash; default phash for 16 digits, 64 digits need "pdq").  After
+    a complete iteration: ``sha256`` (of the file's bytes), ``rows`` (good rows),
+    ``skipped`` (bad rows) with the first few in ``skipped_examples`` [(line,
+    reason)], ``counts`` {kind: rows}, ``unsupported`` {row type: rows skipped
+    because hashsieve does not match that type}, and ``degenerate`` {kind: hashes
+    that carry no identity, see kinds.py} with the first of each kind in
+    ``degenerate_example`` {kind: (line, hex)}.
     """
 
     EXAMPLES = 5
 
-    def __init__(self, path, name=None, skip_bad=False, kind="phash"):
+    def __init__(self, path, name=None, skip_bad=False, kinds=("phash",)):
         self.path = os.fspath(path)
         self.name = list_spec(self.path)[0] if name is None else name
         self.skip_bad = skip_bad
-        self.kind = kind_of(kind)           # what its perceptual hashes are, for the degenerate count
+        self.kinds = perceptual_kinds(kinds)
         self.sha256 = None
-        self.rows = self.skipped = self.degenerate = 0
-        self.skipped_examples, self.degenerate_example = [], None
-        self.counts = {"perceptual": 0, "md5": 0, "sha1": 0}
-        self._perceptual = []               # (line, hex) not yet judged degenerate or not
+        self.rows = self.skipped = 0
+        self.skipped_examples = []
+        self.counts, self.unsupported, self.degenerate, self.degenerate_example = {}, {}, {}, {}
+        self._perceptual = {}               # kind -> [(line, hex)] not yet judged degenerate or not
 
     def _lines(self):
         """(line number, text) of every line, decoded one at a time; hashes the bytes on the way."""
@@ -167,23 +220,39 @@ class HashList:
         if len(self.skipped_examples) < self.EXAMPLES:
             self.skipped_examples.append((line, reason))
 
+    def _parse(self, line, text, row_type):
+        """(kind, hex) of a row's hash, or None after counting it as bad or of an unsupported type."""
+        if row_type is not None:
+            row_type = row_type.strip().lower() or None
+        try:
+            return parse_hash(text, self.kinds, row_type)
+        except KeyError:
+            self.unsupported[row_type] = self.unsupported.get(row_type, 0) + 1
+        except ValueError as e:
+            self._bad(line, str(e))
+        return None
+
     def _entry(self, kind, h, row_id, label, line, extra):
         self.rows += 1
-        self.counts[kind] += 1
-        if kind == "perceptual":
-            self._perceptual.append((line, h))
-            if len(self._perceptual) == 8192:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if kind in KINDS:
+            pending = self._perceptual.setdefault(kind, [])
+            pending.append((line, h))
+            if len(pending) == 8192:
                 self._count_degenerate()
         return Entry(kind, h, row_id, label, line, extra)
 
     def _count_degenerate(self):
-        """Judge the perceptual hashes read since the last call, in one vectorised step."""
-        if self._perceptual:
-            bad = np.flatnonzero(self.kind.degenerate(from_hex([h for _, h in self._perceptual])))
-            self.degenerate += len(bad)
-            if len(bad) and self.degenerate_example is None:
-                self.degenerate_example = self._perceptual[bad[0]]
-            self._perceptual = []
+        """Judge the perceptual hashes read since the last call, one vectorised step per kind."""
+        for name, pending in self._perceptual.items():
+            if not pending:
+                continue
+            kind = kind_of(name)
+            bad = np.flatnonzero(kind.degenerate(kind.from_hex([h for _, h in pending])))
+            if len(bad):
+                self.degenerate[name] = self.degenerate.get(name, 0) + len(bad)
+                self.degenerate_example.setdefault(name, pending[bad[0]])
+        self._perceptual = {}
 
     def __iter__(self):
         lines = self._lines()
@@ -205,16 +274,16 @@ class HashList:
             s = text.split("#", 1)[0].strip()
             if not s or (no == 1 and s.lower() == "hash"):
                 continue
-            parts = s.split()
-            if len(parts) != 1:
-                self._bad(no, f"expected one hex hash per line, got {len(parts)} fields {s[:60]!r}")
+            parts = s.split(None, 1)
+            # "TYPE VALUE": python-threatexchange's local files (a type is never a hex string; the value of
+            # a type hashsieve does not match, such as raw_text, may hold spaces).
+            typed = len(parts) == 2 and _TYPE.match(parts[0].lower()) and not _HEX.match(parts[0].lower())
+            if len(parts) != 1 and not typed:
+                self._bad(no, f"expected one hex hash or 'TYPE HASH' per line, got {s[:60]!r}")
                 continue
-            try:
-                kind, h = parse_hash(parts[0])
-            except ValueError as e:
-                self._bad(no, str(e))
-                continue
-            yield self._entry(kind, h, None, None, no, None)
+            parsed = self._parse(no, parts[-1], parts[0] if typed else None)
+            if parsed is not None:
+                yield self._entry(*parsed, None, None, no, None)
 
     def _csv(self, lines, delimiter):
         first = [None]
@@ -255,18 +324,18 @@ class HashList:
                                                      f"{', '.join(header)}); name the column holding the hex "
                                                      "hashes 'hash'")
                 hi = header.index("hash")
+                ki = header.index("kind") if "kind" in header else None
                 ii = header.index("id") if "id" in header else None
                 li = header.index("label") if "label" in header else None
-                others = [(i, c) for i, c in enumerate(header) if i not in (hi, ii, li) and c]
+                others = [(i, c) for i, c in enumerate(header) if i not in (hi, ki, ii, li) and c]
                 continue
             if len(row) != len(header):
                 self._bad(line, f"{len(row)} columns, the header (line {header_line}) has {len(header)}")
                 continue
-            try:
-                kind, h = parse_hash(row[hi])
-            except ValueError as e:
-                self._bad(line, str(e))
+            parsed = self._parse(line, row[hi], row[ki] if ki is not None else None)
+            if parsed is None:
                 continue
+            kind, h = parsed
             row_id = row[ii].strip() if ii is not None and row[ii].strip() else None
             label = row[li].strip() if li is not None and row[li].strip() else None
             extra = {c: row[i] for i, c in others if row[i] != ""} or None
@@ -308,14 +377,18 @@ def _fsync_dir(folder):
 
 
 class Provenance:
-    """The provenance table of an index (an SQLite file); see the module docstring."""
+    """The provenance table of an index (an SQLite file); see the module docstring.
 
-    def __init__(self, path, writable=False):
+    legacy_kind: the kind a schema 1 table's 'perceptual' entries are (the index's one kind).
+    """
+
+    def __init__(self, path, writable=False, legacy_kind="phash"):
         self.path = path
         if writable:
             self.db = sqlite3.connect(path)
         else:
             self.db = self._read_only(path)
+        self.legacy_kind = legacy_kind
         self._list_names = None
         self._lock = threading.Lock()       # one connection, shared by the threads of a service
 
@@ -331,7 +404,8 @@ class Provenance:
         """A writable table at a fresh temporary path beside index_path.
 
         copy_from: an open Provenance to start from, copied through its open connection
-        (SQLite's backup), so a concurrent update that replaces its file cannot break the copy.
+        (SQLite's backup), so a concurrent update that replaces its file cannot break the copy;
+        a schema 1 table is rewritten as schema 2 (its perceptual entries named by its legacy_kind).
         """
         folder, base = os.path.split(os.path.abspath(index_path))
         token = secrets.token_hex(6)
@@ -346,6 +420,9 @@ class Provenance:
             if copy_from is None:
                 prov.db.executescript(_SCHEMA)
                 prov.db.execute("INSERT INTO meta VALUES ('schema', ?), ('next_id', '0')", (str(SCHEMA_VERSION),))
+            elif copy_from.schema() < 2:
+                prov.db.execute("UPDATE entries SET kind=? WHERE kind=?", (copy_from.legacy_kind, LEGACY_PERCEPTUAL))
+                prov.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             # A secret the index's metadata repeats: a forged index can name this file, not know this.
             prov.table_id = secrets.token_hex(16)
             prov.db.execute("INSERT OR REPLACE INTO meta VALUES ('table_id', ?)", (prov.table_id,))
@@ -391,6 +468,11 @@ class Provenance:
         with self._lock:
             return int(self.db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0])
 
+    def schema(self):
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        return int(row[0]) if row else 1
+
     def stored_table_id(self):
         """The table's own id (None for tables written before ids existed)."""
         with self._lock:
@@ -402,7 +484,7 @@ class Provenance:
 
         A row is already present when its list already holds the same hash with the same id
         (or both without an id): a repeated row of the file, or a row of an earlier update.
-        The perceptual rows added get ids from next_id() on; read them with perceptual_rows().
+        The rows added get ids from next_id() on; read the perceptual ones with perceptual_rows().
         """
         list_no = self._list_no(hash_list)
         start = self.next_id()
@@ -427,26 +509,25 @@ class Provenance:
         self.db.execute("UPDATE meta SET value=? WHERE key='next_id'", (str(start + hash_list.rows),))
         return present
 
-    def perceptual_rows(self, since=0):
-        """(ids int64 (n,), hashes uint64 (n,)) of the perceptual entries with id >= since, in id order."""
-        cur = self.db.execute("SELECT id, hash FROM entries WHERE id >= ? AND kind = 'perceptual' ORDER BY id",
-                              (since,))
-        ids, codes = [], []
+    def perceptual_rows(self, kind, since=0):
+        """(ids int64 (n,), codes in the kind's layout) of the entries of this HashKind with id >= since,
+        in id order (a table being written: schema 2)."""
+        cur = self.db.execute("SELECT id, hash FROM entries WHERE id >= ? AND kind = ? ORDER BY id",
+                              (since, kind.name))
+        ids, codes = [np.empty(0, np.int64)], [kind.from_hex([])]
         while True:
             batch = cur.fetchmany(8192)
             if not batch:
                 break
             ids.append(np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch)))
-            codes.append(from_hex([r[1] for r in batch]))
-        if not ids:
-            return np.empty(0, np.int64), np.empty(0, np.uint64)
+            codes.append(kind.from_hex([r[1] for r in batch]))
         return np.concatenate(ids), np.concatenate(codes)
 
     def remove_list_rows(self, hash_list, only_list=None):
-        """Delete entries with the hash (and id, when the row has one) of each row.
+        """Delete entries of the kind and hash (and id, when the row has one) of each row.
 
-        only_list: restrict to that list name.  Returns (ids int64 of removed perceptual entries,
-        number of entries removed, number of rows that matched nothing).
+        only_list: restrict to that list name.  Returns ({kind: ids int64 of removed perceptual
+        entries}, number of entries removed, number of rows that matched nothing).
         """
         where_list = ""
         args_list = ()
@@ -456,10 +537,10 @@ class Provenance:
                 raise ListError(hash_list.path, 0, f"the index has no list named {only_list!r} "
                                                    f"(it has: {', '.join(self.list_names().values())})")
             where_list, args_list = " AND list_no=?", (row[0],)
-        removed_ids, removed, missing = [], 0, 0
+        removed_ids, removed, missing = {}, 0, 0
         for e in hash_list:
-            q = "SELECT id, kind FROM entries WHERE hash=?" + where_list
-            args = (e.hash,) + args_list
+            q = "SELECT id, kind FROM entries WHERE hash=? AND kind=?" + where_list
+            args = (e.hash, e.kind) + args_list
             if e.row_id is not None:
                 q += " AND row_id=?"
                 args += (e.row_id,)
@@ -469,8 +550,9 @@ class Provenance:
                 continue
             self.db.executemany("DELETE FROM entries WHERE id=?", [(i,) for i, _ in found])
             removed += len(found)
-            removed_ids += [i for i, kind in found if kind == "perceptual"]
-        return np.array(removed_ids, dtype=np.int64), removed, missing
+            if e.kind in KINDS:
+                removed_ids.setdefault(e.kind, []).extend(i for i, _ in found)
+        return {k: np.array(v, dtype=np.int64) for k, v in removed_ids.items()}, removed, missing
 
     # ------------------------------------------------------------ reading
     def list_names(self):
@@ -482,7 +564,7 @@ class Provenance:
     def _record(self, row, distance):
         _id, list_no, kind, h, row_id, label, line, extra = row
         return {"list": self.list_names().get(list_no), "id": row_id, "label": label, "distance": distance,
-                "kind": kind, "line": line}
+                "kind": self.legacy_kind if kind == LEGACY_PERCEPTUAL else kind, "line": line}
 
     def rows_of(self, ids):
         """{index id: row tuple (id, list_no, kind, hash, row_id, label, line, extra)} of these entry ids."""
@@ -505,23 +587,20 @@ class Provenance:
 
     def has_digests(self):
         with self._lock:
-            return self.db.execute("SELECT 1 FROM entries WHERE kind != 'perceptual' LIMIT 1").fetchone() is not None
+            return self.db.execute("SELECT 1 FROM entries WHERE kind IN ('md5', 'sha1') LIMIT 1").fetchone() is not None
 
     def summary(self):
-        """[{name, source, sha256, added, updated, perceptual, md5, sha1}] per list."""
+        """[{name, source, sha256, added, updated, counts: {kind: entries}}] per list."""
         counts = {}
         with self._lock:
             by_kind = self.db.execute("SELECT list_no, kind, count(*) FROM entries GROUP BY 1, 2").fetchall()
             lists = self.db.execute("SELECT list_no, name, source, sha256, added, updated FROM lists "
                                     "ORDER BY list_no").fetchall()
-        for list_no, kind, n in by_kind:
-            counts.setdefault(list_no, {})[kind] = n
-        out = []
-        for list_no, name, source, sha, added, updated in lists:
-            c = counts.get(list_no, {})
-            out.append({"name": name, "source": source, "sha256": sha, "added": added, "updated": updated,
-                        "perceptual": c.get("perceptual", 0), "md5": c.get("md5", 0), "sha1": c.get("sha1", 0)})
-        return out
+        order = {k: i for i, k in enumerate([*KINDS, *DIGEST_KINDS])}      # perceptual kinds first, as in files
+        for list_no, kind, n in sorted(by_kind, key=lambda r: order.get(r[1], len(order))):
+            counts.setdefault(list_no, {})[self.legacy_kind if kind == LEGACY_PERCEPTUAL else kind] = n
+        return [{"name": name, "source": source, "sha256": sha, "added": added, "updated": updated,
+                 "counts": counts.get(list_no, {})} for list_no, name, source, sha, added, updated in lists]
 
     def close(self):
         self.db.close()
@@ -540,71 +619,139 @@ class IndexOpenError(ValueError):
 class ListIndex:
     """An index file opened with its provenance table: what a match traces back to.
 
-    ``open_lists(path)`` opens one.  ``match(hashes)`` gives, per hash, the same match
-    records that ``hashsieve scan`` reports; ``match_digests`` does the same for MD5/SHA-1;
-    ``provenance(ids)`` gives the full row (with the list's extra columns) of index ids.
-    Attributes: index (HashIndex), prov (its Provenance), kind, metadata, path.  Safe to
-    use from many threads.  Use as a context manager, or call close().
+    ``open_lists(path)`` opens one.  It holds one HashIndex per perceptual kind its lists
+    carried (``indexes`` {kind name: HashIndex}; ``kinds``: their HashKind objects, in file
+    order, a 64-bit kind first) and the MD5/SHA-1 entries in the table.
+
+        match(codes, radius=None, kind=None, threads=None, match_degenerate=False)
+        nearest(codes, k, kind=None, threads=None, match_degenerate=False)
+        match_digests(digests, kind)            # kind 'md5' or 'sha1'
+        provenance(ids)                         # {index id: full row}
+        counts()                                # {kind: live entries}, digests included
+        verify()                                # every checksum and invariant of every kind's index
+
+    ``kind`` is a kind name or HashKind; None means the index's only perceptual kind (a
+    ValueError naming the kinds when it holds several).  Codes are in the kind's layout:
+    uint64 (n,) or one int for 64-bit kinds, uint8 (n, 32) or one (32,) for PDQ (as
+    ``kind.from_hex`` returns them).  Match records are the dicts ``hashsieve scan``
+    reports: {list, id, label, distance, kind, line}.  Attributes: indexes, kinds, prov
+    (its Provenance), metadata, path; ``index``, ``kind`` and ``default_radius`` are the
+    only kind's (for single-kind callers).  Safe to use from many threads.  Use as a
+    context manager, or call close().
     """
 
-    def __init__(self, path, index, prov, metadata):
-        self.path, self.index, self.prov, self.metadata = path, index, prov, metadata
+    def __init__(self, path, indexes, prov, metadata):
+        self.path, self.indexes, self.prov, self.metadata = path, dict(indexes), prov, metadata
         self.info = metadata.get(META_KEY, {})
-        self.kind = self.info.get("kind", "phash")
-        self._kind = kind_of(self.kind)
-        self.default_radius = self._kind.default_radius
+        self.kinds = [kind_of(name) for name in self.indexes]
 
-    def match(self, hashes, radius=None, threads=None, match_degenerate=False):
-        """Match records of each hash, in input order.
+    def kind_named(self, kind=None):
+        """The HashKind of this index called kind (a name or HashKind; None: the only one), or ValueError."""
+        if kind is None:
+            if len(self.kinds) != 1:
+                raise ValueError(f"this index holds {' and '.join(k.name for k in self.kinds)} hashes; say which "
+                                 "with kind=")
+            return self.kinds[0]
+        name = getattr(kind, "name", kind)
+        if name not in self.indexes:
+            raise ValueError(f"this index holds no {name} hashes (it holds {', '.join(self.indexes)})")
+        return kind_of(name)
 
-        hashes: uint64 array (n,) or one int; radius: inclusive Hamming radius (default: the
-        kind's, as scan uses).  Returns a list of n lists of dicts {list, id, label, distance,
-        kind, line}, each sorted by (distance, index id).  A degenerate hash (see kinds.py: no
-        identity) makes no match on either side, the query's or the entry's, unless
-        match_degenerate.  Perceptual entries only; see match_digests() for MD5/SHA-1.
+    def _only_kind(self):
+        if len(self.kinds) != 1:
+            raise ValueError(f"this index holds {' and '.join(self.indexes)} hashes, one HashIndex each: use "
+                             ".indexes[kind] and .kinds")
+        return self.kinds[0]
+
+    @property
+    def index(self):
+        """The HashIndex of the only perceptual kind (ValueError when there are several: use indexes)."""
+        return self.indexes[self._only_kind().name]
+
+    @property
+    def kind(self):
+        """The name of the only perceptual kind (ValueError when there are several: use kinds)."""
+        return self._only_kind().name
+
+    @property
+    def default_radius(self):
+        """The only perceptual kind's default radius (ValueError when there are several)."""
+        return self._only_kind().default_radius
+
+    @staticmethod
+    def _codes(kind, codes):
+        """codes checked and in the kind's layout: uint64 (n,), or uint8 (n, bytes) for wider kinds."""
+        if kind.bits == 64:
+            return hashes_array(codes)
+        return hashes_array(codes, bits=kind.bits).view(np.uint8)
+
+    def match(self, codes, radius=None, kind=None, threads=None, match_degenerate=False):
+        """Match records of each code, in input order.
+
+        codes: of one kind (see the class docstring); radius: inclusive Hamming radius (default:
+        the kind's, as scan uses: pHash 8, PDQ 31).  Returns a list of n lists of dicts {list,
+        id, label, distance, kind, line}, each sorted by (distance, index id).  A degenerate code
+        (see kinds.py: no identity) makes no match on either side, the query's or the entry's,
+        unless match_degenerate.  Perceptual entries only; see match_digests() for MD5/SHA-1.
         """
-        codes = hashes_array(hashes)
-        radius = self._kind.default_radius if radius is None else radius
-        lims, dist, ids = self.index.range_search(codes, radius, threads=threads)
-        rows = self._rows(ids, radius, match_degenerate)
-        blocked = self._kind.degenerate(codes, radius) if not match_degenerate else np.zeros(len(codes), bool)
-        return [[] if blocked[j] else self._records(dist[lims[j]:lims[j + 1]], ids[lims[j]:lims[j + 1]], rows)
+        kind = self.kind_named(kind)
+        codes = self._codes(kind, codes)
+        radius = kind.default_radius if radius is None else radius
+        lims, dist, ids = self.indexes[kind.name].range_search(codes, radius, threads=threads)
+        rows = self._rows(kind, ids, radius, match_degenerate)
+        blocked = kind.degenerate(codes, radius) if not match_degenerate else np.zeros(len(codes), bool)
+        return [[] if blocked[j] else self._records(kind, dist[lims[j]:lims[j + 1]], ids[lims[j]:lims[j + 1]], rows)
                 for j in range(len(codes))]
 
-    def nearest(self, hashes, k, threads=None, match_degenerate=False):
-        """Match records of the k nearest entries of each hash (fewer if the index holds fewer), in input
-        order; degenerate hashes as in match(), judged at the kind's default radius."""
-        codes = hashes_array(hashes)
-        dist, ids = self.index.search(codes, k, threads=threads)
-        rows = self._rows(ids[ids >= 0], None, match_degenerate)
-        blocked = self._kind.degenerate(codes) if not match_degenerate else np.zeros(len(codes), bool)
-        return [[] if b else self._records(d[i >= 0], i[i >= 0], rows) for b, d, i in zip(blocked, dist, ids)]
+    def nearest(self, codes, k, kind=None, threads=None, match_degenerate=False):
+        """Match records of the k nearest entries of the kind to each code (fewer if it holds fewer), in
+        input order; degenerate codes as in match(), judged at the kind's default radius."""
+        kind = self.kind_named(kind)
+        codes = self._codes(kind, codes)
+        dist, ids = self.indexes[kind.name].search(codes, k, threads=threads)
+        rows = self._rows(kind, ids[ids >= 0], None, match_degenerate)
+        blocked = kind.degenerate(codes) if not match_degenerate else np.zeros(len(codes), bool)
+        return [[] if b else self._records(kind, d[i >= 0], i[i >= 0], rows) for b, d, i in zip(blocked, dist, ids)]
 
-    def _rows(self, ids, radius, match_degenerate):
+    def _rows(self, kind, ids, radius, match_degenerate):
         """{index id: row} of the entries hit, less the degenerate ones unless match_degenerate."""
         rows = self.prov.rows_of(ids) if len(ids) else {}
         if rows and not match_degenerate:
             hit = list(rows)
-            for i in np.compress(self._kind.degenerate(from_hex([rows[i][3] for i in hit]), radius), hit):
+            for i in np.compress(kind.degenerate(kind.from_hex([rows[i][3] for i in hit]), radius), hit):
                 del rows[int(i)]
         return rows
 
-    def _records(self, dists, ids, rows):
+    def _records(self, kind, dists, ids, rows):
         found = []
         for d, i in zip(dists.tolist(), ids.tolist()):
             row = rows.get(i)
             if row is not None:            # removed from the table (or degenerate), not yet from the index
                 rec = self.prov._record(row, d)
-                rec["kind"] = self.kind
+                rec["kind"] = kind.name
                 found.append(rec)
         return found
 
     def match_digests(self, digests, kind):
         """Match records (distance 0) of each MD5 or SHA-1 hex digest (kind 'md5' or 'sha1'), in input order."""
-        if kind not in ("md5", "sha1"):
+        if kind not in DIGEST_KINDS:
             raise ValueError(f"kind must be 'md5' or 'sha1', got {kind!r}")
         return [[self.prov._record(row, 0) for row in self.prov.digest_rows(hex_digits(d).lower(), kind)]
                 for d in digests]
+
+    def counts(self):
+        """{kind: live entries}: every perceptual kind of the index, then 'md5' and 'sha1' (from the table)."""
+        out = {name: len(index) for name, index in self.indexes.items()}
+        for x in self.prov.summary():
+            for kind in DIGEST_KINDS:
+                out[kind] = out.get(kind, 0) + x["counts"].get(kind, 0)
+        return out
+
+    def verify(self):
+        """Check every section checksum of the index file (once) and every invariant of each kind's index
+        (HashIndex.verify); IndexFormatError naming the file and the damage."""
+        from .storage import verify_parts
+        verify_parts(self.indexes.values())
 
     def provenance(self, ids):
         """{index id: {list, id, label, kind, hash, line, extra}} for these index ids (absent ids are left out)."""
@@ -671,27 +818,32 @@ def check_provenance(prov, index_path, metadata):
 
 def open_lists(path, mmap=True):
     """ListIndex of an index written by the command line; IndexOpenError naming the fix otherwise."""
-    from .index import HashIndex
-    from .storage import IndexFormatError
+    from .storage import IndexFormatError, load_parts
     path = os.fspath(path)
     if not os.path.exists(path):
         raise IndexOpenError(f"{path}: no such index file; build one with `hashsieve build LIST... -o {path}`")
     try:
-        index = HashIndex.load(path, mmap=mmap)
-        meta = index.metadata           # of the very file loaded, not of a later version saved over it
+        parts = load_parts(path, mmap=mmap)
+        meta = next(iter(parts.values())).metadata   # of the very file loaded, not of a later version saved over it
         prov_path = provenance_path(path, meta)
     except (IndexFormatError, OSError) as e:
         raise IndexOpenError(f"cannot open index {path}: {e}") from None
     if prov_path is None:
         raise IndexOpenError(f"{path}: this index has no list provenance (it was not written by "
                              "`hashsieve build`); rebuild it from the hash lists with `hashsieve build`")
+    # A file of one index (format 2) names its kind in the metadata; a file of parts names each part.
+    indexes = {meta[META_KEY].get("kind", "phash") if name is None else name: ix for name, ix in parts.items()}
+    for name, ix in indexes.items():
+        try:
+            kind = kind_of(name)
+        except (ValueError, TypeError) as e:
+            raise IndexOpenError(f"cannot open index {path}: the hash kind {name!r} it holds is not one this "
+                                 f"hashsieve knows ({e}); upgrade hashsieve or rebuild the index") from None
+        if kind.bits != ix.bits:
+            raise IndexOpenError(f"cannot open index {path}: its {name} index holds {ix.bits}-bit codes, {name} "
+                                 f"hashes are {kind.bits}-bit (a damaged or forged index); rebuild the index")
     try:
-        kind_of(meta[META_KEY].get("kind", "phash"))
-    except (ValueError, TypeError) as e:
-        raise IndexOpenError(f"cannot open index {path}: the hash kind in its metadata is not one this "
-                             f"hashsieve knows ({e}); upgrade hashsieve or rebuild the index") from None
-    try:
-        prov = Provenance(prov_path)
+        prov = Provenance(prov_path, legacy_kind=next(iter(indexes)))
         prov.next_id()
     except (OSError, sqlite3.Error) as e:
         raise IndexOpenError(f"{path}: its provenance table {prov_path} is missing or unreadable ({e}); "
@@ -701,28 +853,29 @@ def open_lists(path, mmap=True):
     except IndexFormatError as e:
         prov.close()
         raise IndexOpenError(f"cannot open index {path}: {e}") from None
-    return ListIndex(path, index, prov, meta)
+    return ListIndex(path, indexes, prov, meta)
 
 
-def write_index(path, index, prov_tmp, kind, old_prov_path=None, extra_meta=None, incremental=True):
-    """Publish prov_tmp, save index atomically pointing at it, then delete the old table.
+def write_index(path, indexes, prov_tmp, old_prov_path=None, extra_meta=None, incremental=True):
+    """Publish prov_tmp, save the indexes ({kind name: HashIndex}, a 64-bit kind first) atomically
+    in one file pointing at it, then delete the old table.
 
     On any failure the new table is removed and the old index and table are untouched.
     incremental=False always writes a self-contained index file (no base file).
     """
-    from .storage import save_index
+    from .storage import save_parts
     try:
         final = prov_tmp.publish()
     except BaseException:
         prov_tmp.discard()
         raise
-    info = {"kind": kind, "provenance": os.path.basename(final), "table_id": prov_tmp.table_id,
-            "schema": SCHEMA_VERSION,
-            "lists": [{k: s[k] for k in ("name", "sha256", "perceptual", "md5", "sha1", "updated")}
-                      for s in prov_tmp.summary()]}
+    # "kind": what a file of one index (format 2, no part names) holds; files of parts name their parts.
+    info = {"kind": next(iter(indexes)), "kinds": list(indexes), "provenance": os.path.basename(final),
+            "table_id": prov_tmp.table_id, "schema": SCHEMA_VERSION,
+            "lists": [{k: s[k] for k in ("name", "sha256", "counts", "updated")} for s in prov_tmp.summary()]}
     info.update(extra_meta or {})
     try:
-        save_index(index, path, metadata={META_KEY: info}, incremental=incremental)
+        save_parts(indexes, path, metadata={META_KEY: info}, incremental=incremental)
     except BaseException:
         prov_tmp.discard()
         raise

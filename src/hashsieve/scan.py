@@ -4,19 +4,43 @@ The report has one JSON line per file, in walk order, flushed as it is written::
 
     {"path": "...", "member": null | "name in archive", "member_path": null | ["name", ...],
      "hash": "hex" | null, "detail": float | null, "low_detail": bool, "degenerate": bool,
-     "md5": "...", "sha1": "...", "matches": [{"list", "id", "label", "distance", "kind", "line"}],
+     "low_quality": bool,
+     "hashes": {KIND: {"hash": "hex" | null, "detail": float | "quality": int,
+                       "low_detail" | "low_quality": bool, "degenerate": bool,
+                       "flattened": true (only when true), "dihedral": ["hex" x 8] (scan --dihedral, PDQ),
+                       "error": "text" (only when this kind failed)}, ...},
+     "md5": "...", "sha1": "...",
+     "matches": [{"list", "id", "label", "distance", "kind", "line", "variant" (--dihedral, PDQ)}],
      "error": null | "text", "flattened": true (only when true)}
 
+A scan computes every kind the index holds (ScanOptions.kinds: a subset) from one decode of
+each file.  ``hashes`` has one object per kind, in the index's order (a 64-bit kind first);
+its score is the kind's: ``detail`` and ``low_detail`` for the 64-bit kinds, ``quality``
+(0-100, the reference's) and ``low_quality`` for PDQ.  The top-level ``hash``, ``detail``,
+``low_detail``, ``degenerate`` and ``flattened`` repeat the first kind's (for a pHash index,
+exactly what a report held before several kinds; ``detail`` is null and ``low_detail`` false
+when the first kind is PDQ), and ``low_quality`` is true when any kind's is.  A kind that
+failed on a file others could hash has ``hash`` null and its ``error``; a file no kind could
+hash has the top-level ``error``.  Each match names its entry's ``kind`` and the Hamming
+``distance`` (0 for MD5/SHA-1).  Reports written before ``hashes`` existed resume alike.
+
 ``flattened``: present, and true, only for an image with alpha that was hashed flattened onto
-white (or black) because its imagehash hash, which drops the alpha, is degenerate (a logo whose
-shape is only in the alpha channel); that hash is not imagehash's (hashing.hash_image).
+white (or black) because its hash, which drops the alpha, is degenerate (a logo whose shape is
+only in the alpha channel); that hash is not imagehash's or pytx's (hashing.hash_image).
 ``md5`` / ``sha1``: of the file's bytes as read, also when it is empty or cannot be decoded;
 null only when it could not be read.
 
 ``degenerate``: the hash carries no identity (kinds.py: one-dimensional bits, or within the
-radius of all-zero / all-one), so it makes no perceptual match unless match_degenerate; list
-entries with such hashes make none either.  ``low_detail`` (detail score below the threshold) is
-information only: low-contrast images keep their matches (docs/cli.md, "Degenerate hashes").
+radius of all-zero / all-one), so it makes no perceptual match of its kind unless
+match_degenerate; list entries with such hashes make none either.  ``low_detail`` (detail score
+below the threshold) is information only: low-contrast images keep their matches (docs/cli.md,
+"Degenerate hashes").  ``low_quality`` (PDQ quality under 50, python-threatexchange's threshold)
+blocks: such an upload makes no PDQ match unless match_low_quality (its other kinds still match).
+
+``dihedral`` (scan --dihedral): the eight PDQ hashes of the image rotated and flipped, in
+pdqhash.compute_dihedral's order (DIHEDRAL_VARIANTS); the plain hash and the other seven are
+matched, and each PDQ match names the ``variant`` it matched through (the nearest; ties go to
+the earlier variant, "original" first).
 
 ``member_path`` names a file inside an archive, one name per level of nesting:
 ``["inner.zip", "name"]`` is ``name`` inside the archive member ``inner.zip``.  ``member``
@@ -60,16 +84,18 @@ import zlib
 
 import numpy as np
 
+from PIL import Image
+
 from ._validate import available_cores
-from .hashing import CHUNK_BYTES, DEFAULT_MAX_PIXELS, ImageHashError, hash_image, run_in_workers
-from .kinds import kind_of
+from .hashing import CHUNK_BYTES, DEFAULT_MAX_PIXELS, ImageHashError, run_in_workers
+from .kinds import LOW_DETAIL_THRESHOLD, kind_of
 
 __all__ = ["Limits", "ScanOptions", "Screener", "hash_jobs", "scan", "walk", "LOW_DETAIL_THRESHOLD", "read_report",
-           "record_key", "record_name", "progress_bar"]
+           "record_key", "record_name", "progress_bar", "DIHEDRAL_VARIANTS"]
 
-# Detail score (hashing.image_detail: std of the 32x32 grey thumbnail, 0-127.5) below which an
-# image is flagged low_detail in the report (information only; matching asks the kind's gate).
-LOW_DETAIL_THRESHOLD = 1.0
+# The eight PDQ hashes of hash_image(..., dihedral=True), in its order (pdqhash.compute_dihedral's).
+DIHEDRAL_VARIANTS = ("original", "rotate90", "rotate180", "rotate270", "flip_x", "flip_y", "flip_plus1",
+                     "flip_minus1")
 
 ARCHIVE_SUFFIXES = (".zip", ".cbz", ".tar", ".tgz", ".tar.gz", ".tbz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz")
 MEMBER_SEP = "!/"
@@ -607,10 +633,17 @@ class _Total:
 
 
 # ====================================================================== workers
-def hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
-    """[(code|None, detail|None, flattened, md5|None, sha1|None, error|None)] per job ((path, dev, ino)
-    or bytes); md5 and sha1 are those of the content read, empty too.  Runs in the worker processes
-    (Screener.job_args gives the arguments after jobs); never raises for a bad file."""
+def hash_jobs(jobs, kinds, fast, max_pixels, max_bytes, dihedral=False):
+    """[(hashes, md5|None, sha1|None, error|None)] per job ((path, dev, ino) or bytes).
+
+    hashes: {kind name: (code, score, flattened, dihedral, error)} for each of kinds (names), code
+    None and error set where that kind failed; dihedral is uint8 (8, 32) for PDQ when dihedral is
+    set, else None.  Every kind is hashed from one decode of the file.  hashes is None, and error
+    set, when the file could not be read or is empty.  md5 and sha1 are those of the content read,
+    empty too.  Runs in the worker processes (Screener.job_args gives the arguments after jobs);
+    never raises for a bad file.
+    """
+    kinds = [kind_of(name) for name in kinds]
     out = []
     for job in jobs:
         md5 = sha1 = None
@@ -630,22 +663,52 @@ def hash_jobs(jobs, kind, fast, max_pixels, max_bytes):
             md5 = hashlib.md5(data).hexdigest()
             sha1 = hashlib.sha1(data).hexdigest()
             if not data:
-                out.append((None, None, False, md5, sha1, "empty file (0 bytes); the upload or copy was "
-                                                          "probably cut short"))
+                out.append((None, md5, sha1, "empty file (0 bytes); the upload or copy was probably cut short"))
                 continue
-            out.append(hash_image(data, kind, fast, with_detail=True, max_pixels=max_pixels) + (md5, sha1, None))
+            out.append((_hash_kinds(data, kinds, fast, max_pixels, dihedral), md5, sha1, None))
         except ImageHashError as e:
-            out.append((None, None, False, md5, sha1, e.reason))
+            out.append((None, md5, sha1, e.reason))
         except OSError as e:
-            out.append((None, None, False, md5, sha1, f"cannot read the file ({e.strerror or e})"))
+            out.append((None, md5, sha1, f"cannot read the file ({e.strerror or e})"))
         except Exception as e:          # never let one file stop the scan
-            out.append((None, None, False, md5, sha1, f"unexpected {type(e).__name__}: {e}"))
+            out.append((None, md5, sha1, f"unexpected {type(e).__name__}: {e}"))
     return out
 
 
+def _hash_kinds(data, kinds, fast, max_pixels, dihedral):
+    """{kind name: (code, score, flattened, dihedral codes or None, error or None)} of one file's bytes.
+
+    Several kinds share one decode: the file is opened once as a PIL image, which each kind
+    hashes as it is (hash_image of a PIL image is that of its bytes; its max_pixels guard
+    runs before the pixels are read).  With fast, each kind decodes the bytes itself at its own
+    reduced size instead (a reduced decode is cheaper than one full one).
+    """
+    image = data
+    if len(kinds) > 1 and not fast:
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Exception:
+            image = data            # not an image Pillow opens: each kind's hash says why, from the bytes
+    try:
+        out = {}
+        for kind in kinds:
+            try:
+                code, score, flattened = kind.hash(image, fast, max_pixels=max_pixels)
+                variants = None
+                if dihedral and kind.score == "quality":        # the kinds hash_image computes dihedral hashes of
+                    variants = kind.hash(image, fast, max_pixels=max_pixels, dihedral=True)[0]
+                out[kind.name] = (code, score, flattened, variants, None)
+            except ImageHashError as e:
+                out[kind.name] = (None, None, False, None, e.reason)
+        return out
+    finally:
+        if image is not data:
+            image.close()
+
+
 def _worker_died(job):
-    return None, None, False, None, None, ("the worker process died while decoding this file "
-                                           "(decoder crash or out-of-memory kill)")
+    return None, None, None, ("the worker process died while decoding this file "
+                              "(decoder crash or out-of-memory kill)")
 
 
 def _units(items, chunk):
@@ -781,12 +844,24 @@ def read_report(path):
 
 
 class ScanOptions:
-    def __init__(self, radius=None, kind="phash", workers=None, fast=False, match_degenerate=False,
-                 low_detail=LOW_DETAIL_THRESHOLD, limits=None, chunk=4, follow_symlinks=False):
-        self.kind = kind_of(kind).name
-        self.radius = kind_of(kind).default_radius if radius is None else radius
+    """How files are hashed and matched; the scan, the service and the distributed scan take one.
+
+    kinds: kind names to compute for every file; None: every kind the index holds (phash when
+        there is no index).  radius: None (each kind's default: pHash 8, PDQ 31), an int (when
+        there is one kind), or {kind name: radius}.  match_degenerate: degenerate hashes (and
+        entries) match too.  match_low_quality: PDQ hashes under quality 50 match too.
+        dihedral: also match the seven rotated and flipped PDQ hashes of each file.
+        low_detail: the detail score under which a 64-bit hash is flagged low_detail.
+    """
+
+    def __init__(self, radius=None, kinds=None, workers=None, fast=False, match_degenerate=False,
+                 match_low_quality=False, dihedral=False, low_detail=LOW_DETAIL_THRESHOLD, limits=None, chunk=4,
+                 follow_symlinks=False):
+        self.kinds = None if kinds is None else [kind_of(name).name for name in kinds]
+        self.radius = radius
         self.workers = workers or available_cores()
         self.fast, self.match_degenerate, self.low_detail = fast, match_degenerate, low_detail
+        self.match_low_quality, self.dihedral = match_low_quality, dihedral
         self.limits = limits or Limits()
         self.chunk = chunk
         self.follow_symlinks = follow_symlinks     # also symlinks to files outside the paths scanned
@@ -794,7 +869,7 @@ class ScanOptions:
 
 class Summary:
     def __init__(self):
-        self.files = self.hashed = self.errors = self.degenerate = self.matched = self.matches = 0
+        self.files = self.hashed = self.errors = self.degenerate = self.low_quality = self.matched = self.matches = 0
         self.resumed = 0
         self.elapsed = 0.0
         self.hashed_now = 0
@@ -810,6 +885,8 @@ class Summary:
             self.errors += 1
         if rec.get("degenerate"):
             self.degenerate += 1
+        if rec.get("low_quality"):
+            self.low_quality += 1
         if rec.get("matches"):
             self.matched += 1
             self.matches += len(rec["matches"])
@@ -821,8 +898,8 @@ class Summary:
 
     def as_dict(self):
         return {"files": self.files, "images": self.hashed, "errors": self.errors, "degenerate": self.degenerate,
-                "matched_files": self.matched, "matches": self.matches, "resumed_from_report": self.resumed,
-                "all_failed": self.all_failed, "seconds": round(self.elapsed, 3),
+                "low_quality": self.low_quality, "matched_files": self.matched, "matches": self.matches,
+                "resumed_from_report": self.resumed, "all_failed": self.all_failed, "seconds": round(self.elapsed, 3),
                 "images_per_second": round(self.hashed_now / self.elapsed, 1) if self.elapsed else None,
                 "interrupted": self.interrupted}
 
@@ -830,27 +907,66 @@ class Summary:
 class Screener:
     """What every front end does with a file's hash results: the report record and its matches.
 
-    The scan, the screening service and the distributed scan all run hash_jobs(jobs,
-    *screener.job_args) wherever the bytes are decoded, then screener.records(items, results)
-    where the index is open, so a file gets the same record whichever way it came in.
-    lindex: a lists.ListIndex, or None to only hash.
+    The scan, the screening service and the distributed scan all run
+    ``hash_jobs(jobs, *screener.job_args)`` wherever the bytes are decoded (a worker process, a
+    Dask worker), then ``screener.records(items, results)`` where the index is open, so a file
+    gets the same record whichever way it came in (the fields: this module's docstring).
+
+    lindex: a lists.ListIndex, or None to only hash.  options: ScanOptions.
+    Attributes: kinds (the HashKind objects computed, a 64-bit one first), radius {kind name:
+    radius}, job_args (picklable: kind names, fast, max_pixels, max_file_bytes, dihedral).
+    ValueError for a kind the index does not hold, or an int radius with several kinds.
     """
 
     def __init__(self, lindex, options):
         self.lindex, self.options = lindex, options
-        self.kind = kind_of(options.kind)
-        self.job_args = (options.kind, options.fast, options.limits.max_pixels, options.limits.max_file_bytes)
+        if options.kinds is not None:
+            self.kinds = [lindex.kind_named(name) if lindex is not None else kind_of(name) for name in options.kinds]
+        else:
+            self.kinds = list(lindex.kinds) if lindex is not None else [kind_of("phash")]
+        radius = options.radius
+        if radius is not None and not isinstance(radius, dict):
+            if len(self.kinds) != 1:
+                raise ValueError(f"radius {radius} is ambiguous with {len(self.kinds)} kinds "
+                                 f"({', '.join(k.name for k in self.kinds)}); give {{kind: radius}}")
+            radius = {self.kinds[0].name: radius}
+        unknown = set(radius or ()) - {k.name for k in self.kinds}
+        if unknown:
+            raise ValueError(f"radius for {', '.join(sorted(unknown))}, which this scan does not compute "
+                             f"({', '.join(k.name for k in self.kinds)})")
+        self.radius = {k.name: (radius or {}).get(k.name, k.default_radius) for k in self.kinds}
+        self.job_args = (tuple(k.name for k in self.kinds), options.fast, options.limits.max_pixels,
+                         options.limits.max_file_bytes, options.dihedral)
         self._digests = lindex is not None and lindex.prov.has_digests()
 
-    def _record(self, item, code=None, detail=None, flattened=False, md5=None, sha1=None, error=None):
-        opts = self.options
-        rec = {**_name_fields(item.path, item.member),
-               "hash": None if code is None else f"{code:016x}",
-               "detail": None if detail is None else round(float(detail), 3),
-               "low_detail": detail is not None and detail < opts.low_detail,
-               "degenerate": code is not None and bool(self.kind.degenerate(np.uint64(code), opts.radius)[0]),
-               "md5": md5, "sha1": sha1, "matches": [], "error": None if error is None else _text(error)}
+    def _kind_fields(self, kind, result):
+        """The record's "hashes" object of one kind, from its hash_jobs result."""
+        code, score, flattened, variants, error = result
+        if code is None:
+            return {"hash": None, "error": _text(error)}
+        below = self.options.low_detail if kind.score == "detail" else None
+        fields = {"hash": kind.to_hex(code)[0],
+                  kind.score: round(float(score), 3) if kind.score == "detail" else int(score),
+                  f"low_{kind.score}": bool(kind.low_quality(score, below)),
+                  "degenerate": bool(kind.degenerate(kind.as_codes([code]), self.radius[kind.name])[0])}
         if flattened:
+            fields["flattened"] = True
+        if variants is not None:
+            fields["dihedral"] = kind.to_hex(variants)
+        return fields
+
+    def _record(self, item, hashes=None, md5=None, sha1=None, error=None):
+        hashes = {k.name: self._kind_fields(k, hashes[k.name]) for k in self.kinds} if hashes else {}
+        first = hashes.get(self.kinds[0].name, {})
+        if hashes and all(h["hash"] is None for h in hashes.values()):
+            error = first["error"]              # no kind could hash it: the file's error
+        rec = {**_name_fields(item.path, item.member),
+               "hash": first.get("hash"), "detail": first.get("detail"), "low_detail": first.get("low_detail", False),
+               "degenerate": first.get("degenerate", False),
+               "low_quality": any(h.get("low_quality", False) for h in hashes.values()),
+               "hashes": hashes, "md5": md5, "sha1": sha1, "matches": [],
+               "error": None if error is None else _text(error)}
+        if first.get("flattened"):
             rec["flattened"] = True
         return rec
 
@@ -861,20 +977,47 @@ class Screener:
     def records(self, items, results):
         """Report records (with matches) of items (anything with .path and .member, as walk's
         Items) from their hash_jobs results, in order."""
-        opts, lindex = self.options, self.lindex
         recs = [self._record(it, *res) for it, res in zip(items, results)]
-        queries = [k for k, r in enumerate(recs) if r["hash"] is not None]
-        if queries and lindex is not None:
-            codes = np.array([int(recs[k]["hash"], 16) for k in queries], dtype=np.uint64)
-            for k, found in zip(queries, lindex.match(codes, opts.radius, match_degenerate=opts.match_degenerate)):
-                recs[k]["matches"] += found
+        if self.lindex is not None:
+            for kind in self.kinds:
+                self._match_kind(kind, recs)
         if self._digests:
             for r in recs:
                 for digest in ("md5", "sha1"):
                     if r[digest]:
-                        r["matches"] += lindex.match_digests([r[digest]], digest)[0]
+                        r["matches"] += self.lindex.match_digests([r[digest]], digest)[0]
         return recs
 
+    def _match_kind(self, kind, recs):
+        """Add the kind's matches to the records that have its hash and pass its quality gate."""
+        opts = self.options
+        gate = kind.gate_blocks and not opts.match_low_quality
+        queries = [r for r in recs if r["hashes"] and r["hashes"][kind.name]["hash"] is not None
+                   and not (gate and r["hashes"][kind.name][f"low_{kind.score}"])]
+        if not queries:
+            return
+        fields = [r["hashes"][kind.name] for r in queries]
+        hexes = [[f["hash"]] + (f["dihedral"][1:] if "dihedral" in f else []) for f in fields]
+        found = self.lindex.match(kind.from_hex([h for group in hexes for h in group]), self.radius[kind.name],
+                                  kind=kind, match_degenerate=opts.match_degenerate)
+        at = 0
+        for rec, group in zip(queries, hexes):
+            if len(group) == 1:
+                rec["matches"] += found[at]
+            else:
+                rec["matches"] += _nearest_variants(found[at:at + len(group)])
+            at += len(group)
+
+
+def _nearest_variants(per_variant):
+    """One record per entry the variants matched, with the nearest variant (the earlier on a tie)."""
+    best = {}
+    for variant, matches in zip(DIHEDRAL_VARIANTS, per_variant):
+        for m in matches:
+            key = (m["list"], m["id"], m["label"], m["line"])
+            if key not in best or m["distance"] < best[key]["distance"]:
+                best[key] = {**m, "variant": variant}
+    return sorted(best.values(), key=lambda m: m["distance"])
 
 
 class _Stop:

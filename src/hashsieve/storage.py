@@ -1,11 +1,13 @@
 """The index file: one versioned, checksummed, memory-mappable file per index version.
 
-Layout (every integer little-endian; format version 2, which reads version 1 files)::
+Layout (every integer little-endian; format version 3, which reads versions 1 and 2)::
 
     [0, 128)            fixed header: magic, format version, header length, header CRC,
                         code width, file length, created (ns), next id, live count,
-                        segment / section / metadata counts, flags; the rest zero
-    128 + 64 * s        one 64-byte record per segment: entries, distinct codes, live
+                        segment / section / metadata counts, flags, part count; the rest zero
+    128 + 64 * p        version 3: one 64-byte record per part (an index of one hash kind):
+                        name, code width, segments, next id, live count
+    ... + 64 * s        one 64-byte record per segment: entries, distinct codes, live
                         entries, tables m, flags (has tombstones, has id order), bits[16]
     ... + 48 * i        one 48-byte record per section: segment, kind, table, dtype, flags
                         (1 = in the base file), offset, element count, byte length, CRC-32
@@ -14,8 +16,16 @@ Layout (every integer little-endian; format version 2, which reads version 1 fil
     [64-aligned)        the sections, each at a 64-byte aligned offset, zero padding
                         between them; the file ends where the last section ends
 
-The header CRC covers the whole header region (fixed header, both tables and the
-metadata) so a damaged header is always caught, even without ``verify``. Every
+A file holds one index (versions 1 and 2: no part records, the fixed header's code width,
+next id and live count are the index's) or several (version 3, ``save_parts``: one part per
+hash kind, e.g. a 64-bit pHash index and a 256-bit PDQ index; the fixed header's code width
+and next id are 0, its live count the total; each part's segments follow the segments of the
+parts before it, and a part's segments all have the part's code width). One index is always
+written as version 2, so earlier hashsieve versions keep reading single-index files;
+``load_index`` opens a one-index file, ``load_parts`` any file.
+
+The header CRC covers the whole header region (fixed header, the part, segment and section
+tables and the metadata) so a damaged header is always caught, even without ``verify``. Every
 section has its own CRC-32, checked by ``verify()`` / ``load(verify=True)``.
 
 Loading checks every header field, every section's kind, dtype, size and position against
@@ -47,6 +57,7 @@ import datetime
 import json
 import mmap as _mmap
 import os
+import re
 import secrets
 import stat
 import struct
@@ -61,12 +72,15 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["IndexFormatError", "IndexHandle", "read_metadata", "save_index", "load_index", "verify_index",
-           "FORMAT_VERSION"]
+__all__ = ["IndexFormatError", "IndexHandle", "read_metadata", "save_index", "save_parts", "load_index",
+           "load_parts", "verify_index", "verify_parts", "FORMAT_VERSION"]
 
 MAGIC = b"\x89HSIEVE\n"        # \x89 catches 7-bit transfers, \n catches newline translation
-FORMAT_VERSION = 2
-CODE_BITS = (64, 256)          # code widths a file may hold (the header's code width)
+FORMAT_VERSION = 3
+SINGLE_VERSION = 2             # what a file of one index is written as (readable by hashsieve before parts)
+CODE_BITS = (64, 256)          # code widths a file may hold (the header's code width, or a part's)
+MAX_PARTS = 16
+PART_NAME = re.compile(r"[a-z0-9_]{1,16}\Z")
 ALIGN = 64
 MAX_TABLES = 16               # bits[8:16] were reserved zero bytes before 256-bit codes: old files read alike
 MAX_HEADER = 64 << 20          # header + metadata; refuse anything bigger before reading it
@@ -75,7 +89,8 @@ CHUNK = 16 << 20               # checksum / write granularity
 # Segments this small get every O(n) structural check on each load (about a millisecond).
 DEEP_CHECK_ENTRIES = 1 << 20
 
-FIXED = struct.Struct("<8sIIIIQqqQIIII56x")          # 128 bytes
+FIXED = struct.Struct("<8sIIIIQqqQIIIII52x")         # 128 bytes (the part count was reserved zero before v3)
+PART = struct.Struct("<16sIIqQ24x")                  # 64 bytes: name, code bits, segments, next id, live
 SEGMENT = struct.Struct("<QQQII16B16x")              # 64 bytes
 SECTION = struct.Struct("<IHHIIQQQII")               # 48 bytes
 CRC_AT = 16                                          # byte position of the header CRC
@@ -91,7 +106,7 @@ KINDS = {1: ("codes", 3), 2: ("group_start", 2), 3: ("ids", 4), 4: ("dead", 1), 
          6: ("offsets", 2), 7: ("fingerprints", 2), 8: ("table_groups", 2)}
 KIND_CODES = {name: code for code, (name, _) in KINDS.items()}
 
-assert FIXED.size == 128 and SEGMENT.size == 64 and SECTION.size == 48
+assert FIXED.size == 128 and PART.size == 64 and SEGMENT.size == 64 and SECTION.size == 48
 
 
 class IndexFormatError(ValueError):
@@ -132,23 +147,30 @@ def _section_name(sec):
 class _Layout:
     """A parsed and checked header: everything but the section payloads."""
 
-    def __init__(self, path, fixed, segments, sections, metadata, header_length, base=None):
+    def __init__(self, path, fixed, parts, segments, sections, metadata, header_length, base=None):
         self.path = path
         self.header_crc = fixed["header_crc"]
         self.base = base            # {"name", "file_length", "header_crc"} of the base file, or None
-        self.version, self.code_bits, self.file_length = fixed["version"], fixed["code_bits"], fixed["file_length"]
-        self.created_ns, self.next_id, self.live = fixed["created_ns"], fixed["next_id"], fixed["live"]
+        self.version, self.file_length = fixed["version"], fixed["file_length"]
+        self.created_ns, self.live = fixed["created_ns"], fixed["live"]
+        # [{"name" (None before version 3), "code_bits", "first" segment, "segments", "next_id", "live"}]
+        self.parts = parts
         self.segments, self.sections, self.metadata = segments, sections, metadata
         self.header_length = header_length
 
     def info(self):
         created = self.created_ns / 1e9
+        widths = {p["code_bits"] for p in self.parts}
         return {
             "format_version": self.version,
-            "code_bits": self.code_bits,
+            "code_bits": widths.pop() if len(widths) == 1 else None,     # None: parts of both widths
             "count": self.live,
             "entries": sum(s["entries"] for s in self.segments),
-            "next_id": self.next_id,
+            "next_id": max(p["next_id"] for p in self.parts),
+            "parts": [{"name": p["name"], "code_bits": p["code_bits"], "count": p["live"],
+                       "entries": sum(s["entries"] for s in self.segments[p["first"]:p["first"] + p["segments"]]),
+                       "next_id": p["next_id"], "segments": list(range(p["first"], p["first"] + p["segments"]))}
+                      for p in self.parts],
             "created": created,
             "created_iso": datetime.datetime.fromtimestamp(created, datetime.timezone.utc).isoformat(),
             "file_size": self.file_length,
@@ -176,7 +198,7 @@ def _parse_layout(path, read_at, file_size):
         _fail(path, f"truncated or not an index file: {file_size} bytes, a header alone is {FIXED.size}")
     head = read_at(0, FIXED.size)
     (magic, version, header_length, header_crc, code_bits, file_length, created_ns, next_id, live,
-     n_segments, n_sections, metadata_length, flags) = FIXED.unpack(head)
+     n_segments, n_sections, metadata_length, flags, n_parts) = FIXED.unpack(head)
     if magic != MAGIC:
         _fail(path, f"not a hashsieve index file (magic {magic!r}, expected {MAGIC!r})")
     if version > FORMAT_VERSION:
@@ -192,17 +214,20 @@ def _parse_layout(path, read_at, file_size):
     if zlib.crc32(raw) != header_crc:
         _fail(path, "header checksum mismatch: the header is damaged")
     # The header is what the writer wrote; from here on, errors mean a writer bug or a forged file.
-    if any(raw[FIXED.size - 56:FIXED.size]):
+    if any(raw[FIXED.size - 52:FIXED.size]) or (version < 3 and n_parts):
         _fail(path, "reserved header bytes are not zero")
-    if code_bits not in CODE_BITS:
+    if version < 3 and code_bits not in CODE_BITS:
         _fail(path, f"code width {code_bits} bits is not supported by this hashsieve (only 64 and 256)")
+    if version >= 3 and (code_bits or next_id or not 1 <= n_parts <= MAX_PARTS):
+        _fail(path, f"a file of parts has code width {code_bits}, next id {next_id} (both must be 0) and "
+                    f"{n_parts} parts (1 to {MAX_PARTS})")
     if flags & ~HDR_HAS_BASE or (flags and version < 2):
         _fail(path, f"unknown header flags {flags:#x}")
     if file_length != file_size:
         _fail(path, f"file is {file_size} bytes but its header says {file_length} (truncated or appended to)")
     if n_segments > MAX_SEGMENTS:
         _fail(path, f"{n_segments} segments is implausible")
-    base_at = FIXED.size + SEGMENT.size * n_segments + SECTION.size * n_sections
+    base_at = FIXED.size + PART.size * n_parts + SEGMENT.size * n_segments + SECTION.size * n_sections
     base, base_bytes = None, 0
     if flags & HDR_HAS_BASE:
         if base_at + BASE.size > header_length:
@@ -226,6 +251,31 @@ def _parse_layout(path, read_at, file_size):
         _fail(path, f"negative next id {next_id}")
 
     pos = FIXED.size
+    parts = []
+    if version < 3:
+        parts.append({"name": None, "code_bits": code_bits, "first": 0, "segments": n_segments,
+                      "next_id": next_id, "live": live})
+    for p in range(n_parts):
+        name, part_bits, part_segments, part_next_id, part_live = PART.unpack_from(raw, pos)
+        if any(raw[pos + 40:pos + PART.size]):
+            _fail(path, f"part {p}: reserved bytes are not zero")
+        pos += PART.size
+        name = name.rstrip(b"\0").decode("ascii", "replace")
+        if not PART_NAME.match(name) or any(q["name"] == name for q in parts):
+            _fail(path, f"part {p}: invalid or repeated name {name!r}")
+        if part_bits not in CODE_BITS:
+            _fail(path, f"part {name}: code width {part_bits} bits is not supported by this hashsieve "
+                        "(only 64 and 256)")
+        if part_next_id < 0:
+            _fail(path, f"part {name}: negative next id {part_next_id}")
+        first = sum(q["segments"] for q in parts)
+        if part_segments > n_segments - first:
+            _fail(path, f"part {name}: {part_segments} segments, more than the file's {n_segments} leave")
+        parts.append({"name": name, "code_bits": part_bits, "first": first, "segments": part_segments,
+                      "next_id": part_next_id, "live": part_live})
+    if sum(q["segments"] for q in parts) != n_segments:
+        _fail(path, f"the parts hold {sum(q['segments'] for q in parts)} segments, the header says {n_segments}")
+    segment_bits = [q["code_bits"] for q in parts for _ in range(q["segments"])]
     segments = []
     for s in range(n_segments):
         n, u, seg_live, m, seg_flags, *bits = SEGMENT.unpack_from(raw, pos)
@@ -238,15 +288,19 @@ def _parse_layout(path, read_at, file_size):
             _fail(path, f"segment {s}: impossible counts ({n} entries, {u} distinct codes, {seg_live} live)")
         if not seg_flags & SEG_HAS_DEAD and seg_live != n:
             _fail(path, f"segment {s}: {seg_live} live of {n} entries but no tombstones")
-        if m > MAX_TABLES or any(bits[m:]) or (m and (sum(bits[:m]) != code_bits or
+        if m > MAX_TABLES or any(bits[m:]) or (m and (sum(bits[:m]) != segment_bits[s] or
                                                       not all(1 <= b <= _core.MAX_TABLE_BITS for b in bits[:m]))):
             _fail(path, f"segment {s}: invalid table split m={m}, bits={bits}")
         segments.append({"entries": n, "unique": u, "live": seg_live, "m": m, "flags": seg_flags,
-                         "bits": tuple(bits)})
+                         "bits": tuple(bits), "code_bits": segment_bits[s]})
+    for q in parts if version >= 3 else ():
+        part_live = sum(s["live"] for s in segments[q["first"]:q["first"] + q["segments"]])
+        if part_live != q["live"]:
+            _fail(path, f"part {q['name']}: live count {q['live']} does not match its segments' {part_live}")
     if sum(s["live"] for s in segments) != live:
         _fail(path, f"live count {live} does not match the segments' {sum(s['live'] for s in segments)}")
 
-    expected = [(s,) + e for s, seg in enumerate(segments) for e in _expected_sections(seg, code_bits)]
+    expected = [(s,) + e for s, seg in enumerate(segments) for e in _expected_sections(seg, seg["code_bits"])]
     if n_sections != len(expected):
         _fail(path, f"{n_sections} sections, the segments need {len(expected)}")
     sections = []
@@ -286,9 +340,9 @@ def _parse_layout(path, read_at, file_size):
         _fail(path, "metadata is nested too deeply")
     if not isinstance(metadata, dict):
         _fail(path, "metadata is not a JSON object")
-    fixed = {"version": version, "code_bits": code_bits, "file_length": file_length, "created_ns": created_ns,
-             "next_id": next_id, "live": live, "header_crc": header_crc}
-    return _Layout(path, fixed, segments, sections, metadata, header_length, base)
+    fixed = {"version": version, "file_length": file_length, "created_ns": created_ns, "live": live,
+             "header_crc": header_crc}
+    return _Layout(path, fixed, parts, segments, sections, metadata, header_length, base)
 
 
 def _pread_all(fd, offset, n):
@@ -305,11 +359,14 @@ def _pread_all(fd, offset, n):
 def read_metadata(path):
     """Header of an index file without loading it.
 
-    Returns a dict: format_version, code_bits, count (live hashes), entries
-    (including removed ones not yet compacted), next_id, created (Unix time) and
-    created_iso, file_size, segments, sections (name, offset, nbytes, dtype,
-    crc32), checksums {section: "crc32:xxxxxxxx"} and metadata (the JSON object
-    given to save). Raises IndexFormatError if the header is damaged.
+    Returns a dict: format_version, code_bits (None when the file has parts of both
+    widths), count (live hashes), entries (including removed ones not yet
+    compacted), next_id (the largest of its parts'), parts (per index in the file:
+    name (None in a version 1 or 2 file), code_bits, count, entries, next_id and
+    its segments' numbers), created (Unix time) and created_iso, file_size,
+    segments, sections (name, offset, nbytes, dtype, crc32), checksums {section:
+    "crc32:xxxxxxxx"} and metadata (the JSON object given to save). Raises
+    IndexFormatError if the header is damaged.
     """
     path = os.fspath(path)
     fd = _open_regular(path)
@@ -516,26 +573,24 @@ def _open_base(main, mmap):
     return base
 
 
-def _load_once(path, mmap, verify):
+def _load_part(source, part, segments, orders, verify):
+    """The HashIndex of one part of a loaded file, with the checks load does."""
     from .index import HashIndex
-    main = _open_file(path, mmap)
-    base = _open_base(main, mmap) if main.layout.base is not None else None
-    source = _Source(main, base)
-    layout = source.layout
-    if verify:
-        _verify_payload(source)     # first: "damaged" is a better diagnosis than a broken invariant
-    segments, orders = _segments_from(source)
+    first = part["first"]
+    segments, orders = segments[first:first + part["segments"]], orders[first:first + part["segments"]]
+    # Errors name the part of a file of parts; its segments are numbered within the part.
+    path = source.path if part["name"] is None else f"{source.path} (part {part['name']})"
     everything = range(len(segments))
     # Big segments opened without verify: their O(n) checks wait for the first change (which is O(n)
     # anyway) and, until then, queries rely on the native code's clamps. A change needs the entries
     # (groups, ids, id order) to be right; the tables are only read by queries.
-    later = [s for s in everything if not verify and layout.segments[s]["entries"] > DEEP_CHECK_ENTRIES]
+    later = [s for s in everything if not verify and source.layout.segments[first + s]["entries"] > DEEP_CHECK_ENTRIES]
 
     def deferred_check(snap):
         _check_structure(snap, path, everything, tables=False)
 
-    index = HashIndex.from_segments(segments, layout.next_id, orders, source, deferred_check if later else None,
-                                    bits=layout.code_bits)
+    index = HashIndex.from_segments(segments, part["next_id"], orders, source, deferred_check if later else None,
+                                    bits=part["code_bits"])
     snap = index.snapshot()
     for s in everything:
         if s not in later:
@@ -545,8 +600,35 @@ def _load_once(path, mmap, verify):
     return index
 
 
+def _load_once(path, mmap, verify):
+    """{part name: HashIndex} of every part of the file, in file order (name None before version 3)."""
+    main = _open_file(path, mmap)
+    base = _open_base(main, mmap) if main.layout.base is not None else None
+    source = _Source(main, base)
+    if verify:
+        _verify_payload(source)     # first: "damaged" is a better diagnosis than a broken invariant
+    segments, orders = _segments_from(source)
+    return {part["name"]: _load_part(source, part, segments, orders, verify) for part in source.layout.parts}
+
+
 def load_index(path, mmap=True, verify=False):
-    """HashIndex from an index file (and the base file it references); see HashIndex.load."""
+    """HashIndex from a file of one index (and the base file it references); see HashIndex.load.
+
+    A file of several parts (save_parts) raises IndexFormatError naming load_parts."""
+    parts = load_parts(path, mmap, verify)
+    if len(parts) != 1:
+        _fail(path, f"this file holds {len(parts)} indexes ({', '.join(parts)}), one per hash kind; open it with "
+                    "hashsieve.open_lists(path) or hashsieve.storage.load_parts(path)")
+    return next(iter(parts.values()))
+
+
+def load_parts(path, mmap=True, verify=False):
+    """{part name: HashIndex} of every index in the file, in file order (and the base file it references).
+
+    A version 1 or 2 file holds one index, named None. The indexes share the file's mapping; each
+    one's verify() checks every section checksum of the file and its own structure. mmap and
+    verify as for HashIndex.load.
+    """
     path = os.fspath(path)
     for attempt in range(3):
         try:
@@ -576,8 +658,8 @@ def _segments_from(source):
             arrays[(sec["kind"], sec["table"])] = source.view(sec)
         m = rec["m"]
         codes = arrays[(1, 0)]
-        if layout.code_bits != 64:
-            codes = codes.reshape(-1, layout.code_bits // 64)
+        if rec["code_bits"] != 64:
+            codes = codes.reshape(-1, rec["code_bits"] // 64)
         seg = _core.Segment(
             codes, arrays[(2, 0)], arrays[(3, 0)], rec["bits"][:m],
             [arrays[(6, k)] for k in range(m)],
@@ -632,11 +714,19 @@ def _verify_payload(source, threads=2):
 
 def verify_index(index):
     """Checksums of the file the index was loaded from, then every structural invariant of its segments."""
-    snap = index.snapshot()
-    path = snap.source.path if snap.source is not None else "<in-memory index>"
-    if snap.source is not None:
-        _verify_payload(snap.source)
-    _check_structure(snap, path, range(len(snap.segments)))
+    verify_parts([index])
+
+
+def verify_parts(indexes):
+    """verify_index of several indexes (the parts of one file, say), each file's checksums checked once."""
+    checked = []
+    for index in indexes:
+        snap = index.snapshot()
+        path = snap.source.path if snap.source is not None else "<in-memory index>"
+        if snap.source is not None and all(snap.source is not s for s in checked):
+            _verify_payload(snap.source)
+            checked.append(snap.source)
+        _check_structure(snap, path, range(len(snap.segments)))
 
 
 # ====================================================================== save
@@ -835,22 +925,55 @@ def save_index(index, path, metadata=None, created=None, incremental=True):
     target and write only the other sections, referencing the base for the
     rest. False always writes a self-contained file.
     """
+    _save({None: index}, path, metadata, created, incremental)
+
+
+def save_parts(parts, path, metadata=None, created=None, incremental=True):
+    """Write several indexes to one file atomically, e.g. {"phash": index64, "pdq": index256}.
+
+    parts: {name: HashIndex}, 1 to MAX_PARTS, names of 1 to 16 characters a-z, 0-9 and _;
+    load_parts reads them back in this order. A single index is written as a version 2 file,
+    which has no name (so earlier hashsieve versions read it; load_parts names it None): keep
+    its name in the metadata then. Other arguments as save_index; metadata=None keeps the
+    metadata of the file the first loaded part came from. Base files work across parts: the
+    base is the loaded file holding most of the unchanged bytes, whatever part they belong to.
+    """
+    parts = dict(parts)
+    if not 1 <= len(parts) <= MAX_PARTS:
+        raise ValueError(f"a file holds 1 to {MAX_PARTS} indexes, got {len(parts)}")
+    for name in parts:
+        if not isinstance(name, str) or not PART_NAME.match(name):
+            raise ValueError(f"part name {name!r} must be 1 to 16 characters a-z, 0-9 or _ (a hash kind's name)")
+    _save(parts if len(parts) > 1 else {None: next(iter(parts.values()))}, path, metadata, created, incremental)
+
+
+def _save(parts, path, metadata, created, incremental):
+    """save_index ({None: index}: a version 2 file) and save_parts (named parts: version 3)."""
     path = os.fspath(path)
-    snap = index.snapshot(checked=True)   # one consistent version, even while another thread changes it
-    source = snap.source
+    single = None in parts
+    # One consistent version of each, even while another thread changes it.
+    snaps = [(name, index.bits, index.snapshot(checked=True)) for name, index in parts.items()]
+    sources = []
+    for *_, snap in snaps:
+        if snap.source is not None and all(snap.source is not s for s in sources):
+            sources.append(snap.source)
     if metadata is None:
-        metadata = dict(source.metadata) if source is not None else {}
+        metadata = dict(sources[0].metadata) if sources else {}
     if not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict (a JSON object), got {type(metadata).__name__}")
     try:
         meta_bytes = json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except RecursionError:
         raise ValueError("metadata is nested too deeply to store") from None
-    next_id = snap.next_id
-    records, arrays = _plan(snap)
-    sources = [source] if source is not None else []
-    flat = [(s, kind, table, np.ascontiguousarray(arr)) for s, seg_arrays in enumerate(arrays)
-            for kind, table, arr in seg_arrays]
+    records, flat, part_records = [], [], []
+    for name, bits, snap in snaps:
+        part_segments, arrays = _plan(snap)
+        flat += [(len(records) + s, kind, table, np.ascontiguousarray(arr)) for s, seg_arrays in enumerate(arrays)
+                 for kind, table, arr in seg_arrays]
+        records += part_segments
+        part_records.append(PART.pack(name.encode("ascii"), bits, len(part_segments), snap.next_id,
+                                      sum(r[2] for r in part_segments)) if not single else b"")
+    part_table = b"".join(part_records)
     hits = [_lookup(sources, arr) for *_, arr in flat]
 
     target = os.path.realpath(path)
@@ -883,8 +1006,8 @@ def save_index(index, path, metadata=None, created=None, incremental=True):
     if base_holder is not None:
         encoded = base_name.encode("utf-8")
         base_record = BASE.pack(base_holder.layout.file_length, base_holder.layout.header_crc, len(encoded)) + encoded
-    header_length = (FIXED.size + SEGMENT.size * len(records) + SECTION.size * n_sections + len(base_record)
-                     + len(meta_bytes))
+    header_length = (FIXED.size + len(part_table) + SEGMENT.size * len(records) + SECTION.size * n_sections
+                     + len(base_record) + len(meta_bytes))
     if header_length > MAX_HEADER:
         raise ValueError(f"metadata too large: the header would be {header_length} bytes (limit {MAX_HEADER})")
     placed, pos = [], _align(header_length)
@@ -919,9 +1042,12 @@ def save_index(index, path, metadata=None, created=None, incremental=True):
             table.append(SECTION.pack(s, kind, tbl, DTYPE_CODES[arr.dtype.newbyteorder("<")], flags, off,
                                       arr.shape[0], arr.nbytes, crc, 0))
         live = sum(r[2] for r in records)
-        header = bytearray(FIXED.pack(MAGIC, FORMAT_VERSION, header_length, 0, index.bits, file_length, created_ns,
-                                      next_id, live, len(records), n_sections, len(meta_bytes),
-                                      HDR_HAS_BASE if base_record else 0))
+        _, bits, snap = snaps[0]
+        header = bytearray(FIXED.pack(MAGIC, SINGLE_VERSION if single else FORMAT_VERSION, header_length, 0,
+                                      bits if single else 0, file_length, created_ns, snap.next_id if single else 0,
+                                      live, len(records), n_sections, len(meta_bytes),
+                                      HDR_HAS_BASE if base_record else 0, 0 if single else len(snaps)))
+        header += part_table
         for n, u, seg_live, m, seg_flags, bits in records:
             header += SEGMENT.pack(n, u, seg_live, m, seg_flags, *bits)
         header += b"".join(table) + base_record + meta_bytes

@@ -2,10 +2,12 @@
 
 Run once per format version and commit the output; never regenerate old versions' files,
 the tests check that they still load:  .venv/bin/python tests/golden/make_golden.py [NAME ...]
-(names: tiny, tables, update, wide256; default all). A file added to a version later is written
-alone by naming it, leaving the version's earlier files as they were (v2_wide256 came so).
-From version 2 on, vN_update.hsi is an incremental save: it needs its base file
-vN_update.hsi.base-XXXXXXXX beside it (commit both).
+(names: tiny, tables, update, wide256 up to version 2; parts, parts_update from version 3; default
+all). A file added to a version later is written alone by naming it, leaving the version's earlier
+files as they were (v2_wide256 came so). From version 2 on, vN_update.hsi is an incremental save:
+it needs its base file vN_update.hsi.base-XXXXXXXX beside it (commit both). From version 3 on a
+file of one index is still written as version 2, so version 3's golden files are files of parts
+(save_parts): vN_parts.hsi, and vN_parts_update.hsi, an incremental save of parts.
 """
 import json
 import sys
@@ -72,6 +74,35 @@ def wide256():
     return index, {"sources": ["golden-pdq.csv"]}
 
 
+def parts():
+    """Version 3: a 64-bit part with MIH tables and a delta, and a 256-bit part (as pHash + PDQ lists give)."""
+    return {"phash": tables()[0], "pdq": wide256()[0]}, {"sources": ["golden-mixed.csv"]}
+
+
+def parts_update():
+    """Version 3: an incremental save of parts; the base is the saved predecessor, the changes are in both parts."""
+    indexes, _ = parts()
+    path = HERE / f"v{storage.FORMAT_VERSION}_parts_update.hsi"
+    for old in HERE.glob(path.name + ".base-*"):
+        old.unlink()
+    storage.save_parts(indexes, path, metadata={"day": 0}, created=CREATED)
+    indexes = storage.load_parts(path, mmap=False)
+    indexes["phash"].remove(np.arange(1, 4200, 97))
+    indexes["pdq"].remove([8, 11])
+    indexes["pdq"].add(np.random.default_rng(6).integers(0, 256, (5, 32), dtype=np.uint8), ids=np.arange(2000, 2005))
+    return indexes, {"day": 1}
+
+
+def answers(index, rng):
+    """The queries (hex) of a golden file's index and its expected range and k-nearest answers."""
+    queries, query_hex = queries_of(index, rng)
+    radii = (0, 4, 10, 16) if index.bits == 64 else (0, 1, 100, 256)
+    return {"queries": query_hex,
+            "range": {str(r): [a.tolist() for a in index.range_search(queries, r)] for r in radii},
+            "k": 6,
+            "knn": [a.tolist() for a in index.search(queries, 6)]}
+
+
 def queries_of(index, rng):
     """12 queries: stored codes with one bit flipped, the first two all-zero and all-one."""
     stored = np.concatenate([np.asarray(seg.codes) for seg in index.snapshot().segments])
@@ -88,25 +119,25 @@ def queries_of(index, rng):
 
 def main(names):
     version = storage.FORMAT_VERSION
-    makers = [("tiny", tiny), ("tables", tables)] + ([("update", update), ("wide256", wide256)] if version >= 2 else [])
+    makers = [("tiny", tiny), ("tables", tables)] + ([("update", update), ("wide256", wide256)] if version == 2 else [])
+    makers += [("parts", parts), ("parts_update", parts_update)] if version >= 3 else []
     for name, make in makers:
         if names and name not in names:
             continue
         index, meta = make()
-        queries, query_hex = queries_of(index, np.random.default_rng(3))
-        radii = (0, 4, 10, 16) if index.bits == 64 else (0, 1, 100, 256)
         path = HERE / f"v{version}_{name}.hsi"
-        storage.save_index(index, path, metadata=meta, created=CREATED)
+        if isinstance(index, dict):
+            storage.save_parts(index, path, metadata=meta, created=CREATED)
+        else:
+            storage.save_index(index, path, metadata=meta, created=CREATED)
         info = storage.read_metadata(path)
-        assert (info["base"] is not None) == (name == "update"), name
-        expected = {
-            "header": {k: info[k] for k in ("format_version", "code_bits", "count", "entries", "next_id",
-                                            "created", "metadata", "base")},
-            "queries": query_hex,
-            "range": {str(r): [a.tolist() for a in index.range_search(queries, r)] for r in radii},
-            "k": 6,
-            "knn": [a.tolist() for a in index.search(queries, 6)],
-        }
+        assert (info["base"] is not None) == name.endswith("update"), name
+        expected = {"header": {k: info[k] for k in ("format_version", "code_bits", "count", "entries", "next_id",
+                                                    "created", "metadata", "base")}}
+        if isinstance(index, dict):
+            expected["parts"] = {part: answers(ix, np.random.default_rng(3)) for part, ix in index.items()}
+        else:
+            expected.update(answers(index, np.random.default_rng(3)))
         path.with_suffix(".json").write_text(json.dumps(expected) + "\n")
         print(path.name, path.stat().st_size, "bytes")
 
