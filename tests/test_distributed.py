@@ -1,0 +1,164 @@
+"""The scan on a Dask cluster (issue 15): a LocalCluster of 2 worker processes, started once for the
+module, against the end-to-end archive of test_cli (folders, zip, tar.gz, near-duplicates, hostile
+files); small tasks (3 files) so that zips are split by entry ranges and tars continue across tasks."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from distributed import Client, LocalCluster  # noqa: E402
+
+from hashsieve import distributed as dscan  # noqa: E402
+from hashsieve.lists import open_lists  # noqa: E402
+from hashsieve.scan import ScanOptions, scan  # noqa: E402
+from test_cli import CLI, _wait_lines, key, normalise, read_jsonl, read_jsonl_tolerant, world  # noqa: E402,F401
+
+TASK = 3
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import dask
+    # One failure allowed per task (the default is 3): the worker-crash test kills fewer workers.
+    # No pausing or spilling: the worker-crash test wants a worker past its memory limit killed.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.memory.pause": False,
+                          "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}):
+        lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                          memory_limit="400MiB", host="127.0.0.1")
+        client = Client(lc)
+        yield client
+        client.close()
+        lc.close()
+
+
+def inputs(world):
+    return [world["arc"]]
+
+
+@pytest.fixture(scope="module")
+def reference(world):
+    """The single-machine scan of the archive."""
+    recs = []
+    with open_lists(world["root"] / "index.hsi") as li:
+        s = scan(inputs(world), li, recs.append, ScanOptions(kind=li.kind, workers=2))
+    return recs, s
+
+
+def cluster_scan(world, client, **kw):
+    recs = []
+    with open_lists(world["root"] / "index.hsi") as li:
+        s = dscan.scan(inputs(world), li, kw.pop("out", recs.append), ScanOptions(kind=li.kind), cluster=client,
+                       task_files=TASK, **kw)
+    return recs, s
+
+
+def test_cluster_report_is_the_local_report(world, cluster, reference):
+    ref, ref_summary = reference
+    recs, s = cluster_scan(world, cluster)
+    assert len({key(r) for r in recs}) == len(recs), "a file appears more than once"
+    assert normalise(recs) == normalise(ref)
+    got, want = s.as_dict(), ref_summary.as_dict()
+    for d in (got, want):
+        del d["seconds"], d["images_per_second"]
+    assert got == want
+
+
+def test_cluster_cli_exit_status_and_summary(world, cluster, reference):
+    root = world["root"]
+    p = subprocess.run(CLI + ["scan", world["arc"], "--index", "index.hsi", "--report", "cluster.jsonl",
+                              "--cluster", cluster.scheduler.address, "--task-files", str(TASK), "--summary-json"],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr          # something matched, as the local scan
+    recs = read_jsonl(root / "cluster.jsonl")
+    assert normalise(recs) == normalise(reference[0])
+    summary = json.loads(p.stderr.strip().splitlines()[-1])
+    assert summary["files"] == len(recs) and summary["matched_files"] == reference[1].matched
+
+
+def worker_pids(client):
+    return client.run(os.getpid)
+
+
+def test_worker_killed_mid_task_changes_nothing(world, cluster, reference):
+    before = worker_pids(cluster)
+    killed = []
+
+    def out(rec):
+        recs.append(rec)
+        if len(recs) == 4 and not killed:
+            busy = [w for w, keys in cluster.processing().items() if keys]
+            assert busy, "no task was running"
+            os.kill(before[busy[0]], signal.SIGKILL)
+            killed.append(busy[0])
+
+    recs = []
+    cluster_scan(world, cluster, out=out)
+    assert killed
+    assert len({key(r) for r in recs}) == len(recs), "a file appears more than once"
+    assert normalise(recs) == normalise(reference[0])
+    cluster.wait_for_workers(2, timeout=30)
+    assert set(worker_pids(cluster).values()) != set(before.values()), "no worker was killed"
+
+
+def test_resume_after_the_client_is_killed(world, cluster, reference):
+    root = world["root"]
+    part = root / "cluster-part.jsonl"
+    args = CLI + ["scan", world["arc"], "--index", "index.hsi", "--cluster", cluster.scheduler.address,
+                  "--task-files", "1"]
+    proc = subprocess.Popen(args + ["--report", str(part)], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_lines(part, 6, proc)
+    proc.kill()
+    proc.wait(timeout=30)
+    first = read_jsonl_tolerant(part)
+    assert 0 < len(first) < len(reference[0]), "the scan was not killed part way"
+    p = subprocess.run(args + ["--report", str(part), "--resume"], cwd=root, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert f"({len(first)} from the earlier run)" in p.stderr
+    resumed = read_jsonl(part)
+    assert len({key(r) for r in resumed}) == len(resumed), "a file appears more than once"
+    assert normalise(resumed) == normalise(reference[0])
+
+
+def test_workers_refuse_another_version_of_the_index(world, cluster, tmp_path):
+    root = world["root"]
+    other = tmp_path / "other.hsi"
+    p = subprocess.run(CLI + ["build", "lists/industry.txt", "-o", str(other)], cwd=root, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    with open_lists(root / "index.hsi") as li:
+        with pytest.raises(dscan.ClusterError, match="another version of the index"):
+            dscan.scan([f"{world['arc']}/blank.png"], li, [].append, ScanOptions(kind=li.kind), cluster=cluster,
+                       index_location=str(other))
+
+
+def test_a_file_that_kills_its_worker_is_an_error_line_after_bounded_retries(cluster, tmp_path):
+    from PIL import Image
+
+    import imagegen
+    folder = tmp_path / "crash"
+    folder.mkdir()
+    for k in range(2):
+        (folder / f"ok{k}.png").write_bytes(imagegen.encode(imagegen.scene("shapes", 64, 48, seed=k), "PNG"))
+    # Decodes to 363 MB, with the worker past its 400 MiB: Dask's nanny kills the worker each time.
+    Image.new("RGB", (11000, 11000)).save(folder / "huge.png")
+    (tmp_path / "l.txt").write_text("0123456789abcdef\n")
+    assert subprocess.run(CLI + ["build", str(tmp_path / "l.txt"), "-o", str(tmp_path / "i.hsi")]).returncode == 0
+    recs = []
+    opts = ScanOptions()
+    opts.limits.max_pixels = 10 ** 9
+    with open_lists(tmp_path / "i.hsi") as li:
+        s = dscan.scan([str(folder)], li, recs.append, opts, cluster=cluster, task_files=TASK)
+    by_name = {os.path.basename(r["path"]): r for r in recs}
+    assert sorted(by_name) == ["huge.png", "ok0.png", "ok1.png"] and len(recs) == 3
+    assert "worker process died" in by_name["huge.png"]["error"]
+    assert by_name["ok0.png"]["hash"] and by_name["ok1.png"]["hash"]
+    assert s.errors == 1
+    cluster.wait_for_workers(2, timeout=30)
