@@ -162,3 +162,30 @@ def test_a_file_that_kills_its_worker_is_an_error_line_after_bounded_retries(clu
     assert by_name["ok0.png"]["hash"] and by_name["ok1.png"]["hash"]
     assert s.errors == 1
     cluster.wait_for_workers(2, timeout=30)
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_zip_split_by_entry_ranges_names_each_member_once_and_keeps_the_archive_bomb_limit(tmp_path):
+    """The ranges of a split zip give the whole walk's items: #2 names, and the archive-wide bomb
+    limit (members of 2 MiB zeros, each below the 3 MiB ratio floor, over 200x the archive together)."""
+    import zipfile
+
+    from hashsieve.scan import Limits, walk
+    path = tmp_path / "z.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("dir/", b"")
+        z.writestr("a.bin", b"x")
+        z.writestr("a.bin", b"y")                   # the same name again: a.bin#2
+        for k in range(4):
+            z.writestr(f"zeros{k}.bin", bytes(2 << 20))
+    limits = Limits(ratio_floor=3 << 20)
+    want = [(i.key, i.error) for i in walk([str(path)], limits)]
+    assert any("zip bomb" in (e or "") for _, e in want) and ((str(path), ("a.bin#2",)), None) in want
+    size = path.stat().st_size
+    for step in (1, 2, 3):
+        got = []
+        for start in range(0, 7, step):
+            with open(path, "rb") as f:
+                got += [(i.key, i.error) for i in dscan._walk_archive(f, size, str(path), (), "zip", 1, limits, set(),
+                                                                     range(start, start + step))]
+        assert got == want, step

@@ -385,6 +385,8 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
             part = task.parts[0]
             pending.extend(_Task([Part(part.source, part.members, part.skip + k, part.done)], (1, 1 << 62),
                                  key=key) for k, key in enumerate(res["names"]))
+        if task.key is not None:
+            return                  # one file retried alone: what comes after it has tasks of its own
         for p in res["rest"]:
             # A continuation goes back to the worker that holds its open walk.
             pending.append(_Task([p], task.budget, worker=res["worker"] if p.skip else None))
