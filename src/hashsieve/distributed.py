@@ -20,6 +20,7 @@ finished file in the report, for --resume.
 """
 import asyncio
 import collections
+from concurrent.futures import CancelledError
 import json
 import logging
 import os
@@ -347,6 +348,9 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
             if summary.files % 8 == 0:
                 progress.set_postfix_str(_postfix(summary, t0, total), refresh=False)
 
+    # The client's own log of a lost connection is a traceback: the scan says it in one line.
+    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if isinstance(cluster, Client):
         client, own = cluster, None
     else:
@@ -412,6 +416,8 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
                 ready, _ = wait(list(inflight), timeout=1, return_when="FIRST_COMPLETED")
             except (TimeoutError, asyncio.TimeoutError):     # (the same class from Python 3.11 on)
                 ready = ()
+            except (CancelledError, asyncio.CancelledError) as e:
+                raise ClusterError(f"lost the Dask scheduler ({str(e).splitlines()[-1] if str(e) else 'cancelled'})")
             if client.status == "running":
                 down_since = None
             elif down_since is None:
