@@ -233,3 +233,34 @@ def test_a_lost_scheduler_ends_the_scan_with_a_message_and_a_resumable_report(cl
     assert p.returncode == 0, p.stderr
     recs = read_jsonl(report)
     assert sorted(key(r) for r in recs) == sorted((f"imgs/d{d}/{k}.png", None) for d in range(10) for k in range(6))
+
+
+def test_progress_counts_every_line_and_ends_exact(world, cluster, reference):
+    from test_scan_progress import Bar
+
+    class Postfix(Bar):
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix = text
+
+    bar = Postfix()
+    recs, _ = cluster_scan(world, cluster, progress=bar)
+    assert bar.n == len(recs) == len(reference[0]) and bar.total == bar.n
+    assert all(total >= n for n, total in bar.seen)
+    assert "img/s" in bar.postfix and f"errors {sum(bool(r['error']) for r in recs)}" in bar.postfix
+
+
+def test_a_tar_continued_on_a_worker_is_never_another_scans_open_stream(world):
+    """A worker keeps a tar's walk open for its continuation; a later scan (a --resume, which skips
+    the members already reported) must not pick up the first scan's stream."""
+    from hashsieve.remote import LocalFile
+    root = world["root"]
+    path = f"{world['arc']}/more.tar.gz"
+    st = os.stat(root / path)
+    src = LocalFile(path, st.st_dev, st.st_ino, st.st_size)
+    with open_lists(root / "index.hsi") as li:
+        index, opts = (str(root / "index.hsi"), dscan.index_version(li)), ScanOptions(kind=li.kind)
+    first = dscan.run_task("scan-a", [dscan.Part(src)], (1, 1 << 40), index, opts)
+    assert [r["member"] for r in first["records"]] == ["x/H1.jpg"] and first["rest"][0].skip == 1
+    done = frozenset({("x/H1.jpg",)})
+    again = dscan.run_task("scan-b", [dscan.Part(src, None, 1, done)], (1, 1 << 40), index, opts)
+    assert [r["member"] for r in again["records"]] == ["x/u6.jpg"]    # x/H2.webp was its item 0

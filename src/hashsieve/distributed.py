@@ -24,6 +24,7 @@ from concurrent.futures import CancelledError
 import json
 import logging
 import os
+import secrets
 import signal
 import time
 
@@ -142,12 +143,13 @@ class _Window:
             yield item
 
 
-_walks = collections.OrderedDict()      # (path, members, items consumed) -> suspended walk generator
+_walks = collections.OrderedDict()      # (scan, path, members, items consumed) -> suspended walk generator
 
 
-def _walk_from(part, limits, budget):
-    """The part's walk generator at its skip-th item: the one this worker left there, or a new one."""
-    gen = _walks.pop((part.source.path, part.members, part.skip), None)
+def _walk_from(scan_id, part, limits, budget):
+    """The part's walk generator at its skip-th item: the one this worker left there in this scan
+    (another scan's --resume skips other files), or a new one."""
+    gen = _walks.pop((scan_id, part.source.path, part.members, part.skip), None)
     if gen is not None:
         return gen
     gen = _items(part, limits, budget)
@@ -157,8 +159,8 @@ def _walk_from(part, limits, budget):
     return gen
 
 
-def _keep_walk(part, gen, consumed):
-    _walks[(part.source.path, part.members, consumed)] = gen
+def _keep_walk(scan_id, part, gen, consumed):
+    _walks[(scan_id, part.source.path, part.members, consumed)] = gen
     while len(_walks) > _OPEN_WALKS:
         _walks.popitem(last=False)[1].close()
 
@@ -199,6 +201,8 @@ def _screener(index, options):
                                 f"({version['checksum']}, saved {version['generation']}); one scan never "
                                 "mixes versions: give every worker the same file and run the scan again")
         _indexes[key] = li
+        while len(_indexes) > 2:            # (a long-lived worker serving scans of new versions)
+            _indexes.pop(next(iter(_indexes))).close()
     return Screener(li, options)
 
 
@@ -211,8 +215,9 @@ def _worker_address():
 
 
 # ====================================================================== the task
-def run_task(parts, budget, index, options, names_only=False):
+def run_task(scan_id, parts, budget, index, options, names_only=False):
     """A task's work: the report records of parts within budget (files, bytes), and the parts left.
+    scan_id: a token of the scan the task belongs to.
 
     names_only: walk without hashing, giving the (path, member) keys the task would report
     (to retry a task that kills its worker one file at a time)."""
@@ -224,7 +229,7 @@ def run_task(parts, budget, index, options, names_only=False):
         if files >= budget[0] or nbytes >= budget[1]:
             out["rest"] += parts[k:]
             break
-        window = _Window(part, _walk_from(part, limits, budget), budget[0] - files, budget[1] - nbytes)
+        window = _Window(part, _walk_from(scan_id, part, limits, budget), budget[0] - files, budget[1] - nbytes)
         try:
             if names_only:
                 out["names"] += [item.key for item in window]
@@ -240,7 +245,7 @@ def run_task(parts, budget, index, options, names_only=False):
         if not window.finished:
             consumed = part.skip + window.count
             out["rest"].append(Part(part.source, part.members, consumed, part.done))
-            _keep_walk(part, window.gen, consumed)
+            _keep_walk(scan_id, part, window.gen, consumed)
     return out
 
 
@@ -253,18 +258,18 @@ class _Task:
 
 
 def _listing(paths, limits, done, exclude, follow_symlinks, by_path):
-    """Parts (or error Items) of every input, lazily."""
-    for p in paths:
-        if is_url(p):
-            for x in list_url(p, done):
-                yield x if isinstance(x, Item) else Part(x, done=by_path.get(x.path, frozenset()))
-            continue
-        for item in walk([p], limits, done, exclude, follow_symlinks, list_only=True):
-            if item.error is not None:
-                yield item
-            else:
-                path, dev, ino = item.job
-                yield Part(LocalFile(path, dev, ino, item.size), done=by_path.get(path, frozenset()))
+    """Parts (or error Items) of every input, lazily: the local paths in one walk (as scan.scan
+    walks them: a link into another PATH given is followed), then each URL."""
+    local = [p for p in paths if not is_url(p)]
+    for item in walk(local, limits, done, exclude, follow_symlinks, list_only=True) if local else ():
+        if item.error is not None:
+            yield item
+        else:
+            path, dev, ino = item.job
+            yield Part(LocalFile(path, dev, ino, item.size), done=by_path.get(path, frozenset()))
+    for url in (p for p in paths if is_url(p)):
+        for x in list_url(url, done):
+            yield x if isinstance(x, Item) else Part(x, done=by_path.get(x.path, frozenset()))
 
 
 def _tasks(listing, budget):
@@ -327,8 +332,8 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
     summary.resumed = len(done)
     screener = Screener(lindex, options)
     index = (index_location or os.path.abspath(lindex.path), index_version(lindex))
+    scan_id = secrets.token_hex(8)
     stop = stop or _Stop()
-    t0 = time.monotonic()
     local = [p for p in paths if not is_url(p)]
     total = _Total(local, options.limits, done) if progress is not None and local else None
     listed_urls = [0]
@@ -355,6 +360,7 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
         client, own = cluster, None
     else:
         client, own = connect(cluster)
+    t0 = time.monotonic()           # (not counting a LocalCluster's start-up)
     inflight, pending = {}, collections.deque()
     died = set()                # keys of the error lines written for tasks that failed
 
@@ -362,7 +368,7 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
         return sum(len(t.parts) for t in inflight.values())
 
     def submit(task):
-        fut = client.submit(run_task, task.parts, task.budget, index, options, task.names_only, pure=False,
+        fut = client.submit(run_task, scan_id, task.parts, task.budget, index, options, task.names_only, pure=False,
                             workers=task.worker, allow_other_workers=task.worker is not None)
         inflight[fut] = task
 
@@ -399,7 +405,7 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
                             options.follow_symlinks, by_path), (task_files, task_bytes))
     more, down_since = True, None
     try:
-        window = max(2, WINDOW_PER_THREAD * sum(client.nthreads().values()))
+        window, sized = max(2, WINDOW_PER_THREAD * sum(client.nthreads().values())), time.monotonic()
         while (more or pending or inflight) and not stop.event.is_set():
             while len(inflight) < window and (pending or more):
                 task = pending.popleft() if pending else next(tasks, None)
@@ -432,7 +438,8 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
                     failed(task, fut.exception())
                 else:
                     raise ClusterError(f"the Dask scheduler dropped a task ({fut.status}); it was probably lost")
-            window = max(2, WINDOW_PER_THREAD * sum(client.nthreads().values()))
+            if time.monotonic() - sized > 5:         # (workers come and go)
+                window, sized = max(2, WINDOW_PER_THREAD * sum(client.nthreads().values())), time.monotonic()
     except ClusterError as e:
         raise ClusterError(f"{e}. The report holds every file finished; continue with --resume") from None
     except OSError as e:
