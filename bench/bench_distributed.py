@@ -72,13 +72,24 @@ def make_inputs(tmp, a):
     return folder, index, a.distinct * a.copies + a.zip_members
 
 
-def run_scan(folder, index, report, *extra):
+def _cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def workers_cpu(client):
+    return sum(client.run(_cpu).values()) if client is not None else 0.0
+
+
+def run_scan(folder, index, report, *extra, client=None):
     t = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wcpu = workers_cpu(client)
     p = subprocess.run(CLI + ["scan", folder, "--index", index, "--report", report, "--overwrite",
                               "--summary-json", *extra], capture_output=True, text=True)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wcpu = workers_cpu(client) - wcpu
     if p.returncode not in (0, 1):
         raise SystemExit(p.stderr)
     summary = json.loads(p.stderr.strip().splitlines()[-1])
@@ -87,7 +98,34 @@ def run_scan(folder, index, report, *extra):
     # CPU of the command's own process tree that has ended (the client; local workers too).
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"images_per_second": summary["images_per_second"], "wall_images_per_second": summary["images"] / wall,
-            "files": summary["files"], "cpu_seconds": cpu}, lines
+            "files": summary["files"], "cpu_seconds": cpu, "worker_cpu_seconds": wcpu,
+            "cpu_ms_per_file": (cpu + wcpu) / max(summary["files"], 1) * 1e3}, lines
+
+
+def pipeline_cpu(folder, index):
+    """CPU ms per file of what a worker does per file (scan.hash_jobs, then Screener.records),
+    in this process, one file at a time over the folder's first copy."""
+    from hashsieve.lists import open_lists
+    from hashsieve.scan import ScanOptions, Screener, hash_jobs, walk
+    items = [i for i in walk([os.path.join(folder, "c0")])]
+    with open_lists(index) as li:
+        screener = Screener(li, ScanOptions(kind=li.kind))
+        t = time.process_time()
+        for item in items:
+            screener.records([item], hash_jobs([item.job], *screener.job_args))
+        return (time.process_time() - t) / len(items) * 1e3
+
+
+def tiny_files(tmp, n):
+    """n hard links of one 64x48 PNG (about 1 ms to hash): a scan bound by per-file overheads."""
+    folder = os.path.join(tmp, "tiny")
+    os.makedirs(folder)
+    first = os.path.join(folder, "t00000.png")
+    with open(first, "wb") as f:
+        f.write(imagegen.encode(imagegen.scene("shapes", 64, 48, seed=1), "PNG"))
+    for k in range(1, n):
+        os.link(first, os.path.join(folder, f"t{k:05d}.png"))
+    return folder
 
 
 def scheduler_rate(client, n=2000, window=64):
@@ -113,6 +151,7 @@ def main():
     ap.add_argument("--zip-members", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--task-files", type=int, nargs="+", default=[4, 16, 64, 256])
+    ap.add_argument("--tiny", type=int, default=4000, help="files of the overhead-bound run")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "distributed.json"))
     a = ap.parse_args()
     from distributed import Client, LocalCluster
@@ -126,21 +165,21 @@ def main():
         clusters = {}
         for n in (1, 2):
             t = time.perf_counter()
-            lc = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+            lc = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                               host="127.0.0.1", silence_logs=logging.ERROR)
             client = Client(lc)
             startup[n] = time.perf_counter() - t
             clusters[n] = (lc, client)
         report = os.path.join(tmp, "r.jsonl")
-        runs = {"scan --workers 1": ["--workers", "1"], "scan --workers 2": ["--workers", "2"]}
+        runs = {"scan --workers 1": (["--workers", "1"], None), "scan --workers 2": (["--workers", "2"], None)}
         for n in (1, 2):
             runs[f"scan --cluster ({n} worker process{'es' if n > 1 else ''})"] = \
-                ["--cluster", clusters[n][1].scheduler.address]
+                (["--cluster", clusters[n][1].scheduler.address], clusters[n][1])
         rows = {name: [] for name in runs}
         reference = None
         for r in range(a.rounds):
-            for name, extra in runs.items():
-                row, lines = run_scan(folder, index, report, *extra)
+            for name, (extra, client) in runs.items():
+                row, lines = run_scan(folder, index, report, *extra, client=client)
                 reference = reference or lines
                 assert lines == reference, f"{name}: the report differs from the local scan's"
                 rows[name].append(row)
@@ -148,16 +187,24 @@ def main():
         sizes = {}
         for tf in a.task_files:
             row, lines = run_scan(folder, index, report, "--cluster", clusters[2][1].scheduler.address,
-                                  "--task-files", str(tf))
+                                  "--task-files", str(tf), client=clusters[2][1])
             assert lines == reference, f"--task-files {tf}: the report differs"
             sizes[tf] = row
             print(f"--task-files {tf}: {row['images_per_second']} images/s", flush=True)
         rate = scheduler_rate(clusters[2][1])
-        # The client's CPU beyond what a scan of nothing costs it (start-up, imports, connecting).
+        per_file = pipeline_cpu(folder, index)
+        # Overheads: tiny files; the client's CPU beyond what a scan of nothing costs it (start-up,
+        # imports, connecting).
+        tiny = tiny_files(tmp, a.tiny)
         os.makedirs(os.path.join(tmp, "empty"))
-        idle = run_scan(os.path.join(tmp, "empty"), index, report, "--cluster", clusters[2][1].scheduler.address)
-        client_cpu = statistics.median(x["cpu_seconds"] for x in rows["scan --cluster (2 worker processes)"]) - \
-            idle[0]["cpu_seconds"]
+        address = clusters[2][1].scheduler.address
+        idle = run_scan(os.path.join(tmp, "empty"), index, report, "--cluster", address)[0]["cpu_seconds"]
+        overhead = {}
+        for tf in (64, 256):
+            row = run_scan(tiny, index, report, "--cluster", address, "--task-files", str(tf), client=clusters[2][1])[0]
+            row["client_cpu_ms_per_line"] = (row["cpu_seconds"] - idle) / a.tiny * 1e3
+            overhead[tf] = row
+            print(f"tiny files, --task-files {tf}: {row['images_per_second']} lines/s", flush=True)
         for lc, client in clusters.values():
             client.close()
             lc.close()
@@ -168,21 +215,29 @@ def main():
 
     base = med("scan --workers 1")
     print(f"\nload average before {load0[0]:.2f}, after {load1[0]:.2f} ({os.cpu_count()} cores, shared)")
-    print(f"\n| run ({a.rounds} rounds, median) | images/s | wall images/s | vs --workers 1 |\n|---|---|---|---|")
+    print(f"\n| run ({a.rounds} rounds, median) | images/s | wall images/s | vs --workers 1 | CPU ms per file "
+          "(client + workers) |\n|---|---|---|---|---|")
     for name in rows:
-        print(f"| {name} | {med(name):.1f} | {med(name, 'wall_images_per_second'):.1f} | {med(name) / base:.2f}x |")
-    print("\n| --task-files (2 workers) | images/s |\n|---|---|")
+        # (a local scan's workers are children of its fork server, which getrusage does not reach)
+        cpu = f"{med(name, 'cpu_ms_per_file'):.1f}" if "--cluster" in name else "-"
+        print(f"| {name} | {med(name):.1f} | {med(name, 'wall_images_per_second'):.1f} | {med(name) / base:.2f}x | "
+              f"{cpu} |")
+    print("\n| --task-files (2 workers) | images/s | CPU ms per file |\n|---|---|---|")
     for tf, row in sizes.items():
-        print(f"| {tf} | {row['images_per_second']:.1f} |")
-    per_line = client_cpu / nfiles
+        print(f"| {tf} | {row['images_per_second']:.1f} | {row['cpu_ms_per_file']:.1f} |")
+    print(f"\nper file, the worker's pipeline alone (hash_jobs + Screener.records, this process): "
+          f"{per_file:.1f} ms CPU -> {1e3 / per_file:.0f} images/s per core")
+    print(f"\n| {a.tiny} tiny files, 2 workers | lines/s | client CPU ms per line | CPU ms per file (client + "
+          "workers) |\n|---|---|---|---|")
+    for tf, row in overhead.items():
+        print(f"| --task-files {tf} | {row['images_per_second']:.0f} | {row['client_cpu_ms_per_line']:.2f} | "
+              f"{row['cpu_ms_per_file']:.2f} |")
     print(f"\nLocalCluster start-up: 1 worker {startup[1]:.1f} s, 2 workers {startup[2]:.1f} s")
     print(f"scheduler: {rate:.0f} empty tasks/s (window 64, client and scheduler in one process)")
-    print(f"client CPU per report line (the CLI process, 2-worker cluster runs, less a scan of an empty "
-          f"folder): {per_line * 1e3:.2f} ms "
-          f"-> at most {1 / per_line:.0f} lines/s from one client")
     save_json(a.out, {"machine": machine(), "load_before": load0, "load_after": load1, "files": nfiles,
                       "args": vars(a), "runs": rows, "task_files": sizes, "startup_seconds": startup,
-                      "scheduler_empty_tasks_per_second": rate, "client_cpu_seconds_per_line": per_line})
+                      "scheduler_empty_tasks_per_second": rate, "pipeline_cpu_ms_per_file": per_file,
+                      "tiny_files": overhead})
 
 
 if __name__ == "__main__":

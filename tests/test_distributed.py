@@ -29,7 +29,7 @@ def cluster():
     # No pausing or spilling: the worker-crash test wants a worker past its memory limit killed.
     with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.memory.pause": False,
                           "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}):
-        lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                           memory_limit="400MiB", host="127.0.0.1")
         client = Client(lc)
         yield client

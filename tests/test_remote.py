@@ -104,7 +104,7 @@ def s3(tree):
 @pytest.fixture(scope="module")
 def cluster(s3):
     from distributed import Client, LocalCluster
-    lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1")
+    lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1")
     client = Client(lc)
     yield client
     client.close()

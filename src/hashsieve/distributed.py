@@ -299,7 +299,7 @@ def connect(cluster):
         n = cluster[len("local:"):]
         if not n.isdigit() or not 1 <= int(n) <= 256:
             raise ClusterError(f"--cluster {cluster}: give local:N with N worker processes from 1 to 256")
-        lc = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=None,
+        lc = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=":0",
                           silence_logs=logging.ERROR)
         return Client(lc), lc
     if "://" not in cluster:
