@@ -20,7 +20,6 @@ local one.  Writes bench/results/distributed.json.
 """
 import argparse
 import json
-import logging
 import os
 import resource
 import statistics
@@ -154,7 +153,9 @@ def main():
     ap.add_argument("--tiny", type=int, default=4000, help="files of the overhead-bound run")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "distributed.json"))
     a = ap.parse_args()
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from hashsieve.distributed import local_cluster
 
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,8 +166,7 @@ def main():
         clusters = {}
         for n in (1, 2):
             t = time.perf_counter()
-            lc = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                              host="127.0.0.1", silence_logs=logging.ERROR)
+            lc = local_cluster(n, host="127.0.0.1")
             client = Client(lc)
             startup[n] = time.perf_counter() - t
             clusters[n] = (lc, client)

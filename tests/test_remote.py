@@ -103,8 +103,10 @@ def s3(tree):
 
 @pytest.fixture(scope="module")
 def cluster(s3):
-    from distributed import Client, LocalCluster
-    lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1")
+    from distributed import Client
+
+    from hashsieve.distributed import local_cluster
+    lc = local_cluster(2, host="127.0.0.1")
     client = Client(lc)
     yield client
     client.close()
@@ -159,3 +161,32 @@ def test_url_inputs_without_a_cluster_name_the_fix(tree):
     p = subprocess.run(CLI + ["scan", f"s3://{BUCKET}/tree", "--index", str(tree / "idx/index.hsi")],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "needs --cluster" in p.stderr
+
+
+def test_https_urls_are_read_by_range_as_files_on_disk(tree, cluster):
+    """One file and one zip by URL, from a local HTTP server (fsspec reads a zip by range)."""
+    import functools
+    import http.server
+    import threading
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tree))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        from hashsieve import distributed as dscan
+        recs = []
+        with open_lists(tree / "idx/index.hsi") as li:
+            dscan.scan([base + "tree/a/listed.png", base + "tree/photos.zip"], li, recs.append,
+                       ScanOptions(kind=li.kind), cluster=cluster, task_files=4)
+    finally:
+        server.shutdown()
+    cwd = os.getcwd()
+    os.chdir(tree)
+    try:
+        want = []
+        with open_lists("idx/index.hsi") as li:
+            scan(["tree/a/listed.png", "tree/photos.zip"], li, want.append, ScanOptions(kind=li.kind, workers=1))
+    finally:
+        os.chdir(cwd)
+    assert sorted(json.dumps({**r, "path": r["path"][len(base):]}, sort_keys=True) for r in recs) == \
+        sorted(json.dumps(r, sort_keys=True) for r in want)
