@@ -160,8 +160,8 @@ def main():
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder, index, nfiles = make_inputs(tmp, a)
-        print(f"{nfiles} files ({a.distinct} distinct {160 * a.scale}x{120 * a.scale} JPEGs x {a.copies} folders + a zip of "
-              f"{a.zip_members}); {machine()}")
+        print(f"{nfiles} files ({a.distinct} distinct {160 * a.scale}x{120 * a.scale} JPEGs x {a.copies} folders "
+              f"+ a zip of {a.zip_members}); {machine()}")
         startup = {}
         clusters = {}
         for n in (1, 2):

@@ -391,10 +391,11 @@ def _scan_function(a):
 
 
 def cmd_scan(a):
+    from .remote import is_url
     from .scan import ScanOptions, progress_bar, read_report
     scan, index_path = _scan_function(a)
     for p in a.paths:
-        if "://" not in p and not os.path.lexists(p):
+        if not is_url(p) and not os.path.lexists(p):
             raise CliError(f"{p}: no such file or folder; check the path")
     li = _open(index_path)
     if a.kind is not None and a.kind != li.kind:
@@ -460,9 +461,9 @@ def cmd_scan(a):
 
 # ====================================================================== parser
 def build_parser():
+    from .distributed import TASK_FILES
     from .hashing import HASH_KINDS
     from .kinds import KINDS
-    from .distributed import TASK_FILES
     from .scan import LOW_DETAIL_THRESHOLD
     radii = ", ".join(f"{k.name} {k.default_radius}" for k in KINDS.values())
     degenerate_help = ("also match degenerate hashes (blank, solid, striped, transparent images; list entries "
