@@ -3,6 +3,11 @@
 
     .venv/bin/python bench/bench_distributed.py [--distinct 40 --copies 10 --scale 8 --zip-members 100
                                                  --rounds 2 --task-files 4 16 64 256]
+    .venv/bin/python bench/bench_distributed.py --malloc
+
+--malloc: only the CPU of hash_image a file over the distinct JPEGs, in this process, in a worker of
+hashsieve.distributed.local_cluster and in a worker of a plain LocalCluster (Dask's nanny gives it
+MALLOC_TRIM_THRESHOLD_=65536).
 
 Inputs: --distinct synthetic 1280x960 JPEGs (photo-like scenes, q85: phone-upload size),
 hard-linked into --copies folders, plus one zip holding --zip-members of them (split into entry
@@ -20,6 +25,7 @@ local one.  Writes bench/results/distributed.json.
 """
 import argparse
 import json
+import logging
 import os
 import resource
 import statistics
@@ -127,6 +133,31 @@ def tiny_files(tmp, n):
     return folder
 
 
+def _hash_loop(paths):
+    from hashsieve import hash_image
+    t = time.thread_time()
+    for p in paths:
+        hash_image(p)
+    return (time.thread_time() - t) / len(paths) * 1e3
+
+
+def malloc_setting(folder):
+    """CPU ms a file of hash_image over the first copy: here, in a worker of local_cluster, and in a
+    worker of a plain LocalCluster (whose nanny sets MALLOC_TRIM_THRESHOLD_=65536)."""
+    from distributed import Client, LocalCluster
+
+    from hashsieve.distributed import local_cluster
+    paths = sorted(os.path.join(folder, "c0", n) for n in os.listdir(os.path.join(folder, "c0")))
+    out = {"this process": statistics.median(_hash_loop(paths) for _ in range(3))}
+    for name, make in (("local_cluster worker", lambda: local_cluster(1)),
+                       ("plain LocalCluster worker", lambda: LocalCluster(n_workers=1, threads_per_worker=1,
+                                                                           dashboard_address=":0",
+                                                                           silence_logs=logging.CRITICAL))):
+        with make() as lc, Client(lc) as client:
+            out[name] = statistics.median(client.submit(_hash_loop, paths, pure=False).result() for _ in range(3))
+    return out
+
+
 def scheduler_rate(client, n=2000, window=64):
     """Empty tasks per second through the scheduler, submitted and gathered as the scan does."""
     from distributed import wait
@@ -152,7 +183,17 @@ def main():
     ap.add_argument("--task-files", type=int, nargs="+", default=[4, 16, 64, 256])
     ap.add_argument("--tiny", type=int, default=4000, help="files of the overhead-bound run")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "distributed.json"))
+    ap.add_argument("--malloc", action="store_true", help="only compare hash_image's CPU in a worker with and "
+                                                          "without Dask's MALLOC_TRIM_THRESHOLD_")
     a = ap.parse_args()
+    if a.malloc:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = make_inputs(tmp, a)[0]
+            load = os.getloadavg()[0]
+            for name, ms in malloc_setting(folder).items():
+                print(f"hash_image in {name}: {ms:.2f} ms CPU a file (median of 3 passes over {a.distinct})")
+            print(f"load average {load:.2f} -> {os.getloadavg()[0]:.2f}")
+        return
     from distributed import Client
 
     from hashsieve.distributed import local_cluster
