@@ -294,3 +294,28 @@ def test_cluster_local_n_starts_and_stops_its_own_cluster(world):
 def test_local_cluster_workers_keep_the_default_malloc_trim(cluster):
     """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which makes hashing ~1.8x slower."""
     assert set(cluster.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
+
+
+def test_names_that_are_not_utf8_give_the_local_records(world, cluster, tmp_path):
+    import io
+    import tarfile
+
+    import imagegen
+    folder = os.fsencode(tmp_path / "odd")
+    os.mkdir(folder)
+    with open(os.path.join(folder, b"caf\xe9.png"), "wb") as f:
+        f.write(imagegen.encode(imagegen.scene("shapes", 64, 48, seed=1), "PNG"))
+    with tarfile.open(os.path.join(folder, b"t.tar"), "w", format=tarfile.GNU_FORMAT,
+                      encoding="utf-8", errors="surrogateescape") as tf:
+        data = imagegen.encode(imagegen.scene("shapes", 64, 48, seed=2), "PNG")
+        info = tarfile.TarInfo("m\udce9.png")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    paths = [os.fsdecode(folder)]
+    with open_lists(world["root"] / "index.hsi") as li:
+        want = []
+        scan(paths, li, want.append, ScanOptions(kind=li.kind, workers=1))
+        got = []
+        dscan.scan(paths, li, got.append, ScanOptions(kind=li.kind), cluster=cluster)
+    assert len(want) == 2 and any("path_b64" in r for r in want) and any("member_path_b64" in r for r in want)
+    assert normalise(got) == normalise(want)
