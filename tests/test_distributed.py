@@ -21,19 +21,17 @@ from test_cli import CLI, _wait_lines, key, normalise, read_jsonl, read_jsonl_to
 TASK = 3
 
 
+def start_cluster(**kwargs):
+    lc = dscan.local_cluster(2, host="127.0.0.1", **kwargs)
+    return lc, Client(lc)
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    import dask
-    # One retry by Dask of a task whose worker died (the default is 3; not 0: a task that only
-    # shared the worker with the culprit must get another go): the worker-crash test kills fewer
-    # workers.  No pausing or spilling: that test wants a worker past its memory limit killed.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.memory.pause": False,
-                          "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}):
-        lc = dscan.local_cluster(2, memory_limit="400MiB", host="127.0.0.1")
-        client = Client(lc)
-        yield client
-        client.close()
-        lc.close()
+    lc, client = start_cluster()
+    yield client
+    client.close()
+    lc.close()
 
 
 def inputs(world):
@@ -130,7 +128,8 @@ def test_workers_refuse_another_version_of_the_index(world, cluster, tmp_path):
                        index_location=str(other))
 
 
-def test_a_file_that_kills_its_worker_is_an_error_line_after_bounded_retries(cluster, tmp_path):
+def test_a_file_that_kills_its_worker_is_an_error_line_after_bounded_retries(tmp_path):
+    import dask
     from PIL import Image
 
     import imagegen
@@ -145,14 +144,23 @@ def test_a_file_that_kills_its_worker_is_an_error_line_after_bounded_retries(clu
     recs = []
     opts = ScanOptions()
     opts.limits.max_pixels = 10 ** 9
-    with open_lists(tmp_path / "i.hsi") as li:
-        s = dscan.scan([str(folder)], li, recs.append, opts, cluster=cluster, task_files=TASK)
+    # Its own cluster, of workers with 400 MiB each, not paused or spilling near it (killed past
+    # it), and one retry by Dask of a task whose worker died (the default is 3; not 0: a task that
+    # only shared the worker with the culprit must get another go).
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.memory.pause": False,
+                          "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}):
+        lc, cluster = start_cluster(memory_limit="400MiB")
+    try:
+        with open_lists(tmp_path / "i.hsi") as li:
+            s = dscan.scan([str(folder)], li, recs.append, opts, cluster=cluster, task_files=TASK)
+    finally:
+        cluster.close()
+        lc.close()
     by_name = {os.path.basename(r["path"]): r for r in recs}
     assert sorted(by_name) == ["huge.png", "ok0.png", "ok1.png"] and len(recs) == 3
     assert "worker process died" in by_name["huge.png"]["error"]
     assert by_name["ok0.png"]["hash"] and by_name["ok1.png"]["hash"]
     assert s.errors == 1
-    cluster.wait_for_workers(2, timeout=30)
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")

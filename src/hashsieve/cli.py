@@ -374,7 +374,14 @@ def _scan_function(a):
         return scan, a.index
 
     def cluster_scan(*args, **kwargs):
+        import logging
+
         from . import distributed
+        with contextlib.suppress(ImportError):      # (distributed.scan says how to install Dask)
+            import distributed as dask_distributed  # noqa: F401  (its import sets its loggers' levels)
+        # Dask's log of a lost connection is a traceback: the scan says it in one line.
+        for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
             return distributed.scan(*args, cluster=a.cluster, index_location=a.index if is_url(a.index) else None,
                                     task_files=a.task_files, **kwargs)

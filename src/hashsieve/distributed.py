@@ -13,7 +13,7 @@ holds the open stream, or re-reads the prefix elsewhere).
 Report order: the order tasks finish; within a task, walk order.  The set of lines is the local scan's.
 
 Faults: a task whose worker dies is run again by Dask (up to its allowed-failures); one that keeps
-killing workers (KilledWorker) is split, part by part, then file by file (its names listed first
+killing workers (KilledWorker) is retried file by file, one file at a time (its names listed first
 by a task that only walks), and the file that still kills its worker becomes the error line the
 local scan writes for a decoder crash.  A lost scheduler ends the scan (ClusterError) with every
 finished file in the report, for --resume.
@@ -364,15 +364,15 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
             if summary.files % 8 == 0:
                 progress.set_postfix_str(_postfix(summary, t0, total), refresh=False)
 
-    # The client's own log of a lost connection is a traceback: the scan says it in one line.
-    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
     if isinstance(cluster, Client):
         client, own = cluster, None
     else:
         client, own = connect(cluster)
     t0 = time.monotonic()           # (not counting a LocalCluster's start-up)
     inflight, pending = {}, collections.deque()
+    # Files retried alone run one at a time: a worker killed by one of them must not take another
+    # (innocent) one with it, which Dask would count against that one too.
+    alone = collections.deque()
     died = set()                # keys of the error lines written for tasks that failed
 
     def queued_files():
@@ -404,8 +404,8 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
             emit(rec)
         if task.names_only:
             part = task.parts[0]
-            pending.extend(_Task([Part(part.source, part.members, part.skip + k, part.done)], (1, 1 << 62),
-                                 key=key) for k, key in enumerate(res["names"]))
+            alone.extend(_Task([Part(part.source, part.members, part.skip + k, part.done)], (1, 1 << 62),
+                               key=key) for k, key in enumerate(res["names"]))
         if task.key is not None:
             return                  # one file retried alone: what comes after it has tasks of its own
         for p in res["rest"]:
@@ -417,7 +417,9 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
     more, down_since = True, None
     try:
         window, sized = max(2, WINDOW_PER_THREAD * sum(client.nthreads().values())), time.monotonic()
-        while (more or pending or inflight) and not stop.event.is_set():
+        while (more or pending or alone or inflight) and not stop.event.is_set():
+            if alone and not any(t.key is not None for t in inflight.values()):
+                submit(alone.popleft())
             while len(inflight) < window and (pending or more):
                 task = pending.popleft() if pending else next(tasks, None)
                 if task is None:
