@@ -19,6 +19,7 @@ local scan writes for a decoder crash.  A lost scheduler ends the scan (ClusterE
 finished file in the report, for --resume.
 """
 import asyncio
+import atexit
 import collections
 import json
 import logging
@@ -158,6 +159,13 @@ def _keep_walk(scan_id, part, gen, consumed):
     _walks[(scan_id, part.source.path, part.members, consumed)] = gen
     while len(_walks) > _OPEN_WALKS:
         _walks.popitem(last=False)[1].close()
+
+
+@atexit.register
+def _close_walks():
+    """Close the open walks (their files) while the module can still run their clean-up."""
+    while _walks:
+        _walks.popitem()[1].close()
 
 
 # ====================================================================== the index on a worker
