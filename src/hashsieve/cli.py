@@ -436,12 +436,53 @@ def _install_stop():
     return stop
 
 
+def _scan_function(a):
+    """(scan function, local path of the index): scan.scan, or with --cluster the distributed scan,
+    which also reads inputs and the index by URL."""
+    from .remote import is_url, local_path
+    a.paths = [local_path(p) for p in a.paths]
+    urls = [p for p in a.paths + [a.index] if is_url(p)]
+    if a.task_files < 1:
+        raise CliError(f"--task-files must be at least 1, got {a.task_files}")
+    if a.cluster is None:
+        from .scan import scan
+        if urls:
+            raise CliError(f"{urls[0]} is a URL: reading from storage needs --cluster (local:N for N worker "
+                           "processes here, or the scheduler's address)")
+        return scan, a.index
+
+    def cluster_scan(*args, **kwargs):
+        import logging
+
+        from . import distributed
+        with contextlib.suppress(ImportError):      # (distributed.scan says how to install Dask)
+            import distributed as dask_distributed  # noqa: F401  (its import sets its loggers' levels)
+        # Dask's log of a lost connection is a traceback: the scan says it in one line.
+        for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        try:
+            return distributed.scan(*args, cluster=a.cluster, index_location=a.index if is_url(a.index) else None,
+                                    task_files=a.task_files, **kwargs)
+        except distributed.ClusterError as e:
+            raise CliError(str(e)) from None
+
+    if not is_url(a.index):
+        return cluster_scan, a.index
+    from .remote import fetch_index
+    try:
+        return cluster_scan, fetch_index(a.index)
+    except Exception as e:
+        raise CliError(f"cannot fetch the index {a.index} ({type(e).__name__}: {e}); check the URL") from None
+
+
 def cmd_scan(a):
-    from .scan import ScanOptions, progress_bar, read_report, scan
+    from .remote import is_url
+    from .scan import ScanOptions, progress_bar, read_report
+    scan, index_path = _scan_function(a)
     for p in a.paths:
-        if not os.path.lexists(p):
+        if not is_url(p) and not os.path.lexists(p):
             raise CliError(f"{p}: no such file or folder; check the path")
-    li = _open(a.index)
+    li = _open(index_path)
     try:
         kinds = [li.kind_named(k) for k in a.kind] if a.kind else li.kinds
     except ValueError as e:
@@ -519,6 +560,7 @@ def _kinds_arg(text):
 
 
 def build_parser():
+    from .distributed import TASK_FILES
     from .hashing import HASH_KINDS
     from .kinds import KINDS, LOW_DETAIL_THRESHOLD, PDQ_LOW_QUALITY
     radii = ", ".join(f"{k.name} {k.default_radius}" for k in KINDS.values())
@@ -635,6 +677,12 @@ def build_parser():
     s.add_argument("--summary-json", action="store_true", help="also print the summary as JSON on stderr")
     s.add_argument("--follow-symlinks", action="store_true",
                    help="also follow symbolic links to files outside the PATHs given (default: an error line)")
+    s.add_argument("--cluster", metavar="ADDRESS",
+                   help="scan on a Dask cluster: its scheduler's address (tcp://HOST:8786), or local:N for N "
+                        "worker processes here; PATHs and --index may then be URLs (s3://, gs://, https://); "
+                        "see docs/cli.md")
+    s.add_argument("--task-files", type=int, default=TASK_FILES, metavar="N",
+                   help=f"with --cluster: files per task, at most (default {TASK_FILES}; big zips are split by it)")
     s.set_defaults(func=cmd_scan)
     return p
 

@@ -226,11 +226,15 @@ def _read_member(f, size, limits, compressed=None):
     return buf
 
 
-def _walk_archive(fileobj, size, path, prefix, kind, depth, limits, done):
-    """Items of the members of an archive; a damaged archive ends with an error item (member=prefix)."""
+def _walk_archive(fileobj, size, path, prefix, kind, depth, limits, done, members=None):
+    """Items of the members of an archive; a damaged archive ends with an error item (member=prefix).
+
+    fileobj: any seekable binary file object.  members: None, or a range of positions in a zip's
+    list of entries to read (the distributed scan splits a big zip by them); the others are named
+    (for the #2 suffixes) and counted towards the archive's bomb limit, but not read."""
     try:
         if kind == "zip":
-            yield from _walk_zip(fileobj, size, path, prefix, depth, limits, done)
+            yield from _walk_zip(fileobj, size, path, prefix, depth, limits, done, members)
         else:
             yield from _walk_tar(fileobj, size, path, prefix, depth, limits, done)
     except BombError as e:
@@ -347,7 +351,7 @@ def _open_zip(fileobj):
         return zipfile.ZipFile(view), view.utf8
 
 
-def _walk_zip(fileobj, size, path, prefix, depth, limits, done):
+def _walk_zip(fileobj, size, path, prefix, depth, limits, done, members=None):
     zf, utf8 = _open_zip(fileobj)
     seen, total = {}, 0
     for k, info in enumerate(zf.infolist()[:limits.max_members]):
@@ -357,6 +361,14 @@ def _walk_zip(fileobj, size, path, prefix, depth, limits, done):
         member = prefix + (_unique(name, seen),)
         if (path, member) in done:
             continue
+        if members is not None and k not in members:
+            if k >= members.stop:
+                break
+            if not info.flag_bits & 1 and info.file_size <= limits.max_file_bytes:
+                total += info.file_size         # what reading it adds below
+            continue
+        if members is not None and total > limits.ratio_floor and total > limits.max_ratio * max(size, 1):
+            return                              # the bomb error is on the range before
         if info.flag_bits & 1:
             yield Item(path, member, error="encrypted zip member; cannot be read without the password")
             continue
@@ -413,8 +425,7 @@ def _walk_tar(fileobj, size, path, prefix, depth, limits, done):
             yield Item(path, member, error=f"{what} inside the archive, not a regular file; not followed")
             continue
         if m.size > limits.max_file_bytes:
-            yield Item(path, member, error=f"{m.size:,} bytes, above the {limits.max_file_bytes >> 20} MiB "
-                                           "limit (--max-file-mb); not read")
+            yield Item(path, member, error=too_big(m.size, limits.max_file_bytes))
             continue
         data = _read_member(tf.extractfile(m), m.size, limits)
         if len(data) != m.size:
@@ -422,6 +433,11 @@ def _walk_tar(fileobj, size, path, prefix, depth, limits, done):
         items = _member_items(path, member, data, depth, limits, done)
         del data                        # (see _member_items)
         yield from items
+
+
+def too_big(size, max_bytes):
+    """The error of a file or member above the size limit."""
+    return f"{size:,} bytes, above the {max_bytes >> 20} MiB limit (--max-file-mb); not read"
 
 
 def _walk_file(path, st, limits, done):
@@ -459,9 +475,11 @@ def _inside(real, roots):
     return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
-def walk(paths, limits=None, done=frozenset(), exclude=(), follow_symlinks=False):
+def walk(paths, limits=None, done=frozenset(), exclude=(), follow_symlinks=False, list_only=False):
     """Items for every file under paths (folders recursed in name order, archives opened).
 
+    list_only: each regular file is one Item with job (path, dev, ino) and its size, not opened
+    (archives too: the distributed scan opens them where it runs).
     A symbolic link to a file is followed only when what it points to is inside one of paths
     (resolved with realpath; a path given may itself be a link), or with follow_symlinks;
     links to folders are never followed.
@@ -529,7 +547,10 @@ def walk(paths, limits=None, done=frozenset(), exclude=(), follow_symlinks=False
         if key in seen_files:
             return
         seen_files.add(key)
-        yield from _walk_file(path, st, limits, done)
+        if not list_only:
+            yield from _walk_file(path, st, limits, done)
+        elif (path, None) not in done:
+            yield Item(path, None, job=(path, st.st_dev, st.st_ino), size=st.st_size)
 
     for p in paths:
         yield from visit(p, True)
@@ -655,8 +676,7 @@ def hash_jobs(jobs, kinds, fast, max_pixels, max_bytes, dihedral=False):
                     if (st.st_dev, st.st_ino) != (dev, ino):
                         raise ImageHashError(path, _CHANGED)
                     if st.st_size > max_bytes:
-                        raise ImageHashError(path, f"{st.st_size:,} bytes, above the {max_bytes >> 20} MiB "
-                                                   "limit (--max-file-mb); not read")
+                        raise ImageHashError(path, too_big(st.st_size, max_bytes))
                     data = f.read(max_bytes + 1)
             else:
                 data = job
