@@ -327,3 +327,16 @@ def test_names_that_are_not_utf8_give_the_local_records(world, cluster, tmp_path
         dscan.scan(paths, li, got.append, ScanOptions(), cluster=cluster)
     assert len(want) == 2 and any("path_b64" in r for r in want) and any("member_path_b64" in r for r in want)
     assert normalise(got) == normalise(want)
+
+
+def test_mixed_kind_index_gives_the_local_records(cluster, tmp_path_factory):
+    """An index of pHash + PDQ + MD5 lists: every kind hashed on the workers, the same matches."""
+    import test_scan_kinds
+    kinds_world = test_scan_kinds.world.__wrapped__(tmp_path_factory)
+    with open_lists(kinds_world["root"] / "i.hsi") as li:
+        assert {k.name for k in li.kinds} == {"phash", "pdq"}
+        want, got = [], []
+        scan([kinds_world["up"]], li, want.append, ScanOptions(workers=1))
+        dscan.scan([str(kinds_world["up"])], li, got.append, ScanOptions(), cluster=cluster)
+    assert {m["kind"] for r in want for m in r["matches"]} == {"phash", "pdq", "md5"}
+    assert normalise(got) == normalise(want)
