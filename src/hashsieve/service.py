@@ -378,7 +378,9 @@ class Decoders:
         await asyncio.gather(*(asyncio.wrap_future(self.pool.submit(time.sleep, 0.05)) for _ in range(self.n)))
 
     def close(self):
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        # Waits for the decoders to exit: without it the process's exit would close the queue that
+        # tells them to, and then wait for them forever.
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ====================================================================== the application
@@ -426,14 +428,17 @@ class App:
         """Load the file at the index path (one process at a time); a new Version or the error."""
         with open(os.path.join(self.cfg.run_dir, "reload.lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            started = time.time()
             try:
-                return load_version(self.cfg.index, self.generation + 1, self.cfg.max_upload_bytes)
+                got = load_version(self.cfg.index, self.generation + 1, self.cfg.max_upload_bytes)
             except (IndexOpenError, IndexFormatError, OSError, sqlite3.Error) as e:
                 if initial:
                     raise
-                return e
+                got = e
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+            got.load_started, got.load_seconds = started, time.time() - started
+            return got
 
     def _swap(self, new):
         old, self.version = self.version, new
@@ -451,13 +456,15 @@ class App:
             m.inc("hashsieve_reloads_total")
             old.retire()
         log_event("index_loaded" if old is None else "index_reloaded", index=self.cfg.index,
-                  generation=new.generation, created=new.info["created_iso"], entries=new.info["count"])
+                  generation=new.generation, created=new.info["created_iso"], entries=new.info["count"],
+                  load_started=_iso(new.load_started), load_seconds=round(new.load_seconds, 4))
 
     def _refuse(self, error):
         self.refused = {"at": _iso(time.time()), "reason": str(error)}
         self.metrics.inc("hashsieve_reloads_refused_total")
         self.metrics.gauges[("hashsieve_index_current", ())] = 0
-        log_event("index_refused", index=self.cfg.index, reason=str(error),
+        log_event("index_refused", index=self.cfg.index, reason=str(error), load_started=_iso(error.load_started),
+                  load_seconds=round(error.load_seconds, 4),
                   serving_generation=self.version.generation, serving_created=self.version.info["created_iso"])
 
     def _watch(self):
