@@ -40,7 +40,7 @@ import warnings
 
 import numpy as np
 
-from .keys import SCOPES, KeyRing, KeysFileError, read_keys
+from .keys import KeyRing, KeysFileError, read_keys
 from .kinds import kind_of
 from .lists import IndexOpenError, open_lists
 from .scan import Item, Limits, ScanOptions, Screener, hash_jobs
