@@ -135,7 +135,7 @@ class Server:
 
     def events(self, name):
         out = []
-        for line in open(self.log_path):
+        for line in open(self.log_path).read().split("\n")[:-1]:     # whole lines only
             if line.startswith("{") and f'"{name}"' in line:
                 out.append(json.loads(line))
         return out

@@ -70,7 +70,7 @@ class Server:
 
     def events(self, name=None):
         out = []
-        for line in self.log().splitlines():
+        for line in self.log().split("\n")[:-1]:       # whole lines: the last may be being written
             if line.startswith("{"):
                 e = json.loads(line)
                 if name is None or e["event"] == name:
