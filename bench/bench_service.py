@@ -1,7 +1,8 @@
 """The screening service under load (issue 14): `hashsieve serve` and a load generator on this machine.
 
     apt-get install wrk                     # the load generator (C, one thread: little CPU per request)
-    .venv/bin/python bench/bench_service.py [--n 10M] [--seconds 15] [--only lookup,batch,match,reload,memory,servers]
+    .venv/bin/python bench/bench_service.py [--n 10M] [--seconds 15]
+                                            [--only lookup,batch,match,reload,memory,servers,pools]
                                             [--work /tmp/hashsieve-bench-service] [--out bench/results/service.json]
 
 Sections (each starts its own server on a free local port, and stops it):
@@ -16,6 +17,8 @@ Sections (each starts its own server on a free local port, and stops it):
   each request's latency, to show the spike at each swap.
 * memory: RSS and anonymous memory of the server process before and after 100 reloads (a 1M index).
 * servers: the same application under granian and uvicorn (single-hash lookups).
+* pools: one upload decoded through hashing.run_in_workers (workers started per call) and through
+  the service's persistent process pool.
 
 The machine's load average is recorded before and after each section: other jobs share the cores,
 so only figures of one run are compared with each other. The index (built once with the command
@@ -279,15 +282,15 @@ def section_match(work, index, secret, seconds):
     try:
         env = {"WORK": work, "SECRET": secret, "FILES": ":".join(paths), "CTYPE": "image/jpeg"}
         wrk(s.url, "/v1/match", 2, 2 * cores, env)                       # warm-up
-        hs.hash_images(datas[:4], workers=cores)
+        t0 = time.perf_counter()
+        hs.hash_images(datas, workers=cores)
+        # One call about `seconds` long: hash_images starts its workers on each call.
+        batch = datas * max(1, round(seconds * len(datas) / (time.perf_counter() - t0) / len(datas)))
         for _ in range(3):
             t0 = time.perf_counter()
-            done = 0
-            while time.perf_counter() - t0 < seconds:
-                res = hs.hash_images(datas, workers=cores, with_detail=True)
-                assert res.ok.all()
-                done += len(datas)
-            direct = done / (time.perf_counter() - t0)
+            res = hs.hash_images(batch, workers=cores, with_detail=True)
+            direct = len(batch) / (time.perf_counter() - t0)
+            assert res.ok.all()
             r = wrk(s.url, "/v1/match", seconds, 2 * cores, env)
             rounds.append({"hash_images_per_s": round(direct, 2), "service_images_per_s": r["requests_per_s"],
                            "service_p50_ms": r["p50_ms"], "service_p99_ms": r["p99_ms"], "non_200": r["non_200"],
@@ -329,11 +332,12 @@ def _versions(work, index):
     run("copy", a, tmp)
     run("add", tmp, extra)
     run("copy", tmp, b)
+    shutil.rmtree(os.path.dirname(tmp))
     serving = os.path.join(folder, "served.hsi")
     for v in (a, b):                    # each version's provenance table beside the served file
         for name in os.listdir(os.path.dirname(v)):
             if ".lists-" in name:
-                shutil.copy(os.path.join(os.path.dirname(v), name), os.path.join(folder, name))
+                os.link(os.path.join(os.path.dirname(v), name), os.path.join(folder, name))
     damaged = os.path.join(folder, "damaged.hsi")
     shutil.copy(a, damaged)
     sec = max(read_metadata(damaged)["sections"], key=lambda s: s["nbytes"])
@@ -478,6 +482,40 @@ def _wait(cond, timeout=120):
         time.sleep(0.02)
 
 
+def section_pools(work, index, secret, seconds):
+    """Per-upload time of the two ways to decode in other processes: hashing.run_in_workers (which
+    starts its workers on each call) and the service's persistent pool (service.Decoders)."""
+    import asyncio
+
+    from hashsieve.hashing import run_in_workers
+    from hashsieve.scan import ScanOptions, Screener, _worker_died, hash_jobs
+    from hashsieve.service import Decoders
+    data = open(jpegs(work)[0], "rb").read()
+    args = Screener(None, ScanOptions(workers=1)).job_args
+    cores = len(os.sched_getaffinity(0))
+    t0 = time.perf_counter()
+    for _ in range(10):
+        list(run_in_workers([("upload", [data], len(data))], hash_jobs, args, _worker_died, cores))
+    per_call = (time.perf_counter() - t0) / 10
+
+    async def persistent():
+        d = Decoders(cores)
+        await d.warm_up()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            await d.hash(data, args)
+        dt = (time.perf_counter() - t0) / 10
+        d.close()
+        return dt
+
+    pooled = asyncio.run(persistent())
+    out = {"run_in_workers_ms": round(per_call * 1000, 1), "persistent_pool_ms": round(pooled * 1000, 1),
+           "image_megapixels": 1.0, "loadavg": loadavg()}
+    print(f"one 1 MP upload: run_in_workers {out['run_in_workers_ms']} ms, persistent pool "
+          f"{out['persistent_pool_ms']} ms", file=sys.stderr)
+    return out
+
+
 def section_servers(work, index, secret, seconds):
     """The same App (hashsieve.service:create_app) under granian and under uvicorn, one process."""
     from hashsieve.service import CONFIG_ENV, ServeConfig
@@ -516,7 +554,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", default="10M", help="index size (default 10M)")
     ap.add_argument("--seconds", type=int, default=15, help="length of each wrk run (default 15)")
-    ap.add_argument("--only", default="lookup,batch,match,reload,memory,servers")
+    ap.add_argument("--only", default="lookup,batch,match,reload,memory,servers,pools")
     ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "hashsieve-bench-service"))
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     a = ap.parse_args()

@@ -370,6 +370,30 @@ def test_match_bad_uploads_are_4xx_with_the_reason(world):
         assert c.post("/v1/match", content=good).status_code == 200
 
 
+def test_no_client_input_gives_a_500(world):
+    rng = np.random.default_rng(7)
+    bodies = [rng.integers(0, 256, int(n), dtype=np.uint8).tobytes() for n in rng.integers(0, 3000, 30)]
+    bodies += [b"null", b"{}", b'{"hashes": null}', b'{"hashes": [null]}', b'{"hashes": [{"kind": null, "hash": null}]}',
+               b'{"hashes": [{"kind": "phash", "hash": "' + b"f" * 10_000 + b'"}]}', b'{"hashes": [], "radius": 1e400}',
+               b'{"hashes": [{"kind": "md5", "hash": "zz"}]}', b'{"hashes": [{"kind": "phash", "hash": "8f0f8f0f8f0f8f0f",'
+               b' "x": 1}]}', b"[" * 100_000, rb'"\ud800"', b'{"hashes": [' + b'{"kind":"phash","hash":"00ff00ff00ff00ff"},' * 5
+               + b"]}"]
+    good = world["files"]["O3.jpg"]
+    bodies += [good[:k] for k in (2, 10, 100, 1000)] + [good[:500] + bytes(500) + good[1000:]]
+    with client(world) as c:
+        for body in bodies:
+            for path, ctype in (("/v1/lookup", "application/json"), ("/v1/match", "image/jpeg"),
+                                ("/v1/match", "multipart/form-data; boundary=xyz")):
+                r = c.post(path, content=body, headers={"content-type": ctype})
+                assert 400 <= r.status_code < 500 or r.status_code == 200, (path, body[:60], r.status_code, r.text)
+                assert "error" in r.json() or r.status_code == 200
+        for headers in ({"authorization": b"Bearer \xff\xfe"}, {"authorization": "Bearer " + "x" * 10_000},
+                        {"x-request-id": b"\xe9" * 100}, {"authorization": b"Bearer hs_" + b"\xe9" * 50}):
+            r = c.get("/v1/status", headers=headers)
+            assert r.status_code in (200, 400, 401, 431), r.status_code
+    assert "internal_error" not in world["main"].log()
+
+
 def test_slow_clients_time_out(world):
     port = world["main"].port
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:     # a body that never comes

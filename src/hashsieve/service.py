@@ -684,6 +684,8 @@ class App:
         body = await self._read_body(receive, headers, MAX_LOOKUP_BODY, "/v1/lookup")
         try:
             req = json.loads(body)
+        except RecursionError:
+            raise HTTPError(400, "the body nests JSON too deeply; a lookup is one object holding a list") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise HTTPError(400, f"the body is not valid JSON ({e}); send "
                                  '{"hashes": [{"kind": "phash", "hash": "<hex>"}, ...]}') from None
