@@ -156,15 +156,24 @@ class Server:
             self.proc.wait()
 
 
-def wrk(url, path, seconds, connections, env, threads=1):
+def wrk_start(url, path, seconds, connections, env, threads=1):
     script = os.path.join(env["WORK"], "bench.lua")
     with open(script, "w") as f:
         f.write(WRK_LUA)
-    p = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", script,
-                        url + path], capture_output=True, text=True, env={**os.environ, **env, "PATH_": path})
-    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    return subprocess.Popen(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s",
+                             script, url + path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env, "PATH_": path})
+
+
+def wrk(url, path, seconds, connections, env, threads=1):
+    return wrk_result(wrk_start(url, path, seconds, connections, env, threads))
+
+
+def wrk_result(p):
+    out, err = p.communicate()
+    line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
-        sys.exit(f"wrk failed:\n{p.stdout}\n{p.stderr}")
+        sys.exit(f"wrk failed:\n{out}\n{err}")
     r = json.loads(line[8:])
     r["requests_per_s"] = round(r["requests"] / r["seconds"], 1)
     return r
@@ -395,23 +404,20 @@ def section_reload(work, index, secret, seconds):
             f.write(expect)
         probe = Probe(s.url, secret, body, expect)
         probe.start()
-        result = {}
-        duration = 20 * 4 + 10
-
-        def load():
-            result.update(wrk(s.url, "/v1/lookup", duration, 16, {"WORK": work, "SECRET": secret, "BODIES": bodies,
-                                                                   "EXPECT": expect_path}))
-
-        gen = threading.Thread(target=load)
-        gen.start()
+        gen = wrk_start(s.url, "/v1/lookup", 3600, 16, {"WORK": work, "SECRET": secret, "BODIES": bodies,
+                                                         "EXPECT": expect_path})
         time.sleep(5)
+        handled = 0         # versions loaded or refused, over both processes
         for k in range(20):
             src = damaged if k == 9 else (b if k % 2 == 0 else a)
             t = time.time()
             _put(src, serving)
-            swaps.append({"at": t, "damaged": src == damaged})
-            time.sleep(4)
-        gen.join()
+            handled += 2    # each process loads (or refuses) every version, one after the other
+            _wait(lambda: len(s.events("index_reloaded")) + len(s.events("index_refused")) >= handled, 300)
+            swaps.append({"at": t, "damaged": src == damaged, "rolled_out_s": round(time.time() - t, 2)})
+            time.sleep(1)
+        gen.send_signal(2)          # wrk stops and reports on SIGINT
+        result = wrk_result(gen)
         probe.stop.set()
         probe.join()
         reloaded = s.events("index_reloaded")
@@ -424,9 +430,9 @@ def section_reload(work, index, secret, seconds):
     base = float(np.median(lat))
     spikes = []
     for sw in swaps:
-        window = [x[1] * 1000 for x in samples if sw["at"] <= x[0] <= sw["at"] + 3.5]
+        window = [x[1] * 1000 for x in samples if sw["at"] <= x[0] <= sw["at"] + sw["rolled_out_s"] + 1]
         spikes.append({"damaged": sw["damaged"], "max_probe_ms": round(max(window), 2) if window else None,
-                       "probes": len(window)})
+                       "probes": len(window), "rolled_out_s": sw["rolled_out_s"]})
     loads = [e["load_seconds"] for e in reloaded]
     out = {"wrk": result, "swaps": 20, "damaged": 1, "reloads_logged": len(reloaded), "refusals_logged": len(refused),
            "workers": 2, "probe_requests": len(samples), "probe_failed_or_wrong": sum(1 for x in samples if not x[2]),

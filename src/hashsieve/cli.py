@@ -456,6 +456,8 @@ def cmd_serve(a):
             raise CliError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     if a.decoders is not None and not 1 <= a.decoders <= 4 * available_cores():
         raise CliError(f"--decoders must be from 1 to {4 * available_cores()}, got {a.decoders}")
+    if not 1 <= a.port <= 65535:
+        raise CliError(f"--port must be from 1 to 65535, got {a.port}")
     if not 0 <= a.max_radius <= 256:
         raise CliError(f"--max-radius must be from 0 to 256 bits, got {a.max_radius}")
     workers = a.workers or 1
