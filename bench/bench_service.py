@@ -360,10 +360,13 @@ def _versions(work, index):
 
 
 def _put(src, serving):
-    """A new file at the served path: copied to a temporary name, then renamed over it."""
+    """A new file at the served path: copied to a temporary name, then renamed over it; the time of
+    the rename (the copy is the updater's work, not the service's)."""
     tmp = serving + ".new"
     shutil.copy(src, tmp)
+    t = time.time()
     os.replace(tmp, serving)
+    return t
 
 
 class Probe(threading.Thread):
@@ -410,8 +413,7 @@ def section_reload(work, index, secret, seconds):
         handled = 0         # versions loaded or refused, over both processes
         for k in range(20):
             src = damaged if k == 9 else (b if k % 2 == 0 else a)
-            t = time.time()
-            _put(src, serving)
+            t = _put(src, serving)
             handled += 2    # each process loads (or refuses) every version, one after the other
             _wait(lambda: len(s.events("index_reloaded")) + len(s.events("index_refused")) >= handled, 300)
             swaps.append({"at": t, "damaged": src == damaged, "rolled_out_s": round(time.time() - t, 2)})
@@ -428,21 +430,27 @@ def section_reload(work, index, secret, seconds):
     samples = probe.samples
     lat = np.array([x[1] for x in samples]) * 1000
     base = float(np.median(lat))
-    spikes = []
+    spikes, inside = [], set()
     for sw in swaps:
-        window = [x[1] * 1000 for x in samples if sw["at"] <= x[0] <= sw["at"] + sw["rolled_out_s"] + 1]
-        spikes.append({"damaged": sw["damaged"], "max_probe_ms": round(max(window), 2) if window else None,
+        window = [k for k, x in enumerate(samples) if sw["at"] <= x[0] <= sw["at"] + sw["rolled_out_s"] + 1]
+        inside.update(window)
+        spikes.append({"damaged": sw["damaged"], "max_probe_ms": round(max(lat[window]), 2) if window else None,
+                       "p99_probe_ms": round(float(np.percentile(lat[window], 99)), 2) if window else None,
                        "probes": len(window), "rolled_out_s": sw["rolled_out_s"]})
+    outside = np.array([v for k, v in enumerate(lat) if k not in inside])
     loads = [e["load_seconds"] for e in reloaded]
     out = {"wrk": result, "swaps": 20, "damaged": 1, "reloads_logged": len(reloaded), "refusals_logged": len(refused),
            "workers": 2, "probe_requests": len(samples), "probe_failed_or_wrong": sum(1 for x in samples if not x[2]),
            "probe_median_ms": round(base, 2), "probe_p99_ms": round(float(np.percentile(lat, 99)), 2),
+           "outside_swaps": {"probes": len(outside), "p50_ms": round(float(np.median(outside)), 2),
+                             "p99_ms": round(float(np.percentile(outside, 99)), 2),
+                             "max_ms": round(float(outside.max()), 2)} if len(outside) else None,
            "spikes": spikes, "load_seconds_median": round(float(np.median(loads)), 3) if loads else None,
            "metrics": [ln for ln in status.splitlines() if ln.startswith("hashsieve_reloads")]}
     print(f"reload: {len(reloaded)} reloads and {len(refused)} refusals logged over 2 processes; wrk "
           f"{result['requests_per_s']} req/s, non-200 {result['non_200']}, wrong {result['wrong']}, errors "
           f"{result['errors_connect'] + result['errors_read'] + result['errors_timeout']}; probe median {base:.2f} ms, "
-          f"spikes {[x['max_probe_ms'] for x in spikes]}", file=sys.stderr)
+          f"spikes {[x['max_probe_ms'] for x in spikes]}; outside swaps {out['outside_swaps']}", file=sys.stderr)
     return out
 
 
@@ -540,8 +548,8 @@ def section_servers(work, index, secret, seconds):
              "uvicorn": [os.path.join(bindir, "uvicorn"), "--factory", "--log-level", "warning", "--no-access-log",
                          "--loop", "uvloop", "--http", "httptools", "hashsieve.service:create_app"]}
     out = {}
-    for rnd in range(2):
-        for name, argv in argvs.items():
+    for rnd in range(3):            # turn about, the order alternating: the machine's load drifts
+        for name, argv in sorted(argvs.items(), reverse=rnd % 2 == 1):
             s = Server(work, index, argv=argv, env=env)
             try:
                 wrk(s.url, "/v1/lookup", 2, 32, {"WORK": work, "SECRET": secret, "BODIES": bodies})
@@ -552,6 +560,7 @@ def section_servers(work, index, secret, seconds):
             out.setdefault(name, []).append(r)
             print(f"{name}: {r['requests_per_s']:,} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
                   f"non-200 {r['non_200']}, load {r['loadavg']}", file=sys.stderr)
+    out["median_requests_per_s"] = {name: float(np.median([r["requests_per_s"] for r in out[name]])) for name in argvs}
     return out
 
 

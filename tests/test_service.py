@@ -4,6 +4,7 @@ Indexes are built with the command line from generated lists and images; answers
 with HashIndex queries and with `hashsieve scan` reports of the same files.
 """
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -565,9 +566,17 @@ def test_every_worker_reloads_one_at_a_time(world, tmp_path):
         pids = set()        # new connections until both processes have answered one
         _wait(lambda: pids.add(c.get("/v1/status", headers={"connection": "close"}).json()["process"]) or
               len(pids) == 2, "requests never reached both server processes")
+        # Hold the processes' reload lock (in the run folder the service logs): neither may load meanwhile.
+        run_dir = world["two"].events("serving")[0]["run_dir"]
         extra = tmp_path / "extra2.txt"
         extra.write_text("0123456789abcdef\n")
-        run("add", world["index2"], extra)
+        with open(os.path.join(run_dir, "reload.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            run("add", world["index2"], extra)
+            time.sleep(1.0)                     # ten polls
+            assert world["two"].events("index_reloaded") == []
+            assert c.get("/v1/status").json()["generation"] == 1       # the old version serves meanwhile
+            fcntl.flock(lock, fcntl.LOCK_UN)
         _wait(lambda: len(world["two"].events("index_reloaded")) == 2, "not every worker reloaded")
         loads = sorted(world["two"].events("index_reloaded"), key=lambda e: e["load_started"])
         assert {e["process"] for e in loads} == pids

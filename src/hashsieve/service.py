@@ -887,7 +887,7 @@ def serve(cfg):
     try:
         os.environ[CONFIG_ENV] = cfg.to_json()
         log_event("serving", index=cfg.index, host=cfg.host, port=cfg.port, workers=cfg.workers,
-                  decoders=cfg.decoders)
+                  decoders=cfg.decoders, run_dir=cfg.run_dir)
         Granian("hashsieve.service:create_app", factory=True, address=cfg.host, port=cfg.port,
                 interface=Interfaces.ASGI, workers=cfg.workers, http=HTTPModes.http1, websockets=False,
                 http1_settings=HTTP1Settings(header_read_timeout=int(cfg.header_timeout * 1000)),
