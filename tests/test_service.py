@@ -232,6 +232,14 @@ def test_keys_file_holds_no_secret_and_removed_key_is_refused(world, tmp_path):
         while c.post("/v1/lookup", json=body).status_code != 200:
             assert time.monotonic() < deadline, "the restored key does not work again"
             time.sleep(0.1)
+        # An emptied keys file is refused: the keys in service stay.
+        shutil.copy(world["keys"], backup)
+        try:
+            open(world["keys"], "w").close()
+            _wait(lambda: "keys_refused" in world["main"].log(), "the empty keys file was not refused")
+            assert c.post("/v1/lookup", json=body).status_code == 200
+        finally:
+            os.replace(backup, world["keys"])
 
 
 # ====================================================================== lookup

@@ -430,7 +430,10 @@ class App:
             ident = (st.st_ino, st.st_size, st.st_mtime_ns)
         except OSError:
             ident = None
-        return ident, KeyRing(read_keys(self.cfg.keys))
+        keys = read_keys(self.cfg.keys)
+        if not keys:                # a keys file moved away or emptied must not lock every client out
+            raise KeysFileError(f"{self.cfg.keys} is missing or holds no keys; the keys in service are kept")
+        return ident, KeyRing(keys)
 
     def _load(self, initial=False):
         """Load the file at the index path (one process at a time); a new Version or the error."""
@@ -439,10 +442,11 @@ class App:
             started = time.time()
             try:
                 got = load_version(self.cfg.index, self.generation + 1, self.cfg.max_upload_bytes)
-            except (IndexOpenError, IndexFormatError, OSError, sqlite3.Error) as e:
+            except Exception as e:      # a new file that fails to load in any way is refused, with the reason
                 if initial:
                     raise
-                got = e
+                got = e if isinstance(e, (IndexOpenError, IndexFormatError, OSError, sqlite3.Error)) else \
+                    IndexFormatError(f"{self.cfg.index}: cannot be loaded ({type(e).__name__}: {e})")
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
             got.load_started, got.load_seconds = started, time.time() - started
@@ -573,7 +577,10 @@ class App:
                              f"with request id {rid}", "field": None, "request_id": rid}
             log_event("internal_error", request_id=rid, traceback=traceback.format_exc())
         if body is not None:
-            await self._send(send, status, body, extra + [(b"x-request-id", rid.encode())])
+            try:
+                await self._send(send, status, body, extra + [(b"x-request-id", rid.encode())])
+            except OSError:             # the client went away before its answer
+                status = 499
         self.metrics.inc("hashsieve_requests_total", (("endpoint", endpoint), ("status", str(status))))
         self.metrics.observe("hashsieve_request_duration_seconds", (("endpoint", endpoint), ("status", str(status))),
                              time.perf_counter() - t0)
