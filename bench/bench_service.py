@@ -15,7 +15,8 @@ Sections (each starts its own server on a free local port, and stops it):
 * reload: wrk runs single-hash lookups (every answer checked against the expected bytes) while
   20 new versions of the index are put in place (the 10th one damaged); a probe client measures
   each request's latency, to show the spike at each swap.
-* memory: RSS and anonymous memory of the server process before and after 100 reloads (a 1M index).
+* memory: RSS and anonymous memory of the server process before and after 100 reloads (of a 1M
+  index, --memory-n).
 * servers: the same application under granian and uvicorn (single-hash lookups).
 * pools: one upload decoded through hashing.run_in_workers (workers started per call) and through
   the service's persistent process pool.
@@ -454,9 +455,13 @@ def section_reload(work, index, secret, seconds):
     return out
 
 
+MEMORY_N = 1_000_000        # --memory-n
+
+
 def section_memory(work, index, secret, seconds):
     import psutil
-    serving, a, b, damaged = _versions(work, prepare_index(work, 1_000_000))
+    n = MEMORY_N
+    serving, a, b, damaged = _versions(work, prepare_index(work, n))
     s = Server(work, serving, "--workers", 1, "--watch", 0.05)
     try:
         pid = s.worker_pids()[0]
@@ -482,7 +487,7 @@ def section_memory(work, index, secret, seconds):
         after = mem()
     finally:
         s.stop()
-    out = {"index_entries": 1_000_000, "reloads": 100, "before": before, "after": after,
+    out = {"index_entries": n, "reloads": 100, "before": before, "after": after,
            "seconds": round(time.perf_counter() - t0, 1)}
     print(f"memory over 100 reloads: {before} -> {after}", file=sys.stderr)
     return out
@@ -571,8 +576,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=15, help="length of each wrk run (default 15)")
     ap.add_argument("--only", default="lookup,batch,match,reload,memory,servers,pools")
     ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "hashsieve-bench-service"))
+    ap.add_argument("--memory-n", default="1M", help="index size of the memory section (default 1M)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     a = ap.parse_args()
+    global MEMORY_N
+    MEMORY_N = harness.parse_size(a.memory_n)
     if shutil.which("wrk") is None:
         sys.exit("needs the load generator wrk: apt-get install wrk")
     n = harness.parse_size(a.n)
