@@ -17,7 +17,7 @@ so the processes share its pages, and runs:
   and the log and /v1/status say why.
 
 Per-kind logic (which kinds the index holds, reading a lookup's {"kind", "hash"}, the answer's
-"hashes") lives in the four functions under "Kinds", the one place to change for indexes that
+"hashes") lives in the five functions under "Kinds", the one place to change for indexes that
 hold several kinds.
 """
 import asyncio
@@ -448,8 +448,9 @@ class App:
                 got = e if isinstance(e, (IndexOpenError, IndexFormatError, OSError, sqlite3.Error)) else \
                     IndexFormatError(f"{self.cfg.index}: cannot be loaded ({type(e).__name__}: {e})")
             finally:
+                ended = time.time()     # (before the next process may start)
                 fcntl.flock(lock, fcntl.LOCK_UN)
-            got.load_started, got.load_seconds = started, time.time() - started
+            got.load_started, got.load_seconds = started, ended - started
             return got
 
     def _swap(self, new):
