@@ -548,6 +548,97 @@ def cmd_scan(a):
     return EXIT_MATCH if s.matched else EXIT_OK
 
 
+# ====================================================================== service
+def cmd_keys_add(a):
+    from .keys import KeysFileError, add_key, parse_scopes
+    try:
+        secret = add_key(a.file, a.name, parse_scopes(a.scopes))
+    except KeysFileError as e:
+        raise CliError(str(e)) from None
+    print(secret)
+    _info(f"added key {a.name!r} to {a.file}; the secret above is shown only this once (the file keeps a salted "
+          "hash of it): send it as the header Authorization: Bearer <secret>")
+    return EXIT_OK
+
+
+def cmd_keys_remove(a):
+    from .keys import KeysFileError, remove_key
+    try:
+        remove_key(a.file, a.name)
+    except KeysFileError as e:
+        raise CliError(str(e)) from None
+    _info(f"removed key {a.name!r} from {a.file}; a running service refuses it within its --watch interval")
+    return EXIT_OK
+
+
+def cmd_serve(a):
+    from .service import ServeConfig, ServeError, serve
+    for name in ("rate", "burst", "max_upload_mb", "watch", "header_timeout", "body_timeout"):
+        value = getattr(a, name)
+        if not (math.isfinite(value) and value >= 0) or (value == 0 and name not in ("rate",)):
+            raise CliError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if a.decoders is not None and not 1 <= a.decoders <= 4 * available_cores():
+        raise CliError(f"--decoders must be from 1 to {4 * available_cores()}, got {a.decoders}")
+    if not 1 <= a.port <= 65535:
+        raise CliError(f"--port must be from 1 to 65535, got {a.port}")
+    if not 0 <= a.max_radius <= 256:
+        raise CliError(f"--max-radius must be from 0 to 256 bits, got {a.max_radius}")
+    workers = a.workers or 1
+    cfg = ServeConfig(index=os.path.abspath(a.index), keys=os.path.abspath(a.keys), host=a.host, port=a.port,
+                      workers=workers, decoders=a.decoders or max(1, available_cores() // workers),
+                      rate=a.rate, burst=a.burst, max_upload_bytes=int(a.max_upload_mb * (1 << 20)),
+                      max_radius=a.max_radius, audit_log=a.audit_log, watch_seconds=a.watch,
+                      header_timeout=a.header_timeout, body_timeout=a.body_timeout, run_dir=None)
+    try:
+        serve(cfg)
+    except ServeError as e:
+        raise CliError(str(e)) from None
+    return EXIT_OK
+
+
+def _add_service_parsers(sub):
+    from .keys import SCOPES
+    k = sub.add_parser("keys", help="manage the API keys of `hashsieve serve`")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    ka = ksub.add_parser("add", help="add a key; prints its secret once")
+    ka.add_argument("name", metavar="NAME", help="who holds the key (shown in the audit log)")
+    ka.add_argument("--scopes", required=True, help=f"comma-separated, from: {', '.join(SCOPES)}")
+    ka.add_argument("--file", required=True, metavar="KEYS", help="keys file (created if missing)")
+    ka.set_defaults(func=cmd_keys_add)
+    kr = ksub.add_parser("remove", help="remove (revoke) a key")
+    kr.add_argument("name", metavar="NAME")
+    kr.add_argument("--file", required=True, metavar="KEYS")
+    kr.set_defaults(func=cmd_keys_remove)
+
+    v = sub.add_parser("serve", help="serve an index over HTTP (the screening service, docs/service.md)",
+                       description="Serve INDEX over HTTP: POST /v1/match (an image), POST /v1/lookup (hashes), "
+                                   "GET /v1/status, /metrics, /openapi.json (API key needed) and /healthz, "
+                                   "/readyz. New versions of INDEX are swapped in as they are saved.")
+    v.add_argument("index", metavar="INDEX")
+    v.add_argument("--keys", required=True, metavar="KEYS", help="keys file from `hashsieve keys add`")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    v.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    v.add_argument("--workers", type=int, default=None, help="server processes, sharing the mapped index "
+                                                             "(default 1)")
+    v.add_argument("--decoders", type=int, default=None,
+                   help="image decoding processes per server process (default: cores / workers)")
+    v.add_argument("--rate", type=float, default=200.0,
+                   help="requests/s allowed per key, across all workers (default 200; 0: no limit)")
+    v.add_argument("--burst", type=float, default=400.0, help="requests a key may send at once (default 400)")
+    v.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload, MiB (default 32)")
+    v.add_argument("--max-radius", type=int, default=16,
+                   help="largest radius a lookup may ask for (default 16: wider ones return floods); "
+                        "never below a kind's default radius (PDQ 31)")
+    v.add_argument("--audit-log", default="-", metavar="FILE",
+                   help="audit log, JSON lines appended (default -: standard output)")
+    v.add_argument("--watch", type=float, default=2.0, help="seconds between checks for a new index (default 2)")
+    v.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a client has to send the request headers (default 10)")
+    v.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a client has to send the request body (default 30)")
+    v.set_defaults(func=cmd_serve)
+
+
 # ====================================================================== parser
 def _kinds_arg(text):
     """--kind K[,K...]: kind names."""
@@ -684,6 +775,7 @@ def build_parser():
     s.add_argument("--task-files", type=int, default=TASK_FILES, metavar="N",
                    help=f"with --cluster: files per task, at most (default {TASK_FILES}; big zips are split by it)")
     s.set_defaults(func=cmd_scan)
+    _add_service_parsers(sub)
     return p
 
 
