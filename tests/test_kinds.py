@@ -124,3 +124,13 @@ def test_pil_and_bytes_hash_alike_through_the_kind():
     data = jpeg()
     code, quality, _ = kind_of("pdq").hash(Image.open(io.BytesIO(data)))
     assert np.array_equal(code, hash_image(data, "pdq")) and quality == hash_image(data, "pdq", with_quality=True)[1]
+
+
+@pytest.mark.parametrize("name", ["phash", "pdq"])
+def test_from_checked_hex_gives_from_hex_codes(name):
+    kind = KINDS[name]
+    rng = np.random.default_rng(3)
+    codes = kind.from_hex(kind.to_hex(rng.integers(0, 2**63, 9, dtype=np.uint64) if kind.bits == 64
+                                      else rng.integers(0, 256, (9, 32), dtype=np.uint8)))
+    got = kind.from_checked_hex(kind.to_hex(codes))
+    assert got.dtype == codes.dtype and got.shape == codes.shape and (got == codes).all()

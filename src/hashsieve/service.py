@@ -148,7 +148,7 @@ def lookup_matches(lindex, name, values, radius):
     if name in DIGEST_KINDS:
         return lindex.match_digests(values, name)
     kind = lindex.kind_named(name)
-    return lindex.match(kind.from_hex(values), radius, kind=name)
+    return lindex.match(kind.from_checked_hex(values), radius, kind=name)   # (parse_lookup_hash checked them)
 
 
 def answer_hashes(record):
