@@ -1451,8 +1451,9 @@ static void free_buffers(hs_scratch *w)
  * on the development VM, after another library had freed memory, those took
  * milliseconds (a 10M-code 256-bit query: 2-6 ms in faults, 0.2 ms of work).
  * Buffers over HS_KEEP_BYTES are given back after each search. */
-#define HS_KEEP_BYTES (4u << 20)
+#define HS_KEEP_BYTES (1u << 20)
 static pthread_key_t kept_key;
+static int have_kept_key;   /* 0: no key could be made, every search allocates its own */
 static pthread_once_t kept_once = PTHREAD_ONCE_INIT;
 
 static void free_kept(void *w)
@@ -1463,15 +1464,14 @@ static void free_kept(void *w)
 
 static void make_kept_key(void)
 {
-    if (pthread_key_create(&kept_key, free_kept))
-        kept_key = (pthread_key_t)-1;   /* no kept buffers: every search allocates its own */
+    have_kept_key = pthread_key_create(&kept_key, free_kept) == 0;
 }
 
 /* Moves this thread's kept buffers into w (zeroed otherwise). */
 static void take_kept(hs_scratch *w)
 {
     pthread_once(&kept_once, make_kept_key);
-    hs_scratch *k = kept_key == (pthread_key_t)-1 ? NULL : pthread_getspecific(kept_key);
+    hs_scratch *k = have_kept_key ? pthread_getspecific(kept_key) : NULL;
     if (k) {
         *w = *k;
         memset(k, 0, sizeof *k);
@@ -1483,8 +1483,8 @@ static void take_kept(hs_scratch *w)
 /* Keeps w's buffers for this thread's next search, each up to HS_KEEP_BYTES. */
 static void keep_buffers(hs_scratch *w)
 {
-    hs_scratch *k = kept_key == (pthread_key_t)-1 ? NULL : pthread_getspecific(kept_key);
-    if (!k && kept_key != (pthread_key_t)-1 && (k = calloc(1, sizeof *k)) && pthread_setspecific(kept_key, k)) {
+    hs_scratch *k = have_kept_key ? pthread_getspecific(kept_key) : NULL;
+    if (!k && have_kept_key && (k = calloc(1, sizeof *k)) && pthread_setspecific(kept_key, k)) {
         free(k);
         k = NULL;
     }
