@@ -8,14 +8,18 @@ methods turn about, best of --rounds per query; one thread each) of hashsieve,
 faiss.IndexBinaryFlat(256) and faiss.IndexBinaryMultiHash(256, 16, 16) with nflip=1
 (python-threatexchange's default PDQ index; exact at r=31 by pigeonhole: 16 x 2 > 31);
 every answer checked against a NumPy oracle (hashsieve exactly, FAISS as sets, since FAISS
-returns results unsorted). Also: build times, bytes per code (arrays and RSS growth), the
+returns results unsorted). --no-faiss (for 100M codes, where FAISS's 3.2 GB copy does not fit beside
+ours): hashsieve alone, a 256 MiB stream in 4 KiB pages between two queries keeping them cold, and
+--check-queries of them checked against the oracle. Also: build times, bytes per code (arrays and RSS growth), the
 substring layout the cost model chose, probes / candidates / hits per query (medians, from
 explain()), and the throughput of a batch on every core. Results go to
 bench/results/bench_256_<N>.json and a Markdown table on stdout.
 """
 import argparse
 import json
+import mmap
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -80,15 +84,22 @@ def as_pairs(lims, dist, ids, i):
     return sorted(zip(dist[lims[i]:lims[i + 1]].tolist(), ids[lims[i]:lims[i + 1]].tolist()))
 
 
-def run_kind(kind, n, nq, rounds, with_mih, seed):
-    import faiss
-    faiss.omp_set_num_threads(1)
+def cache_flusher():
+    """Reads 256 MiB in 4 KiB pages (an anonymous map, not madvised for huge pages): evicts the caches and
+    the TLB, as FAISS's scan of the whole list does between two of our queries in the FAISS runs."""
+    buf = np.frombuffer(mmap.mmap(-1, 256 << 20), np.uint8)
+    buf[::4096] = 1
+    return lambda q: int(buf[::64].sum())
+
+
+def run_kind(kind, n, nq, rounds, with_faiss, with_mih, check, batch_size, seed):
     rng = np.random.default_rng(seed)
     t = time.perf_counter()
     codes = KINDS[kind](rng, n)
     queries = make_queries(rng, codes, nq)
     print(f"[{kind}] {n} codes generated in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    want = oracle(codes, queries, RADIUS)
+    checked = np.arange(nq) if check is None else np.unique(np.linspace(0, nq - 1, check).astype(int))
+    want = dict(zip(checked.tolist(), oracle(codes, queries[checked], RADIUS)))
 
     harness.release_memory()
     rss0 = harness.rss_bytes()
@@ -99,20 +110,22 @@ def run_kind(kind, n, nq, rounds, with_mih, seed):
     rss_growth = harness.rss_bytes() - rss0
     layout = index.layout()
 
-    flat = faiss.IndexBinaryFlat(256)
-    flat.add(codes)
-    mih, mih_build_s = None, None
-    if with_mih:
-        t = time.perf_counter()
-        mih = faiss.IndexBinaryMultiHash(256, 16, 16)
-        mih.nflip = 1
-        mih.add(codes)
-        mih_build_s = time.perf_counter() - t
-
-    methods = {"hashsieve": lambda q: index.range_search(q, RADIUS, threads=1),
-               "faiss_flat": lambda q: flat.range_search(q, RADIUS + 1)}      # FAISS keeps d < radius
-    if mih is not None:
-        methods["faiss_mih"] = lambda q: mih.range_search(q, RADIUS + 1)
+    methods = {"hashsieve": lambda q: index.range_search(q, RADIUS, threads=1)}
+    mih_build_s = None
+    if with_faiss:
+        import faiss
+        faiss.omp_set_num_threads(1)
+        flat = faiss.IndexBinaryFlat(256)
+        flat.add(codes)
+        methods["faiss_flat"] = lambda q: flat.range_search(q, RADIUS + 1)      # FAISS keeps d < radius
+        if with_mih:
+            t = time.perf_counter()
+            mih = faiss.IndexBinaryMultiHash(256, 16, 16)
+            mih.nflip = 1
+            mih.add(codes)
+            mih_build_s = time.perf_counter() - t
+            methods["faiss_mih"] = lambda q: mih.range_search(q, RADIUS + 1)
+    flush = None if with_faiss else cache_flusher()
     best = {name: np.full(nq, np.inf) for name in methods}
     wrong = {name: 0 for name in methods}
     clock = time.perf_counter
@@ -121,10 +134,12 @@ def run_kind(kind, n, nq, rounds, with_mih, seed):
             q = queries[i:i + 1]
             names = list(methods) if (i + rnd) % 2 == 0 else list(methods)[::-1]
             for name in names:
+                if flush is not None:
+                    flush(q)
                 t = clock()
                 res = methods[name](q)
                 best[name][i] = min(best[name][i], clock() - t)
-                if rnd == 0:
+                if rnd == 0 and i in want:
                     d, ids = want[i]
                     if name == "hashsieve":
                         lims, dist, got = res
@@ -134,26 +149,28 @@ def run_kind(kind, n, nq, rounds, with_mih, seed):
                     wrong[name] += not ok
     stats = index.explain(queries, radius=RADIUS, threads=1)
 
-    batch = np.concatenate([queries] * max(1, 10_000 // nq))[:10_000]
+    batch = make_queries(rng, codes, batch_size)
     t = time.perf_counter()
     index.range_search(batch, RADIUS)
     batch_qps = len(batch) / (time.perf_counter() - t)
 
     med = {name: float(np.median(v)) for name, v in best.items()}
-    fastest_faiss = min(v for k, v in med.items() if k != "hashsieve")
+    fastest_faiss = min((v for k, v in med.items() if k != "hashsieve"), default=None)
     return {
         "kind": kind, "n": n, "queries": nq, "radius": RADIUS, "rounds": rounds,
         "build_s": round(build_s, 2), "faiss_mih_build_s": None if mih_build_s is None else round(mih_build_s, 1),
         "bytes_per_code_arrays": round(index.nbytes() / n, 1), "bytes_per_code_rss": round(rss_growth / n, 1),
         "tables": list(layout[0]["tables"]) if layout else [],
         "median_us": {k: round(v * 1e6, 1) for k, v in med.items()},
-        "ratio_vs_fastest_faiss": round(fastest_faiss / med["hashsieve"], 1),
-        "wrong": wrong,
+        "ratio_vs_fastest_faiss": None if fastest_faiss is None else round(fastest_faiss / med["hashsieve"], 1),
+        "wrong": wrong, "checked_queries": len(want), "cold_by": "faiss" if with_faiss else "256 MiB stream",
         "probes": float(np.median(stats["probes"])), "candidates": float(np.median(stats["candidates"])),
         "hits": float(np.median(stats["hits"])), "scanned": float(np.median(stats["scanned"])),
         "near_median_us": round(float(np.median(best["hashsieve"][:nq // 2])) * 1e6, 1),
         "random_median_us": round(float(np.median(best["hashsieve"][nq // 2:])) * 1e6, 1),
-        "batch_qps_all_cores": round(batch_qps), "cores": len(os.sched_getaffinity(0)),
+        "batch_queries": batch_size, "batch_qps_all_cores": round(batch_qps), "cores": len(os.sched_getaffinity(0)),
+        "load_avg": round(os.getloadavg()[0], 1),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
 
 
@@ -164,10 +181,14 @@ def main():
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-mih", action="store_true", help="skip faiss.IndexBinaryMultiHash (its build is slow)")
+    ap.add_argument("--no-faiss", action="store_true", help="hashsieve alone (100M codes)")
+    ap.add_argument("--check-queries", type=int, help="queries checked against the oracle (default: all)")
+    ap.add_argument("--batch", type=int, default=10_000, help="queries in the batch timed on every core")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     n = harness.parse_size(args.n)
-    results = [run_kind(kind, n, args.queries, args.rounds, not args.no_mih, args.seed)
+    results = [run_kind(kind, n, args.queries, args.rounds, not args.no_faiss, not args.no_mih, args.check_queries,
+                        args.batch, args.seed)
                for kind in args.kinds.split(",")]
     out = HERE / "results" / f"bench_256_{harness.size_name(n)}.json"
     out.write_text(json.dumps({"command": " ".join(["bench/bench_256.py"] + sys.argv[1:]), "results": results},
@@ -177,8 +198,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         m = r["median_us"]
-        print(f"| {r['kind']} | {harness.size_name(r['n'])} | {m['hashsieve']} us | {m['faiss_flat']} us | "
-              f"{m.get('faiss_mih', '-')} us | {r['ratio_vs_fastest_faiss']}x | {r['probes']:.0f} | "
+        print(f"| {r['kind']} | {harness.size_name(r['n'])} | {m['hashsieve']} us | {m.get('faiss_flat', '-')} us | "
+              f"{m.get('faiss_mih', '-')} us | {r['ratio_vs_fastest_faiss'] or '-'}x | {r['probes']:.0f} | "
               f"{r['candidates']:.0f} | {r['hits']:.0f} | {len(r['tables'])} x {sorted(set(r['tables']))} | "
               f"{r['build_s']} s | {r['bytes_per_code_arrays']}, {r['bytes_per_code_rss']} | {r['wrong']} |")
     print(json.dumps(results, indent=1), file=sys.stderr)

@@ -169,14 +169,14 @@ def choose_tables(uint64_t n_unique, int bits=64):
 
 def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
     """Segment from uint64 codes (n,) or (n, 4) (256-bit) and int64 ids (n,), all C-contiguous;
-    n <= MAX_SEGMENT_ENTRIES."""
+    n <= MAX_SEGMENT_ENTRIES. Sorted by (code, id) (word 0 first), identical codes grouped, and the
+    tables the cost model chooses (none for a small segment); 256-bit tables have no fingerprints."""
     if codes.shape[0] > MAX_SEGMENT_ENTRIES:
         raise ValueError(f"a segment holds at most {MAX_SEGMENT_ENTRIES} entries (2**32-1: entry positions are "
                          f"32-bit), this one would hold {codes.shape[0]}; split the hashes over several indexes")
     if ids.shape[0] != codes.shape[0]:
         raise ValueError(f"{codes.shape[0]} codes but {ids.shape[0]} ids")
-    if codes.ndim == 2:
-        return _build_segment_wide(codes, ids, nthreads)
+    cdef int words = code_words(codes)
     cdef uint64_t n = codes.shape[0], u
     cdef int m, k, rc
     cdef int bits[HS_MAX_TABLES]
@@ -184,76 +184,39 @@ def build_segment(cnp.ndarray codes, cnp.ndarray ids, int nthreads=1):
     cdef uint32_t *offsets[HS_MAX_TABLES]
     cdef uint32_t *fps[HS_MAX_TABLES]
     cdef uint32_t *table_groups[HS_MAX_TABLES]
-    cdef cnp.ndarray sorted_codes = np.empty(n, dtype=np.uint64)
+    cdef cnp.ndarray sorted_codes = np.empty_like(codes)
     cdef cnp.ndarray sorted_ids = np.empty(n, dtype=np.int64)
     with nogil:
-        rc = hs_sort_pairs(<uint64_t *>cnp.PyArray_DATA(codes), <int64_t *>cnp.PyArray_DATA(ids), n,
+        rc = hs_sort_pairs(<uint64_t *>cnp.PyArray_DATA(codes), <int64_t *>cnp.PyArray_DATA(ids), n, words,
                            <uint64_t *>cnp.PyArray_DATA(sorted_codes), <int64_t *>cnp.PyArray_DATA(sorted_ids))
-        u = hs_count_unique(<uint64_t *>cnp.PyArray_DATA(sorted_codes), n)
+        u = hs_count_unique(<uint64_t *>cnp.PyArray_DATA(sorted_codes), n, words)
     if rc:
         raise MemoryError("out of memory while sorting the codes")
-    cdef cnp.ndarray ucodes = np.empty(u, dtype=np.uint64)
     cdef cnp.ndarray group_start = np.empty(u + 1, dtype=np.uint32)
-    with nogil:
-        hs_group(<uint64_t *>cnp.PyArray_DATA(sorted_codes), n,
-                 <uint64_t *>cnp.PyArray_DATA(ucodes), <uint32_t *>cnp.PyArray_DATA(group_start))
+    with nogil:   # the distinct codes, compacted in place
+        hs_group(<uint64_t *>cnp.PyArray_DATA(sorted_codes), n, words,
+                 <uint64_t *>cnp.PyArray_DATA(sorted_codes), <uint32_t *>cnp.PyArray_DATA(group_start))
+    cdef cnp.ndarray ucodes = sorted_codes if u == n else sorted_codes[:u].copy()
     del sorted_codes
-    m = hs_choose_tables(u, 1, bits, shift)
-    offs, tfps, tgroups = [], [], [None]
+    m = hs_choose_tables(u, words, bits, shift)
+    offs, tfps, tgroups = [], [], []
     for k in range(m):
         offs.append(np.empty((1 << bits[k]) + 1, dtype=np.uint32))
-        tfps.append(np.empty(u, dtype=np.uint32))
         offsets[k] = <uint32_t *>cnp.PyArray_DATA(offs[k])
-        fps[k] = <uint32_t *>cnp.PyArray_DATA(tfps[k])
-        table_groups[k] = NULL
-        if k:
-            tgroups.append(np.empty(u, dtype=np.uint32))
+        fps[k] = table_groups[k] = NULL
+        if words == 1:
+            tfps.append(np.empty(u, dtype=np.uint32))
+            fps[k] = <uint32_t *>cnp.PyArray_DATA(tfps[k])
+        # 64-bit table 0's key is the top bits of the sorted codes: its slots are in code order
+        tgroups.append(None if k == 0 and words == 1 else np.empty(u, dtype=np.uint32))
+        if tgroups[k] is not None:
             table_groups[k] = <uint32_t *>cnp.PyArray_DATA(tgroups[k])
     with nogil:
-        rc = hs_build_tables(<uint64_t *>cnp.PyArray_DATA(ucodes), u, 1, m, bits, shift,
+        rc = hs_build_tables(<uint64_t *>cnp.PyArray_DATA(ucodes), u, words, m, bits, shift,
                              offsets, fps, table_groups, nthreads)
     if rc:
         raise MemoryError("out of memory while building the tables")
-    return Segment(ucodes, group_start, sorted_ids, [bits[k] for k in range(m)], offs,
-                   tfps, tgroups[:m])
-
-
-def _build_segment_wide(codes, ids, int nthreads):
-    """build_segment for 256-bit codes (uint64 (n, 4)): sorted by (word 0, .., word 3, id), identical
-    codes grouped, and the tables the cost model chooses (none for a small segment), without fingerprints."""
-    cdef int words = codes.shape[1]
-    n = codes.shape[0]
-    order = np.lexsort((ids,) + tuple(codes[:, w] for w in range(words - 1, -1, -1)))
-    sorted_codes, sorted_ids = codes[order], ids[order]
-    del order
-    new = np.ones(n, dtype=bool)
-    if n > 1:
-        np.any(sorted_codes[1:] != sorted_codes[:n - 1], axis=1, out=new[1:])
-    starts = np.flatnonzero(new)
-    group_start = np.empty(len(starts) + 1, dtype=np.uint32)
-    group_start[:len(starts)] = starts
-    group_start[len(starts)] = n
-    cdef cnp.ndarray ucodes = np.ascontiguousarray(sorted_codes[starts])
-    del sorted_codes, starts, new
-    cdef uint64_t u = ucodes.shape[0]
-    cdef int m, k, rc
-    cdef int bits[HS_MAX_TABLES]
-    cdef int shift[HS_MAX_TABLES]
-    cdef uint32_t *offsets[HS_MAX_TABLES]
-    cdef uint32_t *table_groups[HS_MAX_TABLES]
-    m = hs_choose_tables(u, words, bits, shift)
-    offs, tgroups = [], []
-    for k in range(m):             # every table has group numbers: no key is the codes' sort order
-        offs.append(np.empty((1 << bits[k]) + 1, dtype=np.uint32))
-        offsets[k] = <uint32_t *>cnp.PyArray_DATA(offs[k])
-        tgroups.append(np.empty(u, dtype=np.uint32))
-        table_groups[k] = <uint32_t *>cnp.PyArray_DATA(tgroups[k])
-    with nogil:
-        rc = hs_build_tables(<uint64_t *>cnp.PyArray_DATA(ucodes), u, words, m, bits, shift,
-                             offsets, NULL, table_groups, nthreads)
-    if rc:
-        raise MemoryError("out of memory while building the tables")
-    return Segment(ucodes, group_start, sorted_ids, [bits[k] for k in range(m)], offs, [], tgroups)
+    return Segment(ucodes, group_start, sorted_ids, [bits[k] for k in range(m)], offs, tfps, tgroups)
 
 
 # ---------------------------------------------------------------- checks of loaded segments

@@ -232,7 +232,7 @@ typedef int (*hs_probes_fn)(const hs_segment *, int, const uint64_t *, int, int,
 typedef struct {
     hs_probes_fn mih_probes;
     hs_probes_fn mih_probes4;   /* 256-bit codes */
-    int (*mih_knn)(const hs_segment *, int, uint64_t, uint64_t, hs_scratch *, hs_stats *, double);
+    int (*mih_knn)(const hs_segment *, int, const uint64_t *, uint64_t, hs_scratch *, hs_stats *, double);
     void (*brute_range)(const hs_segment *, int, const uint64_t *, int, int, uint64_t, uint64_t, hs_scratch *,
                         hs_stats *);
     void (*brute_knn)(const hs_segment *, int, uint64_t, uint64_t, uint64_t, uint64_t, hs_scratch *, hs_stats *);
@@ -369,17 +369,22 @@ int hs_choose_tables(uint64_t n_unique, int words, int bits[HS_MAX_TABLES], int 
     return m;
 }
 
-typedef struct {
-    uint64_t code;
-    int64_t id;
-} pair_t;
-
-static int cmp_pair(const void *a, const void *b)
+/* Code a vs code b of `words` words, word 0 first: -1, 0 or 1. */
+static inline int cmp_code(const uint64_t *a, const uint64_t *b, int words)
 {
-    const pair_t *x = a, *y = b;
-    if (x->code != y->code)
-        return x->code < y->code ? -1 : 1;
-    return (x->id > y->id) - (x->id < y->id);
+    for (int w = 0; w < words; w++)
+        if (a[w] != b[w])
+            return a[w] < b[w] ? -1 : 1;
+    return 0;
+}
+
+/* A (code, id) pair as words + 1 words, for qsort_r. */
+static int cmp_record(const void *a, const void *b, void *words)
+{
+    const int W = *(const int *)words;
+    const uint64_t *x = a, *y = b;
+    const int c = cmp_code(x, y, W);
+    return c ? c : ((int64_t)x[W] > (int64_t)y[W]) - ((int64_t)x[W] < (int64_t)y[W]);
 }
 
 typedef struct {
@@ -387,54 +392,71 @@ typedef struct {
     int64_t *ids;
     const uint64_t *starts;
     uint64_t b0, b1;
+    int words;
     int oom;
 } sort_job;
 
-static void *sort_buckets(void *arg)
+/* Sorts buckets [b0, b1) in place by (code, id): insertion sort when short,
+ * else qsort of (code, id) records. W is a constant where this is inlined. */
+static inline __attribute__((always_inline)) void sort_buckets_w(sort_job *j, const int W)
 {
-    sort_job *j = arg;
-    pair_t *tmp = NULL;
+    uint64_t *tmp = NULL;
     size_t cap = 0;
     for (uint64_t b = j->b0; b < j->b1; b++) {
         uint64_t a = j->starts[b], e = j->starts[b + 1], n = e - a;
-        uint64_t *c = j->codes + a;
+        uint64_t *c = j->codes + W * a;
         int64_t *d = j->ids + a;
         if (n <= 32) {
             for (uint64_t i = 1; i < n; i++) {
-                uint64_t kc = c[i];
+                uint64_t kc[HS_MAX_WORDS];
+                memcpy(kc, c + W * i, W * sizeof(uint64_t));
                 int64_t kd = d[i];
                 uint64_t p = i;
-                while (p > 0 && (c[p - 1] > kc || (c[p - 1] == kc && d[p - 1] > kd))) {
-                    c[p] = c[p - 1];
+                for (; p > 0; p--) {
+                    const int cmp = cmp_code(c + W * (p - 1), kc, W);
+                    if (cmp < 0 || (cmp == 0 && d[p - 1] <= kd))
+                        break;
+                    memcpy(c + W * p, c + W * (p - 1), W * sizeof(uint64_t));
                     d[p] = d[p - 1];
-                    p--;
                 }
-                c[p] = kc;
+                memcpy(c + W * p, kc, W * sizeof(uint64_t));
                 d[p] = kd;
             }
             continue;
         }
-        if (grow((void **)&tmp, &cap, n, sizeof(pair_t))) {
+        if (grow((void **)&tmp, &cap, n * (W + 1), sizeof(uint64_t))) {
             j->oom = 1;
             break;
         }
         for (uint64_t i = 0; i < n; i++) {
-            tmp[i].code = c[i];
-            tmp[i].id = d[i];
+            memcpy(tmp + (W + 1) * i, c + W * i, W * sizeof(uint64_t));
+            tmp[(W + 1) * i + W] = (uint64_t)d[i];
         }
-        qsort(tmp, n, sizeof(pair_t), cmp_pair);
+        int words = W;
+        qsort_r(tmp, n, (W + 1) * sizeof(uint64_t), cmp_record, &words);
         for (uint64_t i = 0; i < n; i++) {
-            c[i] = tmp[i].code;
-            d[i] = tmp[i].id;
+            memcpy(c + W * i, tmp + (W + 1) * i, W * sizeof(uint64_t));
+            d[i] = (int64_t)tmp[(W + 1) * i + W];
         }
     }
     free(tmp);
+}
+
+static void *sort_buckets(void *arg)
+{
+    sort_job *j = arg;
+    if (j->words == 1)
+        sort_buckets_w(j, 1);
+    else
+        sort_buckets_w(j, 4);
     return NULL;
 }
 
-/* Sorts (code, id) pairs by code then id: one counting-sort pass on the top
- * bits, then a small sort inside each bucket (on two threads). */
-int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n, uint64_t *out_codes, int64_t *out_ids)
+/* Sorts (code, id) pairs by code (word 0 first) then id: one counting-sort
+ * pass on the top bits of word 0, then a small sort inside each bucket (on
+ * two threads). */
+int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n, int words, uint64_t *out_codes,
+                  int64_t *out_ids)
 {
     int B = 1;
     while (B < 20 && (1ull << (B + 4)) < n)
@@ -448,13 +470,13 @@ int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n, uint64_
         return -1;
     }
     for (uint64_t i = 0; i < n; i++)
-        starts[(codes[i] >> (64 - B)) + 1]++;
+        starts[(codes[words * i] >> (64 - B)) + 1]++;
     for (uint64_t b = 0; b < nb; b++)
         starts[b + 1] += starts[b];
     memcpy(cursor, starts, nb * sizeof(uint64_t));
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t p = cursor[codes[i] >> (64 - B)]++;
-        out_codes[p] = codes[i];
+        uint64_t p = cursor[codes[words * i] >> (64 - B)]++;
+        memcpy(out_codes + words * p, codes + words * i, (size_t)words * sizeof(uint64_t));
         out_ids[p] = ids[i];
     }
     free(cursor);
@@ -462,7 +484,8 @@ int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n, uint64_
     uint64_t mid = 0;
     while (mid < nb && starts[mid] < n / 2)
         mid++;
-    sort_job jobs[2] = {{out_codes, out_ids, starts, 0, mid, 0}, {out_codes, out_ids, starts, mid, nb, 0}};
+    sort_job jobs[2] = {{out_codes, out_ids, starts, 0, mid, words, 0},
+                        {out_codes, out_ids, starts, mid, nb, words, 0}};
     pthread_t th;
     int threaded = n > 100000 && pthread_create(&th, NULL, sort_buckets, &jobs[1]) == 0;
     sort_buckets(&jobs[0]);
@@ -474,20 +497,21 @@ int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n, uint64_
     return jobs[0].oom || jobs[1].oom ? -1 : 0;
 }
 
-uint64_t hs_count_unique(const uint64_t *sorted, uint64_t n)
+uint64_t hs_count_unique(const uint64_t *sorted, uint64_t n, int words)
 {
     uint64_t u = n > 0;
     for (uint64_t i = 1; i < n; i++)
-        u += sorted[i] != sorted[i - 1];
+        u += cmp_code(sorted + words * i, sorted + words * (i - 1), words) != 0;
     return u;
 }
 
-void hs_group(const uint64_t *sorted, uint64_t n, uint64_t *codes, uint32_t *group_start)
+void hs_group(const uint64_t *sorted, uint64_t n, int words, uint64_t *codes, uint32_t *group_start)
 {
     uint64_t g = 0;
     for (uint64_t i = 0; i < n; i++) {
-        if (i == 0 || sorted[i] != sorted[i - 1]) {
-            codes[g] = sorted[i];
+        /* against the last code written, so codes may be sorted itself (compacted in place) */
+        if (i == 0 || cmp_code(sorted + words * i, codes + words * (g - 1), words) != 0) {
+            memmove(codes + words * g, sorted + words * i, (size_t)words * sizeof(uint64_t));
             group_start[g++] = (uint32_t)i;
         }
     }
@@ -1334,7 +1358,7 @@ static int query_knn_one(const hs_kernels *K, const hs_segment *const *segs, int
         if (s->n_unique == 0)
             continue;
         size_t seg_begin = w->nhits;
-        if (s->m > 0 && s->words == 1 && K->mih_knn(s, si, *q, k, w, st, scan_cost_ns(s)))
+        if (s->m > 0 && K->mih_knn(s, si, q, k, w, st, scan_cost_ns(s)))
             continue;
         w->nhits = seg_begin;   /* the planner gave up on the tables: scan instead */
         scan_segment(K, s, si, q, 0, k, w, st, inner);
@@ -1415,11 +1439,90 @@ static void batch_run(void *arg, int worker)
     }
 }
 
+static void free_buffers(hs_scratch *w)
+{
+    free(w->hits); free(w->sorted); free(w->byslot); free(w->probes);
+    free(w->ids); free(w->dist); free(w->tmp);
+    memset(w, 0, sizeof *w);
+}
+
+/* Each calling thread keeps its scratch buffers from one search to the next:
+ * memory a search gets fresh from the system costs a page fault a page, and
+ * on the development VM, after another library had freed memory, those took
+ * milliseconds (a 10M-code 256-bit query: 2-6 ms in faults, 0.2 ms of work).
+ * Buffers over HS_KEEP_BYTES are given back after each search. */
+#define HS_KEEP_BYTES (1u << 20)
+static pthread_key_t kept_key;
+static int have_kept_key;   /* 0: no key could be made, every search allocates its own */
+static pthread_once_t kept_once = PTHREAD_ONCE_INIT;
+
+static void free_kept(void *w)
+{
+    free_buffers(w);
+    free(w);
+}
+
+static void make_kept_key(void)
+{
+    have_kept_key = pthread_key_create(&kept_key, free_kept) == 0;
+}
+
+/* Moves this thread's kept buffers into w (zeroed otherwise). */
+static void take_kept(hs_scratch *w)
+{
+    pthread_once(&kept_once, make_kept_key);
+    hs_scratch *k = have_kept_key ? pthread_getspecific(kept_key) : NULL;
+    if (k) {
+        *w = *k;
+        memset(k, 0, sizeof *k);
+    }
+    w->nhits = w->nres = 0;
+    w->oom = 0;
+}
+
+/* Keeps w's buffers for this thread's next search, each up to HS_KEEP_BYTES. */
+static void keep_buffers(hs_scratch *w)
+{
+    hs_scratch *k = have_kept_key ? pthread_getspecific(kept_key) : NULL;
+    if (!k && have_kept_key && (k = calloc(1, sizeof *k)) && pthread_setspecific(kept_key, k)) {
+        free(k);
+        k = NULL;
+    }
+    if (!k) {
+        free_buffers(w);
+        return;
+    }
+#define HS_KEEP(buf, cap, elem)                      \
+    if (w->cap * (elem) > HS_KEEP_BYTES) {           \
+        free(w->buf);                                \
+        w->buf = NULL;                               \
+        w->cap = 0;                                  \
+    }
+    HS_KEEP(hits, cap_hits, sizeof(hs_hit));
+    HS_KEEP(sorted, cap_sorted, sizeof(hs_hit));
+    HS_KEEP(byslot, cap_byslot, sizeof(hs_hit));
+    HS_KEEP(probes, cap_probes, sizeof(hs_probe));
+    HS_KEEP(tmp, cap_tmp, sizeof(int64_t));
+    if (w->cap_res * sizeof(int64_t) > HS_KEEP_BYTES) {   /* ids and dist share cap_res */
+        free(w->ids);
+        free(w->dist);
+        w->ids = NULL;
+        w->dist = NULL;
+        w->cap_res = 0;
+    }
+#undef HS_KEEP
+    *k = *w;
+}
+
+/* The batch's scratch: worker 0's (the caller's) buffers are kept, the
+ * helpers' freed. */
 static void free_scratch(hs_scratch *w, int n)
 {
     for (int i = 0; w && i < n; i++) {
-        free(w[i].hits); free(w[i].sorted); free(w[i].byslot); free(w[i].probes);
-        free(w[i].ids); free(w[i].dist); free(w[i].tmp);
+        if (i == 0)
+            keep_buffers(&w[0]);
+        else
+            free_buffers(&w[i]);
     }
     free(w);
 }
@@ -1443,6 +1546,7 @@ static int run_batch(batch_job *J, int nthreads)
     J->scratch = calloc((size_t)nw, sizeof(hs_scratch));
     if (!J->scratch)
         return -1;
+    take_kept(&J->scratch[0]);
     const int64_t min_ns = __atomic_load_n(&split_min_ns, __ATOMIC_RELAXED);
     /* A big batch hands out its queries a group at a time, so a helper that loses its core
      * holds back one group of many: it always shares, and neither runs alone as the gate's

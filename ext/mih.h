@@ -76,10 +76,12 @@ typedef struct {
 
 /* ---- build ---- */
 int hs_choose_tables(uint64_t n_unique, int words, int bits_out[HS_MAX_TABLES], int shift_out[HS_MAX_TABLES]);
-int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n,
+/* Codes of `words` words each (n * words words), compared word 0 first. */
+int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n, int words,
                   uint64_t *out_codes, int64_t *out_ids);
-uint64_t hs_count_unique(const uint64_t *sorted_codes, uint64_t n);
-void hs_group(const uint64_t *sorted_codes, uint64_t n, uint64_t *codes, uint32_t *group_start);
+uint64_t hs_count_unique(const uint64_t *sorted_codes, uint64_t n, int words);
+/* codes may be sorted_codes itself: the distinct codes are then compacted in place. */
+void hs_group(const uint64_t *sorted_codes, uint64_t n, int words, uint64_t *codes, uint32_t *group_start);
 /* Builds every table: offsets and fingerprints, and the group numbers of tables 1..m-1. */
 int hs_build_tables(const uint64_t *codes, uint64_t u, int words, int m, const int *bits, const int *shift,
                     uint32_t **offsets, uint32_t **fps, uint32_t **table_groups, int nthreads);

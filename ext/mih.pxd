@@ -37,10 +37,10 @@ cdef extern from "mih.h" nogil:
         uint64_t scanned
 
     int hs_choose_tables(uint64_t n_unique, int words, int *bits_out, int *shift_out)
-    int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n,
+    int hs_sort_pairs(const uint64_t *codes, const int64_t *ids, uint64_t n, int words,
                       uint64_t *out_codes, int64_t *out_ids)
-    uint64_t hs_count_unique(const uint64_t *sorted_codes, uint64_t n)
-    void hs_group(const uint64_t *sorted_codes, uint64_t n, uint64_t *codes, uint32_t *group_start)
+    uint64_t hs_count_unique(const uint64_t *sorted_codes, uint64_t n, int words)
+    void hs_group(const uint64_t *sorted_codes, uint64_t n, int words, uint64_t *codes, uint32_t *group_start)
     int hs_build_tables(const uint64_t *codes, uint64_t u, int words, int m, const int *bits, const int *shift,
                         uint32_t **offsets, uint32_t **fps, uint32_t **table_groups, int nthreads)
     uint32_t hs_code_key(const uint64_t *code, int words, int shift, int bits, const uint64_t *mask)

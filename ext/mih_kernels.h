@@ -185,15 +185,32 @@ static int HS_FN(mih_probes)(const hs_segment *s, int segno, const uint64_t *qs,
     return 1;
 }
 
-/* Incremental k-NN: probe ring t (substring distance exactly t) of every table,
- * then every code within m*(t+1)-1 has been seen (pigeonhole). Stops when the
- * k-th live entry is certified. Returns 1 when done, 0 when the planner says a
- * scan is cheaper from here (the caller then scans). */
-static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k, hs_scratch *w,
-                          hs_stats *st, double budget_ns)
+static inline int HS_FN(dist4)(const uint64_t *c, const uint64_t *q)
+{
+    return __builtin_popcountll(c[0] ^ q[0]) + __builtin_popcountll(c[1] ^ q[1]) +
+           __builtin_popcountll(c[2] ^ q[2]) + __builtin_popcountll(c[3] ^ q[3]);
+}
+
+/* Distance between the query's and a code's keys in 256-bit table k, from
+ * their XOR x: the bits of x under the table's mask. */
+static inline int HS_FN(key_dist4)(const hs_segment *s, int k, const uint64_t *x)
+{
+    const uint64_t *g = s->gather[k];
+    return __builtin_popcountll(x[0] & g[0]) + __builtin_popcountll(x[1] & g[1]) +
+           __builtin_popcountll(x[2] & g[2]) + __builtin_popcountll(x[3] & g[3]);
+}
+
+/* Incremental k-NN over codes of W words: probe ring t (substring distance
+ * exactly t) of every table, then every code within m*(t+1)-1 has been seen
+ * (pigeonhole). Stops when the k-th live entry is certified. Returns 1 when
+ * done, 0 when the planner says a scan is cheaper from here (the caller then
+ * scans). W is a constant where this is inlined. */
+static inline __attribute__((always_inline)) int HS_FN(mih_knn_w)(const hs_segment *s, int segno, const uint64_t *q,
+                                                                  uint64_t k, hs_scratch *w, hs_stats *st,
+                                                                  double budget_ns, const int W)
 {
     knn_state ks;
-    knn_init(&ks, k, 64);
+    knn_init(&ks, k, 64 * W);
     double spent = 0;   /* estimated cost of the rings so far, corrected by real candidate counts */
     uint64_t candidates = 0;
     int done = 0;
@@ -207,9 +224,10 @@ static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k
         if (spent + ring_cost > budget_ns)
             break;
         for (int tb = 0; tb < s->m; tb++) {
-            const uint32_t qk = (uint32_t)((q >> s->shift[tb]) & sub_mask(s->bits[tb]));
-            const uint32_t qfp = fingerprint(q, s->shift[tb], s->bits[tb]);
+            const uint32_t qk = hs_code_key(q, W, s->shift[tb], s->bits[tb], s->gather[tb]);
+            const uint32_t qfp = W == 1 ? fingerprint(q[0], s->shift[tb], s->bits[tb]) : 0;
             const uint32_t *off = s->offsets[tb];
+            const uint32_t *tg = s->table_groups[tb];
             const uint32_t *mk = s->masks[tb];
             const uint32_t first = s->ring_start[tb][t], last = s->ring_start[tb][t + 1];
             for (uint32_t i = first; i < last; i++) {
@@ -217,22 +235,42 @@ static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k
                     __builtin_prefetch(off + (qk ^ mk[i + HS_PF]));
                 const uint32_t key = qk ^ mk[i], a = off[key], b = off[key + 1];
                 candidates += b - a;
-                HS_VERIFY(s, tb, a, b, q, qfp, t, ks.tau, {
-                    /* First seen at ring t in table tb: no table is nearer than t,
-                     * and no earlier table is at t. */
-                    int dup = 0;
+                if (W == 1) {
+                    HS_VERIFY(s, tb, a, b, q[0], qfp, t, ks.tau, {
+                        /* First seen at ring t in table tb: no table is nearer than t,
+                         * and no earlier table is at t. */
+                        int dup = 0;
+                        for (int kk = 0; kk < s->m && !dup; kk++) {
+                            if (kk == tb) continue;
+                            int dk = __builtin_popcountll((x >> s->shift[kk]) & sub_mask(s->bits[kk]));
+                            dup = dk < t || (kk < tb && dk == t);
+                        }
+                        if (!dup) knn_add(&ks, w, s, segno, g, d);
+                    });
+                    continue;
+                }
+                for (uint32_t j = a; j < b && t <= ks.tau; j++) {
+                    const uint64_t g = tg[j];
+                    if (g >= s->n_unique)       /* a damaged file opened without verify() */
+                        continue;
+                    const uint64_t *c = s->codes + 4 * g;
+                    const uint64_t x[4] = {c[0] ^ q[0], c[1] ^ q[1], c[2] ^ q[2], c[3] ^ q[3]};
+                    const int d = HS_FN(dist4)(c, q);
+                    if (d > ks.tau)
+                        continue;
+                    int dup = 0;   /* as above */
                     for (int kk = 0; kk < s->m && !dup; kk++) {
                         if (kk == tb) continue;
-                        int dk = __builtin_popcountll((x >> s->shift[kk]) & sub_mask(s->bits[kk]));
+                        int dk = HS_FN(key_dist4)(s, kk, x);
                         dup = dk < t || (kk < tb && dk == t);
                     }
                     if (!dup) knn_add(&ks, w, s, segno, g, d);
-                });
+                }
             }
             st->probes += last - first;
         }
         /* Skewed data: buckets larger than the average cost more than estimated. */
-        double real = (double)candidates * HS_CAND_NS;
+        double real = (double)candidates * (W == 1 ? HS_CAND_NS : HS_CAND_NS4);
         spent += ring_cost;
         if (real > spent)
             spent = real;
@@ -243,6 +281,13 @@ static int HS_FN(mih_knn)(const hs_segment *s, int segno, uint64_t q, uint64_t k
     }
     st->candidates += candidates;
     return done;
+}
+
+static int HS_FN(mih_knn)(const hs_segment *s, int segno, const uint64_t *q, uint64_t k, hs_scratch *w,
+                          hs_stats *st, double budget_ns)
+{
+    return s->words == 1 ? HS_FN(mih_knn_w)(s, segno, q, k, w, st, budget_ns, 1)
+                         : HS_FN(mih_knn_w)(s, segno, q, k, w, st, budget_ns, 4);
 }
 
 /* Scans codes [lo, hi) for nq queries. Several queries go over the codes in
@@ -273,12 +318,6 @@ static void HS_FN(brute_knn)(const hs_segment *s, int segno, uint64_t q, uint64_
 }
 
 /* ---- 256-bit codes: 4 words a code ---- */
-
-static inline int HS_FN(dist4)(const uint64_t *c, const uint64_t *q)
-{
-    return __builtin_popcountll(c[0] ^ q[0]) + __builtin_popcountll(c[1] ^ q[1]) +
-           __builtin_popcountll(c[2] ^ q[2]) + __builtin_popcountll(c[3] ^ q[3]);
-}
 
 #if defined(HS_USE_AVX512) || defined(HS_USE_AVX2)
 /* Four 16-bit distances packed in one word (code j in bits 16j..16j+15) to a
@@ -390,7 +429,7 @@ static inline void HS_FN(verify4)(const hs_segment *s, int segno, const uint64_t
         /* Report each code from the first table that qualifies it. */
         int dup = 0;
         for (int kk = 0; kk < pr->table && !dup; kk++)
-            dup = t[kk] >= 0 && __builtin_popcount(key4(x, s->gather[kk])) <= t[kk];
+            dup = t[kk] >= 0 && HS_FN(key_dist4)(s, kk, x) <= t[kk];
         if (!dup)
             push_hit(w, segno, g, d, pr->slot);
     }

@@ -371,3 +371,40 @@ def test_256_damaged_table_is_caught_by_verify(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(hs.IndexFormatError, match="table 3 holds a code outside its bucket"):
         hs.HashIndex.load(path, verify=False)          # a small segment's tables are checked on every load
+
+
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_256_knn_runs_through_the_tables(isa, tables256, k):
+    """k-NN on a segment with tables probes them ring by ring (it used to scan every code), exact and
+    tie-aware against the oracle, also when the planner may not give up on the tables."""
+    kind, index, queries, expected = tables256
+    near = queries[:(len(queries) - 2) // 2]       # near-duplicates: the nearest is certified by ring 1
+    stats = index.explain(near, k=1)
+    assert (stats["probes"] > 0).all() and (stats["scanned"] == 0).all(), stats
+    some = [0, 1, 2, len(near), len(near) + 1]     # near and random queries
+    for forced, picked in (("auto", range(len(queries))), ("tables", some)):
+        _core.set_strategy(forced)
+        try:
+            dist, ids = index.search(queries[list(picked)], k)
+            if forced == "tables":                 # rings up to 6 certify 16 x 7 - 1 = 111 bits
+                assert (index.explain(queries[some], k=k)["scanned"] == 0).all()
+        finally:
+            _core.set_strategy("auto")
+        for row, i in enumerate(picked):
+            d, e = expected[i]
+            np.testing.assert_array_equal(dist[row], d[:k])
+            np.testing.assert_array_equal(ids[row], e[:k])
+
+
+def test_256_kept_search_buffers_never_leak_into_the_next_search(tables256):
+    """Each thread keeps its search buffers between searches (up to a bound): a small search after one
+    whose results outgrew the bound, and after one that fit, returns exactly its own results."""
+    _, index, queries, expected = tables256
+    for big_radius, nq in ((256, 3), (96, 2)):     # 600,000 results (buffers given back), then fewer (kept)
+        lims, _, _ = index.range_search(queries[:nq], big_radius)
+        assert lims[-1] == sum(len(d[d <= big_radius]) for d, _ in expected[:nq])
+        lims, dist, ids = index.range_search(queries[:1], 31)
+        d, e = expected[0]
+        n = int(np.searchsorted(d, 31, side="right"))
+        np.testing.assert_array_equal(dist, d[:n])
+        np.testing.assert_array_equal(ids, e[:n])
