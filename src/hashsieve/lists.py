@@ -561,10 +561,14 @@ class Provenance:
                 self._list_names = dict(self.db.execute("SELECT list_no, name FROM lists"))
         return self._list_names
 
+    def entry_kind(self, kind):
+        """An entries row's kind as stored -> its kind (schema 1's 'perceptual' is legacy_kind)."""
+        return self.legacy_kind if kind == LEGACY_PERCEPTUAL else kind
+
     def _record(self, row, distance):
         _id, list_no, kind, h, row_id, label, line, extra = row
         return {"list": self.list_names().get(list_no), "id": row_id, "label": label, "distance": distance,
-                "kind": self.legacy_kind if kind == LEGACY_PERCEPTUAL else kind, "line": line}
+                "kind": self.entry_kind(kind), "line": line}
 
     def rows_of(self, ids):
         """{index id: row tuple (id, list_no, kind, hash, row_id, label, line, extra)} of these entry ids."""
@@ -598,7 +602,7 @@ class Provenance:
                                     "ORDER BY list_no").fetchall()
         order = {k: i for i, k in enumerate([*KINDS, *DIGEST_KINDS])}      # perceptual kinds first, as in files
         for list_no, kind, n in sorted(by_kind, key=lambda r: order.get(r[1], len(order))):
-            counts.setdefault(list_no, {})[self.legacy_kind if kind == LEGACY_PERCEPTUAL else kind] = n
+            counts.setdefault(list_no, {})[self.entry_kind(kind)] = n
         return [{"name": name, "source": source, "sha256": sha, "added": added, "updated": updated,
                  "counts": counts.get(list_no, {})} for list_no, name, source, sha, added, updated in lists]
 
@@ -714,8 +718,12 @@ class ListIndex:
         return [[] if b else self._records(kind, d[i >= 0], i[i >= 0], rows) for b, d, i in zip(blocked, dist, ids)]
 
     def _rows(self, kind, ids, radius, match_degenerate):
-        """{index id: row} of the entries hit, less the degenerate ones unless match_degenerate."""
+        """{index id: row} of the entries hit, less the degenerate ones unless match_degenerate.
+
+        Only rows of this kind: a damaged or forged index whose ids name another kind's rows makes
+        no match through them (as for removed rows) rather than reporting them as this kind."""
         rows = self.prov.rows_of(ids) if len(ids) else {}
+        rows = {i: row for i, row in rows.items() if self.prov.entry_kind(row[2]) == kind.name}
         if rows and not match_degenerate:
             hit = list(rows)
             for i in np.compress(kind.degenerate(kind.from_hex([rows[i][3] for i in hit]), radius), hit):
