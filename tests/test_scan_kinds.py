@@ -289,3 +289,18 @@ def test_resume_warns_about_files_scanned_without_a_kind(world):
     p = run("scan", world["up"], "--index", "i.hsi", "--report", report, "--resume", "--workers", "1",
             "--kind", "phash", cwd=world["root"])
     assert "scanned without" not in p.stderr, p.stderr
+
+
+def test_a_forged_kind_in_single_index_metadata_is_an_open_error(tmp_path):
+    """A version 2 file names its kind in the metadata; any JSON value there is refused cleanly."""
+    from hashsieve.storage import load_index, save_index
+    (tmp_path / "l.txt").write_text("8f373714acfcf4d0\n")
+    run("build", "l.txt", "-o", "i.hsi", cwd=tmp_path, check=0)
+    for bad in ([], {"a": 1}, 5, "md5"):
+        ix = load_index(tmp_path / "i.hsi")
+        info = {**ix.metadata["hashsieve"], "kind": bad}
+        save_index(ix, tmp_path / "i.hsi", metadata={"hashsieve": info}, incremental=False)
+        with pytest.raises(hs.IndexOpenError, match="is not one this hashsieve knows"):
+            hs.open_lists(tmp_path / "i.hsi")
+        p = run("info", "i.hsi", cwd=tmp_path)
+        assert p.returncode == 2 and "not one this hashsieve knows" in p.stderr, p.stderr

@@ -840,13 +840,15 @@ def open_lists(path, mmap=True):
         raise IndexOpenError(f"{path}: this index has no list provenance (it was not written by "
                              "`hashsieve build`); rebuild it from the hash lists with `hashsieve build`")
     # A file of one index (format 2) names its kind in the metadata; a file of parts names each part.
-    indexes = {meta[META_KEY].get("kind", "phash") if name is None else name: ix for name, ix in parts.items()}
-    for name, ix in indexes.items():
+    indexes = {}
+    for name, ix in parts.items():
+        name = meta[META_KEY].get("kind", "phash") if name is None else name
         try:
             kind = kind_of(name)
         except (ValueError, TypeError) as e:
             raise IndexOpenError(f"cannot open index {path}: the hash kind {name!r} it holds is not one this "
                                  f"hashsieve knows ({e}); upgrade hashsieve or rebuild the index") from None
+        indexes[kind.name] = ix
         if kind.bits != ix.bits:
             raise IndexOpenError(f"cannot open index {path}: its {name} index holds {ix.bits}-bit codes, {name} "
                                  f"hashes are {kind.bits}-bit (a damaged or forged index); rebuild the index")
