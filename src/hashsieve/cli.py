@@ -341,7 +341,7 @@ def _radii(specs, kinds):
 
 def cmd_query(a):
     from .kinds import kind_of
-    from .lists import parse_hash, perceptual_kinds
+    from .lists import DIGEST_KINDS, parse_hash, perceptual_kinds
     li = _open(a.index)
     try:
         by_digits = perceptual_kinds(a.kind or tuple(li.indexes))
@@ -353,16 +353,16 @@ def cmd_query(a):
             kind, hx = parse_hash(h, by_digits)
         except ValueError as e:
             raise CliError(f"query {e}") from None
-        if kind not in ("md5", "sha1") and kind not in li.indexes:
+        if kind not in DIGEST_KINDS and kind not in li.indexes:
             raise CliError(f"query {h}: a {kind} hash, but {a.index} holds no {kind} hashes "
                            f"(it holds {', '.join(li.indexes)})")
         parsed.append((kind, hx))
-    radii = _radii(a.radius, [kind_of(k) for k in dict.fromkeys(k for k, _ in parsed) if k not in ("md5", "sha1")])
+    radii = _radii(a.radius, [kind_of(k) for k in dict.fromkeys(k for k, _ in parsed) if k not in DIGEST_KINDS])
     if a.k is not None and not 1 <= a.k <= MAX_K:
         raise CliError(f"-k must be from 1 to {MAX_K}, got {a.k}")
     any_match = False
     for kind, h in parsed:
-        if kind in ("md5", "sha1"):
+        if kind in DIGEST_KINDS:
             matches, radius = li.match_digests([h], kind)[0], 0
         else:
             k = kind_of(kind)
