@@ -304,3 +304,21 @@ def test_a_forged_kind_in_single_index_metadata_is_an_open_error(tmp_path):
             hs.open_lists(tmp_path / "i.hsi")
         p = run("info", "i.hsi", cwd=tmp_path)
         assert p.returncode == 2 and "not one this hashsieve knows" in p.stderr, p.stderr
+
+
+def test_a_csv_kind_that_is_no_name_is_a_bad_row(tmp_path):
+    from hashsieve.lists import HashList, ListError
+    pdq_hex = bytes(range(32)).hex()
+    path = tmp_path / "l.csv"
+    path.write_text(f"hash,kind\n{pdq_hex},pdq\n{pdq_hex},PDQ!\n{pdq_hex},sha256\n")
+    with pytest.raises(ListError, match=r"l.csv:3: kind 'pdq!' is not a kind name"):
+        list(HashList(path))
+    hl = HashList(path, skip_bad=True)
+    assert len(list(hl)) == 1 and hl.skipped == 1 and hl.unsupported == {"sha256": 1}
+
+
+def test_record_kinds_of_new_and_old_report_records():
+    from hashsieve.scan import record_kinds
+    assert record_kinds({"hash": "ab" * 32, "hashes": {"phash": {"hash": None, "error": "x"},
+                                                      "pdq": {"hash": "ab" * 32}}}) == {"phash", "pdq"}
+    assert record_kinds({"hash": "0" * 16}) == {"phash", "dhash", "ahash", "whash"}

@@ -485,7 +485,7 @@ def _warn_unhashed_kinds(previous, kinds, report):
     """Warn when files of the report being resumed were hashed without a kind this scan matches (the
     index gained a kind, or --kind changed): they are skipped, so they are never matched by it."""
     from .scan import record_kinds
-    hashed = [record_kinds(r) for r in previous if r.get("hash") is not None]
+    hashed = [record_kinds(r) for r in previous if r.get("error") is None]     # (errors: not hashed at all)
     for kind in kinds:
         n = sum(kind.name not in names for names in hashed)
         if n:

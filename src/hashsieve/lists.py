@@ -25,8 +25,8 @@ pdq (64 hex digits are also a SHA-256 digest: an untyped one without ``--kind
 pdq`` is a bad row naming the fix).  A row whose type hashsieve does not match
 (python-threatexchange's ``url``, ``raw_text``, ``trend_query``, ``sha256``...) is
 skipped and counted per type (``unsupported``), with a warning, not an error:
-threatexchange exports mix signal types.  A hash whose length does not fit its
-type is a bad row.  A list may mix kinds.  Every entry keeps its list name (the
+threatexchange exports mix signal types.  A type that is no name at all (``PDQ!``:
+not letters, digits and ``_``) or a hash whose length does not fit its type is a bad row.  A list may mix kinds.  Every entry keeps its list name (the
 file name without extension, or ``NAME=PATH`` on the command line), its kind,
 id, label and line number.  A list
 is read as a stream straight into the provenance table, so memory does not grow
@@ -224,6 +224,10 @@ class HashList:
         """(kind, hex) of a row's hash, or None after counting it as bad or of an unsupported type."""
         if row_type is not None:
             row_type = row_type.strip().lower() or None
+            if row_type is not None and not _TYPE.match(row_type):
+                self._bad(line, f"kind {row_type!r} is not a kind name (letters, digits and _, such as pdq, "
+                                "phash, md5)")
+                return None
         try:
             return parse_hash(text, self.kinds, row_type)
         except KeyError:

@@ -799,10 +799,11 @@ def _name(text, b64, field):
 
 
 def record_kinds(rec):
-    """The kind names a report record holds a hash of: those of its "hashes", or, for a record written
-    before several kinds, every kind of its top-level hash's width (the index's one kind is not named)."""
+    """The kind names a report record was hashed with (a kind that failed on the file too): those of
+    its "hashes", or, for a record written before several kinds, every kind of its top-level hash's
+    width (the index's one kind is not named)."""
     if isinstance(rec.get("hashes"), dict):
-        return {name for name, h in rec["hashes"].items() if isinstance(h, dict) and h.get("hash") is not None}
+        return set(rec["hashes"])
     digits = len(rec["hash"]) if isinstance(rec.get("hash"), str) else None
     return {k.name for k in KINDS.values() if k.hex_digits == digits}
 
