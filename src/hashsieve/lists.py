@@ -26,11 +26,11 @@ pdq`` is a bad row naming the fix).  A row whose type hashsieve does not match
 (python-threatexchange's ``url``, ``raw_text``, ``trend_query``, ``sha256``...) is
 skipped and counted per type (``unsupported``), with a warning, not an error:
 threatexchange exports mix signal types.  A type that is no name at all (``PDQ!``:
-not letters, digits and ``_``) or a hash whose length does not fit its type is a bad row.  A list may mix kinds.  Every entry keeps its list name (the
-file name without extension, or ``NAME=PATH`` on the command line), its kind,
-id, label and line number.  A list
-is read as a stream straight into the provenance table, so memory does not grow
-with its length.
+not letters, digits and ``_``) or a hash whose length does not fit its type is a
+bad row.  A list may mix kinds.  Every entry keeps its list name (the file name
+without extension, or ``NAME=PATH`` on the command line), its kind, id, label and
+line number.  A list is read as a stream straight into the provenance table, so
+memory does not grow with its length.
 
 An index built by the command line has a *provenance table* beside it: an
 SQLite file ``INDEX.lists-<token>.db`` in the index's folder, named in the
