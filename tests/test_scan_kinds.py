@@ -223,3 +223,102 @@ def test_old_reports_resume_in_a_mixed_scan(world):
     recs = read_jsonl(report)
     assert recs[0] == old and len(recs) == len(world["files"])
     assert sorted(r["path"].rsplit("/", 1)[1] for r in recs[1:]) == sorted(set(world["files"]) - {"p0.jpg"})
+
+
+def test_query_radius_without_a_perceptual_hash_or_kind_name_is_a_usage_error(world):
+    md5 = next(h for k, h, _ in world["rows"] if k == "md5")
+    p = run("query", "i.hsi", md5, "--radius", "5", cwd=world["root"])
+    assert p.returncode == 2 and "no perceptual hash is matched here" in p.stderr, p.stderr
+    ph = next(h for k, h, _ in world["rows"] if k == "phash")
+    p = run("query", "i.hsi", ph, "--radius", "=5", cwd=world["root"])
+    assert p.returncode == 2 and "name the kind before '='" in p.stderr, p.stderr
+
+
+def test_part_ids_naming_rows_of_another_kind_make_no_match(tmp_path):
+    """A damaged or forged file whose PDQ part holds the ids of pHash and MD5 rows: no crash, and no
+    match reported as PDQ through those rows."""
+    from hashsieve.index import HashIndex
+    from hashsieve.storage import load_parts, save_parts
+    pdq_hex = bytes(range(32)).hex()
+    (tmp_path / "l.txt").write_text(f"pdq {pdq_hex}\nphash 8f373714acfcf4d0\nmd5 {'ab' * 16}\n")
+    run("build", "l.txt", "-o", "i.hsi", cwd=tmp_path, check=0)
+    parts = load_parts(tmp_path / "i.hsi")
+    forged = HashIndex(bits=256)
+    forged.add(np.repeat(PDQ.from_hex([pdq_hex]), 2, axis=0), np.array([1, 2], np.int64))   # the phash, md5 ids
+    save_parts({"phash": parts["phash"], "pdq": forged}, tmp_path / "i.hsi", incremental=False)
+    with hs.open_lists(tmp_path / "i.hsi") as li:
+        assert li.match(PDQ.from_hex([pdq_hex]), kind="pdq") == [[]]
+        assert li.nearest(PDQ.from_hex([pdq_hex]), 2, kind="pdq") == [[]]
+    run("query", "i.hsi", pdq_hex, cwd=tmp_path, check=0)
+
+
+def test_dihedral_is_the_kinds_property_and_pdq_is_hashed_once(world, monkeypatch):
+    assert KINDS["pdq"].dihedral and not any(k.dihedral for k in KINDS.values() if k.name != "pdq")
+    calls = []
+    real = type(PDQ).hash
+
+    def counting(kind, *args, **kwargs):
+        calls.append(kind.name)
+        return real(kind, *args, **kwargs)
+
+    monkeypatch.setattr(type(PDQ), "hash", counting)
+    data = world["files"]["p2.jpg"]
+    (hashes, *_), = hash_jobs([data], ("phash", "pdq"), False, None, 1 << 30, dihedral=True)
+    assert calls == ["phash", "pdq"]
+    code, quality, _, variants, _ = hashes["pdq"]
+    assert PDQ.to_hex(code) == PDQ.to_hex(hs.hash_image(data, "pdq"))
+    assert quality == hs.hash_image(data, "pdq", with_quality=True)[1]
+    assert PDQ.to_hex(variants) == PDQ.to_hex(hs.hash_image(data, "pdq", dihedral=True))
+
+
+def test_fast_help_gives_the_pdq_drift():
+    for command in ("scan", "hash"):
+        text = " ".join(run(command, "--help", check=0).stdout.split())
+        assert "a few for PDQ" in text, text
+
+
+def test_resume_warns_about_files_scanned_without_a_kind(world):
+    report = world["root"] / "by-phash.jsonl"
+    run("scan", world["up"], "--index", "i.hsi", "--kind", "phash", "--report", report, "--overwrite",
+        "--workers", "1", cwd=world["root"])
+    hashed = sum(r["hash"] is not None for r in read_jsonl(report))
+    p = run("scan", world["up"], "--index", "i.hsi", "--report", report, "--resume", "--workers", "1",
+            cwd=world["root"])
+    assert p.returncode in (0, 1) and f"{hashed} files of {report} were scanned without pdq hashes" in p.stderr
+    assert "without phash" not in p.stderr
+    p = run("scan", world["up"], "--index", "i.hsi", "--report", report, "--resume", "--workers", "1",
+            "--kind", "phash", cwd=world["root"])
+    assert "scanned without" not in p.stderr, p.stderr
+
+
+def test_a_forged_kind_in_single_index_metadata_is_an_open_error(tmp_path):
+    """A version 2 file names its kind in the metadata; any JSON value there is refused cleanly."""
+    from hashsieve.storage import load_index, save_index
+    (tmp_path / "l.txt").write_text("8f373714acfcf4d0\n")
+    run("build", "l.txt", "-o", "i.hsi", cwd=tmp_path, check=0)
+    for bad in ([], {"a": 1}, 5, "md5"):
+        ix = load_index(tmp_path / "i.hsi")
+        info = {**ix.metadata["hashsieve"], "kind": bad}
+        save_index(ix, tmp_path / "i.hsi", metadata={"hashsieve": info}, incremental=False)
+        with pytest.raises(hs.IndexOpenError, match="is not one this hashsieve knows"):
+            hs.open_lists(tmp_path / "i.hsi")
+        p = run("info", "i.hsi", cwd=tmp_path)
+        assert p.returncode == 2 and "not one this hashsieve knows" in p.stderr, p.stderr
+
+
+def test_a_csv_kind_that_is_no_name_is_a_bad_row(tmp_path):
+    from hashsieve.lists import HashList, ListError
+    pdq_hex = bytes(range(32)).hex()
+    path = tmp_path / "l.csv"
+    path.write_text(f"hash,kind\n{pdq_hex},pdq\n{pdq_hex},PDQ!\n{pdq_hex},sha256\n")
+    with pytest.raises(ListError, match=r"l.csv:3: kind 'pdq!' is not a kind name"):
+        list(HashList(path))
+    hl = HashList(path, skip_bad=True)
+    assert len(list(hl)) == 1 and hl.skipped == 1 and hl.unsupported == {"sha256": 1}
+
+
+def test_record_kinds_of_new_and_old_report_records():
+    from hashsieve.scan import record_kinds
+    assert record_kinds({"hash": "ab" * 32, "hashes": {"phash": {"hash": None, "error": "x"},
+                                                      "pdq": {"hash": "ab" * 32}}}) == {"phash", "pdq"}
+    assert record_kinds({"hash": "0" * 16}) == {"phash", "dhash", "ahash", "whash"}

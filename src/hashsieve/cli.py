@@ -313,7 +313,13 @@ def _radii(specs, kinds):
     its default."""
     radii = {}
     for spec in specs or ():
-        name, _, value = spec.rpartition("=")
+        if not kinds:
+            raise CliError(f"--radius {spec}: no perceptual hash is matched here (MD5 and SHA-1 digests match "
+                           "exactly); leave --radius out")
+        name, equals, value = spec.rpartition("=")
+        if equals and not name:
+            raise CliError(f"--radius {spec}: name the kind before '=' (e.g. --radius {kinds[0].name}=R), "
+                           "or give R alone")
         if not name:
             if len(kinds) != 1:
                 raise CliError(f"--radius {spec} is ambiguous: this command matches {', '.join(k.name for k in kinds)} "
@@ -335,7 +341,7 @@ def _radii(specs, kinds):
 
 def cmd_query(a):
     from .kinds import kind_of
-    from .lists import parse_hash, perceptual_kinds
+    from .lists import DIGEST_KINDS, parse_hash, perceptual_kinds
     li = _open(a.index)
     try:
         by_digits = perceptual_kinds(a.kind or tuple(li.indexes))
@@ -347,16 +353,16 @@ def cmd_query(a):
             kind, hx = parse_hash(h, by_digits)
         except ValueError as e:
             raise CliError(f"query {e}") from None
-        if kind not in ("md5", "sha1") and kind not in li.indexes:
+        if kind not in DIGEST_KINDS and kind not in li.indexes:
             raise CliError(f"query {h}: a {kind} hash, but {a.index} holds no {kind} hashes "
                            f"(it holds {', '.join(li.indexes)})")
         parsed.append((kind, hx))
-    radii = _radii(a.radius, [kind_of(k) for k in dict.fromkeys(k for k, _ in parsed) if k not in ("md5", "sha1")])
+    radii = _radii(a.radius, [kind_of(k) for k in dict.fromkeys(k for k, _ in parsed) if k not in DIGEST_KINDS])
     if a.k is not None and not 1 <= a.k <= MAX_K:
         raise CliError(f"-k must be from 1 to {MAX_K}, got {a.k}")
     any_match = False
     for kind, h in parsed:
-        if kind in ("md5", "sha1"):
+        if kind in DIGEST_KINDS:
             matches, radius = li.match_digests([h], kind)[0], 0
         else:
             k = kind_of(kind)
@@ -475,6 +481,19 @@ def _scan_function(a):
         raise CliError(f"cannot fetch the index {a.index} ({type(e).__name__}: {e}); check the URL") from None
 
 
+def _warn_unhashed_kinds(previous, kinds, report):
+    """Warn when files of the report being resumed were hashed without a kind this scan matches (the
+    index gained a kind, or --kind changed): they are skipped, so they are never matched by it."""
+    from .scan import record_kinds
+    hashed = [record_kinds(r) for r in previous if r.get("error") is None]     # (errors: not hashed at all)
+    for kind in kinds:
+        n = sum(kind.name not in names for names in hashed)
+        if n:
+            _warn(f"{n} files of {report} were scanned without {kind.name} hashes (by an earlier index or "
+                  f"--kind) and are not scanned again, so they make no {kind.name} match; scan with --overwrite "
+                  "to hash them all")
+
+
 def cmd_scan(a):
     from .remote import is_url
     from .scan import ScanOptions, progress_bar, read_report
@@ -488,7 +507,7 @@ def cmd_scan(a):
     except ValueError as e:
         raise CliError(f"--kind: {e}; scan with --kind {','.join(li.indexes)} or leave --kind out") from None
     radii = _radii(a.radius, kinds)
-    if a.dihedral and not any(k.score == "quality" for k in kinds):
+    if a.dihedral and not any(k.dihedral for k in kinds):
         raise CliError(f"--dihedral matches the rotated and flipped PDQ hashes of each file, but this scan matches "
                        f"no PDQ hashes ({', '.join(k.name for k in kinds)})")
     if a.resume and not a.report:
@@ -512,6 +531,7 @@ def cmd_scan(a):
                 raise CliError(str(e)) from None
             with open(a.report, "r+b") as f:
                 f.truncate(valid)       # drop a line cut short by a kill
+            _warn_unhashed_kinds(previous, kinds, a.report)
         out = open(a.report, "a" if a.resume else "w", encoding="utf-8")
     else:
         out = sys.stdout
@@ -660,6 +680,9 @@ def build_parser():
     kinds_help = ("what untyped hashes in the lists are, as KIND[,KIND]: 16 hex digits are the 64-bit kind named "
                   "(default phash); 64 digits are PDQ only with pdq named (64 digits are also SHA-256). CSV 'kind' "
                   "columns and 'TYPE HASH' lines say it per row")
+    fast_help = ("faster hashing (big images decoded or reduced at a smaller size): about 1 bit from the exact "
+                 "hash for the 64-bit kinds, a few for PDQ (mean 3-5, up to 20 measured); see docs/hashing.md "
+                 "and docs/pdq.md")
     degenerate_help = ("also match degenerate hashes (blank, solid, striped, transparent images; list entries "
                        "of them too), which carry no identity; see docs/cli.md")
     p = argparse.ArgumentParser(
@@ -717,7 +740,7 @@ def build_parser():
     h.add_argument("paths", nargs="+", metavar="PATH")
     h.add_argument("--kind", default="phash", choices=HASH_KINDS, help="which hash to print (default phash)")
     h.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    h.add_argument("--fast", action="store_true", help="faster, about 1 bit less exact (see docs/hashing.md)")
+    h.add_argument("--fast", action="store_true", help=fast_help)
     _add_limit_options(h)
     h.add_argument("--follow-symlinks", action="store_true",
                    help="also follow symbolic links to files outside the PATHs given (default: an error line)")
@@ -753,7 +776,7 @@ def build_parser():
                    help="continue an interrupted scan: keep its report, skip the files already in it")
     s.add_argument("--overwrite", action="store_true", help="replace an existing report")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    s.add_argument("--fast", action="store_true", help="faster hashing, about 1 bit less exact")
+    s.add_argument("--fast", action="store_true", help=fast_help)
     s.add_argument("--match-degenerate", action="store_true", help=degenerate_help)
     s.add_argument("--match-low-quality", action="store_true",
                    help=f"also match PDQ hashes of files under quality {PDQ_LOW_QUALITY} (python-threatexchange's "

@@ -4,8 +4,8 @@
 
 1. generates "listed" images and writes a pHash list (CSV: hash,id,label) of them,
    a PDQ list in python-threatexchange's local-file format ("pdq HEX" lines, with a
-   video_md5 row and a url row, which hashsieve skips) and an MD5 list naming one
-   exact file;
+   video_md5 row, indexed as MD5, and a url row, which hashsieve skips) and an MD5
+   list naming one exact file;
 2. builds one index of both kinds with `hashsieve build` (the same code path as the
    command) and shows its counts per kind;
 3. generates an archive: a folder, a zip and a tar.gz holding resized and
@@ -171,7 +171,8 @@ def main(argv=None):
     rc = cli.main(scan_args)
     with open(report) as f:
         recs = [json.loads(line) for line in f]
-    print(f"\n== report {report}: {len(recs)} lines; matches (pHash radius 8, PDQ radius 31):")
+    print(f"\n== report {report}: {len(recs)} lines; matches (pHash radius {KINDS['phash'].default_radius}, "
+          f"PDQ radius {KINDS['pdq'].default_radius}):")
     for r in recs:
         for m in r["matches"]:
             print(f"  {_name(r, out)}: {m['kind']} distance {m['distance']}; list {m['list']}, id {m['id'] or '-'}, "

@@ -826,8 +826,8 @@ def hash_image(image, kind="phash", fast=False, *, exif_transpose=False, with_de
     Raises ImageHashError (a ValueError) naming the image and the reason when it
     cannot be read or decoded; TypeError if `image` is no kind of image source.
     """
-    score = kind_of(kind).score
-    if (with_quality or dihedral) and score != "quality":
+    hash_kind = kind_of(kind)
+    if (with_quality and hash_kind.score != "quality") or (dihedral and not hash_kind.dihedral):
         raise ValueError(f"with_quality= and dihedral= are for PDQ (kind='pdq'), not {kind!r}; "
                          "with_detail=True gives the 64-bit kinds' detail score")
     if with_quality and with_detail:

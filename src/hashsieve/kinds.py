@@ -10,6 +10,7 @@ One object per kind, so the layers ask it instead of branching on names:
     kind.degenerate(codes, radius)               # bool (n,): makes no perceptual match by default
     kind.low_quality(score)                      # bool: the score is under the kind's gate
     kind.gate_blocks                             # True: a low-quality upload makes no match
+    kind.dihedral                                # True: hash(..., dihedral=True) gives the 8 rotated/flipped codes
 
 ``score`` is what ``hash_image(..., with_detail=True)`` returns second: for the
 64-bit kinds the detail score (std of the 32x32 grey thumbnail, 0-127.5), for
@@ -59,12 +60,13 @@ class HashKind:
     """A perceptual hash kind: a 64-bit imagehash one (uint64 codes) or PDQ (256 bits, uint8 (n, 32))."""
 
     def __init__(self, name, bits, default_radius, score, low_quality_below, gate_blocks,
-                 one_dimensional=None):
+                 one_dimensional=None, dihedral=False):
         self.name, self.bits, self.default_radius = name, bits, default_radius
         self.hex_digits = bits // 4
         self.score = score                          # "detail" or "quality": what hash() returns second
         self.low_quality_below = low_quality_below  # scores under it are low quality
         self.gate_blocks = gate_blocks              # a low-quality upload makes no match (else: flagged only)
+        self.dihedral = dihedral                    # hash() computes the eight dihedral codes with dihedral=True
         self._one_dimensional = one_dimensional
 
     # ------------------------------------------------------------------ layout and text
@@ -168,7 +170,7 @@ KINDS = {
     "dhash": _imagehash_kind("dhash", 8, _rows_or_columns_equal),
     "ahash": _imagehash_kind("ahash", 5, _rows_or_columns_equal),
     "whash": _imagehash_kind("whash", 8, _rows_or_columns_equal),
-    "pdq": HashKind("pdq", 256, 31, "quality", PDQ_LOW_QUALITY, True),
+    "pdq": HashKind("pdq", 256, 31, "quality", PDQ_LOW_QUALITY, True, dihedral=True),
 }
 
 

@@ -25,12 +25,12 @@ pdq (64 hex digits are also a SHA-256 digest: an untyped one without ``--kind
 pdq`` is a bad row naming the fix).  A row whose type hashsieve does not match
 (python-threatexchange's ``url``, ``raw_text``, ``trend_query``, ``sha256``...) is
 skipped and counted per type (``unsupported``), with a warning, not an error:
-threatexchange exports mix signal types.  A hash whose length does not fit its
-type is a bad row.  A list may mix kinds.  Every entry keeps its list name (the
-file name without extension, or ``NAME=PATH`` on the command line), its kind,
-id, label and line number.  A list
-is read as a stream straight into the provenance table, so memory does not grow
-with its length.
+threatexchange exports mix signal types.  A type that is no name at all (``PDQ!``:
+not letters, digits and ``_``) or a hash whose length does not fit its type is a
+bad row.  A list may mix kinds.  Every entry keeps its list name (the file name
+without extension, or ``NAME=PATH`` on the command line), its kind, id, label and
+line number.  A list is read as a stream straight into the provenance table, so
+memory does not grow with its length.
 
 An index built by the command line has a *provenance table* beside it: an
 SQLite file ``INDEX.lists-<token>.db`` in the index's folder, named in the
@@ -224,6 +224,10 @@ class HashList:
         """(kind, hex) of a row's hash, or None after counting it as bad or of an unsupported type."""
         if row_type is not None:
             row_type = row_type.strip().lower() or None
+            if row_type is not None and not _TYPE.match(row_type):
+                self._bad(line, f"kind {row_type!r} is not a kind name (letters, digits and _, such as pdq, "
+                                "phash, md5)")
+                return None
         try:
             return parse_hash(text, self.kinds, row_type)
         except KeyError:
@@ -561,10 +565,14 @@ class Provenance:
                 self._list_names = dict(self.db.execute("SELECT list_no, name FROM lists"))
         return self._list_names
 
+    def entry_kind(self, kind):
+        """An entries row's kind as stored -> its kind (schema 1's 'perceptual' is legacy_kind)."""
+        return self.legacy_kind if kind == LEGACY_PERCEPTUAL else kind
+
     def _record(self, row, distance):
         _id, list_no, kind, h, row_id, label, line, extra = row
         return {"list": self.list_names().get(list_no), "id": row_id, "label": label, "distance": distance,
-                "kind": self.legacy_kind if kind == LEGACY_PERCEPTUAL else kind, "line": line}
+                "kind": self.entry_kind(kind), "line": line}
 
     def rows_of(self, ids):
         """{index id: row tuple (id, list_no, kind, hash, row_id, label, line, extra)} of these entry ids."""
@@ -598,7 +606,7 @@ class Provenance:
                                     "ORDER BY list_no").fetchall()
         order = {k: i for i, k in enumerate([*KINDS, *DIGEST_KINDS])}      # perceptual kinds first, as in files
         for list_no, kind, n in sorted(by_kind, key=lambda r: order.get(r[1], len(order))):
-            counts.setdefault(list_no, {})[self.legacy_kind if kind == LEGACY_PERCEPTUAL else kind] = n
+            counts.setdefault(list_no, {})[self.entry_kind(kind)] = n
         return [{"name": name, "source": source, "sha256": sha, "added": added, "updated": updated,
                  "counts": counts.get(list_no, {})} for list_no, name, source, sha, added, updated in lists]
 
@@ -714,8 +722,12 @@ class ListIndex:
         return [[] if b else self._records(kind, d[i >= 0], i[i >= 0], rows) for b, d, i in zip(blocked, dist, ids)]
 
     def _rows(self, kind, ids, radius, match_degenerate):
-        """{index id: row} of the entries hit, less the degenerate ones unless match_degenerate."""
+        """{index id: row} of the entries hit, less the degenerate ones unless match_degenerate.
+
+        Only rows of this kind: a damaged or forged index whose ids name another kind's rows makes
+        no match through them (as for removed rows) rather than reporting them as this kind."""
         rows = self.prov.rows_of(ids) if len(ids) else {}
+        rows = {i: row for i, row in rows.items() if self.prov.entry_kind(row[2]) == kind.name}
         if rows and not match_degenerate:
             hit = list(rows)
             for i in np.compress(kind.degenerate(kind.from_hex([rows[i][3] for i in hit]), radius), hit):
@@ -832,13 +844,15 @@ def open_lists(path, mmap=True):
         raise IndexOpenError(f"{path}: this index has no list provenance (it was not written by "
                              "`hashsieve build`); rebuild it from the hash lists with `hashsieve build`")
     # A file of one index (format 2) names its kind in the metadata; a file of parts names each part.
-    indexes = {meta[META_KEY].get("kind", "phash") if name is None else name: ix for name, ix in parts.items()}
-    for name, ix in indexes.items():
+    indexes = {}
+    for name, ix in parts.items():
+        name = meta[META_KEY].get("kind", "phash") if name is None else name
         try:
             kind = kind_of(name)
         except (ValueError, TypeError) as e:
             raise IndexOpenError(f"cannot open index {path}: the hash kind {name!r} it holds is not one this "
                                  f"hashsieve knows ({e}); upgrade hashsieve or rebuild the index") from None
+        indexes[kind.name] = ix
         if kind.bits != ix.bits:
             raise IndexOpenError(f"cannot open index {path}: its {name} index holds {ix.bits}-bit codes, {name} "
                                  f"hashes are {kind.bits}-bit (a damaged or forged index); rebuild the index")

@@ -88,10 +88,10 @@ from PIL import Image
 
 from ._validate import available_cores
 from .hashing import CHUNK_BYTES, DEFAULT_MAX_PIXELS, ImageHashError, run_in_workers
-from .kinds import LOW_DETAIL_THRESHOLD, kind_of
+from .kinds import KINDS, LOW_DETAIL_THRESHOLD, kind_of
 
 __all__ = ["Limits", "ScanOptions", "Screener", "hash_jobs", "scan", "walk", "LOW_DETAIL_THRESHOLD", "read_report",
-           "record_key", "record_name", "progress_bar", "DIHEDRAL_VARIANTS"]
+           "record_key", "record_kinds", "record_name", "progress_bar", "DIHEDRAL_VARIANTS"]
 
 # The eight PDQ hashes of hash_image(..., dihedral=True), in its order (pdqhash.compute_dihedral's).
 DIHEDRAL_VARIANTS = ("original", "rotate90", "rotate180", "rotate270", "flip_x", "flip_y", "flip_plus1",
@@ -713,10 +713,12 @@ def _hash_kinds(data, kinds, fast, max_pixels, dihedral):
         out = {}
         for kind in kinds:
             try:
-                code, score, flattened = kind.hash(image, fast, max_pixels=max_pixels)
-                variants = None
-                if dihedral and kind.score == "quality":        # the kinds hash_image computes dihedral hashes of
-                    variants = kind.hash(image, fast, max_pixels=max_pixels, dihedral=True)[0]
+                if dihedral and kind.dihedral:
+                    # One hash of the eight variants; the first is the plain hash (the same flattening too).
+                    variants, score, flattened = kind.hash(image, fast, max_pixels=max_pixels, dihedral=True)
+                    code = variants[0]
+                else:
+                    (code, score, flattened), variants = kind.hash(image, fast, max_pixels=max_pixels), None
                 out[kind.name] = (code, score, flattened, variants, None)
             except ImageHashError as e:
                 out[kind.name] = (None, None, False, None, e.reason)
@@ -794,6 +796,16 @@ def _name(text, b64, field):
     if not isinstance(b64, str):
         raise ValueError(f"{field}_b64 is not a string")
     return base64.b64decode(b64, validate=True).decode("utf-8", "surrogateescape")
+
+
+def record_kinds(rec):
+    """The kind names a report record was hashed with (a kind that failed on the file too): those of
+    its "hashes", or, for a record written before several kinds, every kind of its top-level hash's
+    width (the index's one kind is not named)."""
+    if isinstance(rec.get("hashes"), dict):
+        return set(rec["hashes"])
+    digits = len(rec["hash"]) if isinstance(rec.get("hash"), str) else None
+    return {k.name for k in KINDS.values() if k.hex_digits == digits}
 
 
 def record_key(rec):
