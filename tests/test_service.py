@@ -430,6 +430,19 @@ def test_lookup_kind_that_is_a_list_or_object_is_400_not_500(world):
             assert r.json()["field"] == "hashes[0].kind" and "must be one of" in r.json()["error"]
 
 
+def test_two_authorization_headers_are_refused(world):
+    good, bad = world["secrets"]["all"].encode(), b"hs_000000000000_" + b"A" * 43
+    for first, second in ((bad, good), (good, bad), (good, good)):
+        with socket.create_connection(("127.0.0.1", world["main"].port), timeout=10) as s:
+            s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + first +
+                      b"\r\nAuthorization: Bearer " + second + b"\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        assert b"more than one Authorization header" in answer
+
+
 def test_lookup_answer_is_bounded_by_max_matches(tmp_path):
     """10,000 copies of a hash amid a cluster of 20 near-identical entries would answer 200,000
     records (gigabytes with a bigger cluster): refused with 422 once past MAX_MATCHES."""
@@ -449,6 +462,8 @@ def test_lookup_answer_is_bounded_by_max_matches(tmp_path):
             assert r.json()["field"] == "hashes" and f"{MAX_MATCHES:,}" in r.json()["error"]
             r = c.post("/v1/lookup", json={"hashes": [one] * 100, "radius": 4})     # 2,000 records: answered
             assert r.status_code == 200 and [len(x) for x in r.json()["results"]] == [20] * 100
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"}) as c:
+            assert "422" in c.get("/openapi.json").json()["paths"]["/v1/lookup"]["post"]["responses"]
     finally:
         server.stop()
 

@@ -646,6 +646,9 @@ class App:
                             headers=[(b"allow", ", ".join(methods).encode())])
         if scope_needed is False:
             return await getattr(self, f"_{endpoint}")()
+        if [name for name, _ in scope["headers"] if name == b"authorization"][1:]:
+            # (headers keeps the last: a proxy that checked the first must not see another one used)
+            raise HTTPError(400, "more than one Authorization header; send one, Authorization: Bearer <secret>")
         key = self._authenticate(headers)
         audit["key"] = key.name
         if scope_needed is not None and scope_needed not in key.scopes:
@@ -886,7 +889,7 @@ def openapi(cfg):
                                       "content": {"application/json": {"schema": {"type": "object", "properties": {
                                           "results": {"type": "array", "items": {"type": "array", "items": {
                                               "$ref": "#/components/schemas/Match"}}}}}}}},
-                              "400": err, "413": err, **common}}},
+                              "400": err, "413": err, "422": err, **common}}},
             "/v1/status": {"get": {"summary": "The index in service: file, generation, counts (scope status)",
                                    "security": auth, "responses": {"200": {"description": "status"}, **common}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (scope metrics)", "security": auth,
