@@ -340,3 +340,19 @@ def test_mixed_kind_index_gives_the_local_records(cluster, tmp_path_factory):
         dscan.scan([str(kinds_world["up"])], li, got.append, ScanOptions(), cluster=cluster)
     assert {m["kind"] for r in want for m in r["matches"]} == {"phash", "pdq", "md5"}
     assert normalise(got) == normalise(want)
+
+
+def test_local_url_input_keeps_the_symlink_rules_of_a_path(world, tmp_path):
+    """local:// is fsspec's local file system too: a link out of the folder named is an error line,
+    as for the path, not a file read (its MD5 and SHA-1 in the report)."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (tmp_path / "private.txt").write_text("not for the report\n")
+    os.symlink(tmp_path / "private.txt", folder / "link.jpg")
+    report = tmp_path / "r.jsonl"
+    p = subprocess.run(CLI + ["scan", f"local://{folder}", "--index", str(world["root"] / "index.hsi"),
+                              "--report", str(report), "--cluster", "local:1"], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    [rec] = read_jsonl(report)
+    assert rec["md5"] is None and "outside the folders being scanned" in rec["error"], rec

@@ -421,6 +421,76 @@ def test_slow_clients_time_out(world):
         assert not data.startswith(b"HTTP/1.1 200")
 
 
+# ====================================================================== hostile clients
+def test_lookup_kind_that_is_a_list_or_object_is_400_not_500(world):
+    with client(world) as c:
+        for kind in ([], {}, ["phash"], {"phash": 1}):
+            r = c.post("/v1/lookup", json={"hashes": [{"kind": kind, "hash": "8f0f8f0f8f0f8f0f"}]})
+            assert r.status_code == 400, (kind, r.text)
+            assert r.json()["field"] == "hashes[0].kind" and "must be one of" in r.json()["error"]
+
+
+def test_two_authorization_headers_are_refused(world):
+    good, bad = world["secrets"]["all"].encode(), b"hs_000000000000_" + b"A" * 43
+    for first, second in ((bad, good), (good, bad), (good, good)):
+        with socket.create_connection(("127.0.0.1", world["main"].port), timeout=10) as s:
+            s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + first +
+                      b"\r\nAuthorization: Bearer " + second + b"\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        assert b"more than one Authorization header" in answer
+
+
+def test_lookup_answer_is_bounded_by_max_matches(tmp_path):
+    """10,000 copies of a hash amid a cluster of 20 near-identical entries would answer 200,000
+    records (gigabytes with a bigger cluster): refused with 422 once past MAX_MATCHES."""
+    from hashsieve.service import MAX_MATCHES
+    center = 0x5A5A_3C3C_0F0F_9669
+    lists = tmp_path / "cluster.csv"
+    lists.write_text("hash,id\n" + "".join(f"{center ^ (1 << k):016x},C{k}\n" for k in range(20)))
+    index, keys = str(tmp_path / "c.hsi"), str(tmp_path / "keys.txt")
+    run("build", lists, "-o", index)
+    secret = add_key(keys, "all", "lookup")
+    server = Server(str(tmp_path), index, keys, "--rate", 0, name="cluster").wait_ready()
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=60) as c:
+            one = {"kind": "phash", "hash": f"{center:016x}"}
+            r = c.post("/v1/lookup", json={"hashes": [one] * 10_000, "radius": 4})
+            assert r.status_code == 422, r.status_code
+            assert r.json()["field"] == "hashes" and f"{MAX_MATCHES:,}" in r.json()["error"]
+            r = c.post("/v1/lookup", json={"hashes": [one] * 100, "radius": 4})     # 2,000 records: answered
+            assert r.status_code == 200 and [len(x) for x in r.json()["results"]] == [20] * 100
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"}) as c:
+            assert "422" in c.get("/openapi.json").json()["paths"]["/v1/lookup"]["post"]["responses"]
+    finally:
+        server.stop()
+
+
+def test_multipart_with_many_parts_is_400_and_the_image_after_a_field_is_found(world):
+    with client(world) as c:
+        r = c.post("/v1/match", content=b"--ab\r\nxy" * 100_000,
+                   headers={"content-type": "multipart/form-data; boundary=ab"})
+        assert r.status_code == 400 and "more than 100 parts" in r.json()["error"], r.text
+        good = world["files"]["O0.jpg"]
+        body = (b'--ab\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n--ab\r\n'
+                b'Content-Disposition: form-data; filename="name=x"; name="image"\r\n\r\n' + good + b"\r\n--ab--\r\n")
+        r = c.post("/v1/match", content=body, headers={"content-type": "multipart/form-data; boundary=ab"})
+        assert r.status_code == 200 and r.json()["matches"][0]["id"] == "O0", r.text
+
+
+def test_keys_file_nested_too_deep_is_a_clear_error(world, tmp_path):
+    from hashsieve.keys import KeysFileError, read_keys
+    keys = tmp_path / "keys.txt"
+    keys.write_text("[" * 100_000 + "\n")
+    with pytest.raises(KeysFileError, match=r"keys.txt:1: not a key line"):
+        read_keys(str(keys))
+    p = subprocess.run(CLI + ["serve", world["index"], "--keys", str(keys), "--port", str(free_port())],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "not a key line" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
 # ====================================================================== status, metrics, openapi, audit
 def test_status_metrics_openapi_never_return_hashes(world):
     listed = {f"{int(c):016x}" for c in world["codes"]}

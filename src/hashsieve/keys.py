@@ -65,7 +65,7 @@ def read_keys(path):
             if not _NAME.match(key.name) or not re.fullmatch(r"[0-9a-f]{12}", key.key_id) or \
                     not key.scopes <= set(SCOPES) or len(key.digest) != 32:
                 raise ValueError("a field has the wrong form")
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:   # (JSON nested deep)
             raise KeysFileError(f"{path}:{no}: not a key line written by `hashsieve keys add` ({e}); remove the "
                             "line or add the key again") from None
         if key.name in names or key.key_id in ids:

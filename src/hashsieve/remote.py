@@ -18,14 +18,22 @@ from .scan import _CHANGED, Item, too_big
 __all__ = ["is_url", "local_path", "list_url", "LocalFile", "RemoteFile", "fetch_index"]
 
 
+# fsspec's names of the local file system: such inputs are walked by scan.walk, with its rules for
+# symbolic links (fsspec's listing would follow a link out of the folder named).
+LOCAL_PREFIXES = ("file://", "local://")
+
+
 def is_url(p):
-    """True for a URL fsspec opens (PROTOCOL://...) other than file://."""
-    return isinstance(p, str) and "://" in p and not p.startswith("file://")
+    """True for a URL fsspec opens (PROTOCOL://...) other than a local one (file://, local://)."""
+    return isinstance(p, str) and "://" in p and not p.startswith(LOCAL_PREFIXES)
 
 
 def local_path(p):
-    """p without a file:// prefix (the local path it names)."""
-    return p[len("file://"):] if isinstance(p, str) and p.startswith("file://") else p
+    """p without a file:// or local:// prefix (the local path it names)."""
+    for prefix in LOCAL_PREFIXES:
+        if isinstance(p, str) and p.startswith(prefix):
+            return p[len(prefix):]
+    return p
 
 
 def _fs(url):

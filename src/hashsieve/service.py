@@ -49,6 +49,8 @@ __all__ = ["ServeConfig", "ServeError", "create_app", "load_version", "serve"]
 CONFIG_ENV = "HASHSIEVE_SERVE_CONFIG"
 MAX_BATCH = 10_000              # hashes in one /v1/lookup
 MAX_LOOKUP_BODY = 4 << 20       # bytes of a /v1/lookup body: 10,000 hashes take about 0.5 MB
+MAX_MATCHES = 100_000           # match records in one /v1/lookup answer (about 8 MB of JSON)
+MAX_PARTS = 100                 # parts of a multipart upload: a form sends a few
 INLINE_HASHES = 64              # lookups of more hashes run in a thread, off the event loop
 DIGEST_KINDS = ("md5", "sha1")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -109,8 +111,10 @@ def parse_lookup_hash(kinds, item, j):
         raise HTTPError(400, f"{where} has unknown field(s) {', '.join(sorted(extra))}; it takes kind and hash",
                         where)
     name, text = item.get("kind"), item.get("hash")
-    bits = kinds[name].bits if name in kinds else {"md5": 128, "sha1": 160}.get(name)
-    if not isinstance(name, str) or bits is None:
+    bits = None
+    if isinstance(name, str):          # (a list or an object is no kind, and no dict key either)
+        bits = kinds[name].bits if name in kinds else {"md5": 128, "sha1": 160}.get(name)
+    if bits is None:
         raise HTTPError(400, f"{where}.kind must be one of {', '.join(list(kinds) + list(DIGEST_KINDS))} "
                              f"(the kinds this index holds), got {name!r}", f"{where}.kind")
     digits = bits // 4
@@ -642,6 +646,9 @@ class App:
                             headers=[(b"allow", ", ".join(methods).encode())])
         if scope_needed is False:
             return await getattr(self, f"_{endpoint}")()
+        if [name for name, _ in scope["headers"] if name == b"authorization"][1:]:
+            # (headers keeps the last: a proxy that checked the first must not see another one used)
+            raise HTTPError(400, "more than one Authorization header; send one, Authorization: Bearer <secret>")
         key = self._authenticate(headers)
         audit["key"] = key.name
         if scope_needed is not None and scope_needed not in key.scopes:
@@ -735,10 +742,18 @@ class App:
                               self.cfg.max_radius)
 
         def run():
-            results = [None] * len(items)
+            # In chunks, counting: a lookup whose answer would pass MAX_MATCHES (hashes amid a cluster
+            # of near-identical entries, repeated) stops there, not after building gigabytes of records.
+            results, total = [None] * len(items), 0
             for name, (pos, values) in by_kind.items():
-                for j, found in zip(pos, lookup_matches(version.lindex, name, values, radius)):
-                    results[j] = found
+                for at in range(0, len(values), INLINE_HASHES):
+                    found = lookup_matches(version.lindex, name, values[at:at + INLINE_HASHES], radius)
+                    total += sum(map(len, found))
+                    if total > MAX_MATCHES:
+                        raise HTTPError(422, f"the lookup matches more than {MAX_MATCHES:,} entries; ask fewer "
+                                             "hashes at once or a smaller radius", "hashes")
+                    for j, one in zip(pos[at:], found):
+                        results[j] = one
             return results
 
         if len(items) > INLINE_HASHES:
@@ -812,16 +827,24 @@ def multipart_field(body, content_type, name):
     if m is None:
         raise HTTPError(400, "multipart/form-data without a boundary in its Content-Type", "image")
     delim = b"--" + (m.group(1) or m.group(2)).encode("latin-1")
-    for part in body.split(delim)[1:]:
-        if part.startswith(b"--"):
-            break
-        head, sep, data = part.partition(b"\r\n\r\n")
-        if not sep:
+    # Found part by part (no split: an upload of a million tiny parts would be a million bytes objects).
+    at, parts = body.find(delim), 0
+    while at >= 0 and not body.startswith(b"--", at + len(delim)):
+        parts += 1
+        if parts > MAX_PARTS:
+            raise HTTPError(400, f"the multipart body has more than {MAX_PARTS} parts; send the image as the "
+                                 f"field {name!r} of a form of a few fields (or as the whole body)", name)
+        start = at + len(delim)
+        at = body.find(delim, start)
+        end = len(body) if at < 0 else at
+        head_end = body.find(b"\r\n\r\n", start, end)
+        if head_end < 0:
             continue
-        disposition = next((line for line in head.split(b"\r\n") if line.lower().startswith(b"content-disposition:")),
-                           b"")
+        disposition = next((line for line in body[start:head_end].split(b"\r\n")
+                            if line.lower().startswith(b"content-disposition:")), b"")
         field = re.search(rb'[;\s]name="([^"]*)"', disposition)
         if field and field.group(1) == name.encode():
+            data = body[head_end + 4:end]
             return data[:-2] if data.endswith(b"\r\n") else data
     raise HTTPError(400, f"the multipart body has no field {name!r}; send the image as the field {name!r} "
                          "(or as the whole body)", name)
@@ -866,7 +889,7 @@ def openapi(cfg):
                                       "content": {"application/json": {"schema": {"type": "object", "properties": {
                                           "results": {"type": "array", "items": {"type": "array", "items": {
                                               "$ref": "#/components/schemas/Match"}}}}}}}},
-                              "400": err, "413": err, **common}}},
+                              "400": err, "413": err, "422": err, **common}}},
             "/v1/status": {"get": {"summary": "The index in service: file, generation, counts (scope status)",
                                    "security": auth, "responses": {"200": {"description": "status"}, **common}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (scope metrics)", "security": auth,
