@@ -941,10 +941,12 @@ static void move_off_cpu(int cpu)
         sched_setaffinity(0, sizeof mask, &mask);
 }
 
+/* arg: the job generation when the helper was started. Read here instead, it
+ * could already be that of the job the helper was started for (the caller
+ * opens it at once), which the helper would then skip as one seen. */
 static void *helper_main(void *arg)
 {
-    (void)arg;
-    uint64_t seen = __atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST) >> 32, moved_for = 0;
+    uint64_t seen = (uintptr_t)arg, moved_for = 0;
     uint64_t idle_since = now_ns();
     for (;;) {
         uint64_t t = __atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST);
@@ -1043,7 +1045,9 @@ static int pool_acquire(int want, int kind, int forced, int *timed)
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int rc = pthread_create(&th, &attr, helper_main, NULL);
+        /* the caller holds the pool: no job opens before pool_run() */
+        void *gen = (void *)(uintptr_t)(__atomic_load_n(&pool.ticket, __ATOMIC_SEQ_CST) >> 32);
+        int rc = pthread_create(&th, &attr, helper_main, gen);
         pthread_attr_destroy(&attr);
         if (rc)
             break;

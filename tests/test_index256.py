@@ -408,3 +408,28 @@ def test_256_kept_search_buffers_never_leak_into_the_next_search(tables256):
         n = int(np.searchsorted(d, 31, side="right"))
         np.testing.assert_array_equal(dist, d[:n])
         np.testing.assert_array_equal(ids, e[:n])
+
+
+FIRST_BATCH = """
+import numpy as np, hashsieve as hs
+from hashsieve import _core
+rng = np.random.default_rng(5)
+index = hs.HashIndex(bits=256)
+index.add(rng.integers(0, 256, (50_000, 32), dtype=np.uint8))
+queries = rng.integers(0, 256, (20_000, 32), dtype=np.uint8)   # ~0.1 s a thread
+one = index.range_search(queries, 31, threads=1)
+_core.share_counters(reset=True)
+two = index.range_search(queries, 31, threads=2)    # the first call that starts a helper thread
+assert all(np.array_equal(a, b) for a, b in zip(one, two))
+print(_core.share_counters()["joined"])
+"""
+
+
+def test_first_batch_of_a_process_gets_its_helper_thread():
+    # A helper started for a job once read the job's generation after the job was
+    # published, took it for one it had seen, and left the whole batch to one core.
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", FIRST_BATCH], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]
