@@ -31,7 +31,7 @@ from concurrent.futures import CancelledError
 
 from .remote import LocalFile, RemoteFile, fetch_index, is_url, list_url, read_error
 from .scan import (Item, Screener, Summary, _archive_type, _open_zip, _postfix, _Stop, _Total, _units,
-                   _walk_archive, _worker_died, hash_jobs, record_key, walk)
+                   _walk_archive, _worker_died, hash_jobs, record_key, report_writer, walk)
 
 __all__ = ["scan", "run_task", "index_version", "ClusterError", "TASK_FILES", "TASK_BYTES"]
 
@@ -356,14 +356,10 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
     local = [p for p in paths if not is_url(p)]
     total = _Total(local, options.limits, done) if progress is not None and local else None
     listed_urls = [0]
-    ascii_only = not callable(out) and (getattr(out, "encoding", None) or "").lower().replace("-", "") != "utf8"
+    write = report_writer(out)
 
     def emit(rec):
-        if callable(out):
-            out(rec)
-        else:
-            out.write(json.dumps(rec, ensure_ascii=ascii_only) + "\n")
-            out.flush()
+        write(rec)
         summary.count(rec)
         if progress is not None:
             found = (total.value if total is not None else 0) + listed_urls[0]

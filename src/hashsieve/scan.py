@@ -82,8 +82,6 @@ import time
 import zipfile
 import zlib
 
-import numpy as np
-
 from PIL import Image
 
 from ._validate import available_cores
@@ -1064,6 +1062,20 @@ class _Stop:
         self.event.set()
 
 
+def report_writer(out):
+    """The function that writes one record to out: out itself when it is callable, else a JSON line
+    on the text stream, flushed."""
+    if callable(out):
+        return out
+    # The report is UTF-8; any other stream gets JSON's \u escapes, which every encoding can carry.
+    ascii_only = (getattr(out, "encoding", None) or "").lower().replace("-", "") != "utf8"
+
+    def write(rec):
+        out.write(json.dumps(rec, ensure_ascii=ascii_only) + "\n")
+        out.flush()
+    return write
+
+
 def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=None, exclude=()):
     """Scan paths against lindex (lists.ListIndex, or None to only hash), writing each record as a
     JSON line to the text stream out (or calling out(record) if it is callable).
@@ -1089,15 +1101,10 @@ def scan(paths, lindex, out, options, resume_records=(), progress=None, stop=Non
     if progress is not None:
         total = _Total([os.fspath(p) for p in paths], opts.limits, done)
         items = total.follow(items)
-    # The report is UTF-8; any other stream gets JSON's \u escapes, which every encoding can carry.
-    ascii_only = not callable(out) and (getattr(out, "encoding", None) or "").lower().replace("-", "") != "utf8"
+    write = report_writer(out)
 
     def emit(rec):
-        if callable(out):
-            out(rec)
-        else:
-            out.write(json.dumps(rec, ensure_ascii=ascii_only) + "\n")
-            out.flush()
+        write(rec)
         summary.count(rec)
         if progress is not None:
             progress.total = max(progress.n + 1, progress.initial + total.value)
