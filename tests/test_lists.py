@@ -10,15 +10,10 @@ import pytest
 import hashsieve as hs
 from hashsieve import cli
 from hashsieve.lists import HashList, ListError, list_spec, parse_hash
+from test_cli import CLI, run
 
-CLI = [sys.executable, "-m", "hashsieve.cli"]
 
 
-def run(*args, cwd=None, check=None):
-    p = subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=120)
-    if check is not None:
-        assert p.returncode == check, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
-    return p
 
 
 def one_line_error(p):
