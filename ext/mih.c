@@ -15,8 +15,12 @@
 #define HS_PF 16          /* probes in flight */
 #define HS_RING 32       /* >= HS_PF, power of two */
 #define HS_PF_LINES 8    /* bucket cache lines prefetched per probe */
-#define HS_PF4 32          /* 256-bit codes: probes a block (mih_probes4) */
-#define HS_PF4_CANDS 512   /* candidates verified together, at most */
+/* 256-bit codes (mih_probes4): probes between the prefetch and the read of a
+ * probe's bucket bounds and again of its group numbers; candidates whose
+ * codes are in flight ahead of the one verified (powers of two). */
+#define HS_PF4_AHEAD 16
+#define HS_PF4_RING 32     /* bounds kept, by probe: more than HS_PF4_AHEAD */
+#define HS_PF4_CANDS 64
 #define HS_UNLIMITED UINT64_MAX
 /* Planner cost estimates (ns): rough per-operation costs on the development machine
  * (a probe that misses to DRAM, one verified candidate, one scanned code), used
@@ -40,6 +44,11 @@
 
 #define HS_TILE 4096     /* codes per scan tile shared by a group of queries (32 KiB) */
 #define HS_GROUP 8       /* queries of a batch searched together */
+/* 256-bit batches search this many queries together with their probes in
+ * table order (sort_probes): at 100M codes the tables are 4.4 GB, so probes in
+ * query order miss the TLB on nearly every bucket. At most 256: hs_hit.slot. */
+#define HS_GROUP4 256
+#define HS_SORT_BITS 12  /* sort_probes orders probes by table and this many top key bits */
 
 typedef struct {
     uint32_t group;
@@ -64,6 +73,10 @@ typedef struct {
     size_t cap_byslot;
     hs_probe *probes;
     size_t cap_probes;
+    hs_probe *probes_sorted;
+    size_t cap_probes_sorted;
+    uint32_t *sort_counts;
+    size_t cap_sort_counts;
     int64_t *ids;
     int32_t *dist;
     size_t nres, cap_res;
@@ -1207,6 +1220,29 @@ static size_t build_probes(const hs_segment *s, const uint64_t *qs, int nq, cons
     return n;
 }
 
+/* Orders probes P[0, n) by table and the top HS_SORT_BITS bits of their key
+ * (one counting-sort pass), so a big group's probes walk each table's bucket
+ * bounds and group numbers front to back. Returns the sorted probes (w's
+ * second buffer), or P itself when out of memory (any order is exact). */
+static const hs_probe *sort_probes(const hs_segment *s, const hs_probe *P, size_t n, hs_scratch *w)
+{
+    const size_t nb = (size_t)s->m << HS_SORT_BITS;
+    if (grow((void **)&w->probes_sorted, &w->cap_probes_sorted, n, sizeof(hs_probe)) ||
+        grow((void **)&w->sort_counts, &w->cap_sort_counts, nb + 1, sizeof(uint32_t)))
+        return P;
+    uint32_t *c = w->sort_counts;
+    memset(c, 0, (nb + 1) * sizeof *c);
+#define HS_SORT_BUCKET(p) (((size_t)(p).table << HS_SORT_BITS) | ((p).key >> (s->bits[(p).table] - HS_SORT_BITS)))
+    for (size_t i = 0; i < n; i++)
+        c[HS_SORT_BUCKET(P[i]) + 1]++;
+    for (size_t b = 0; b < nb; b++)
+        c[b + 1] += c[b];
+    for (size_t i = 0; i < n; i++)
+        w->probes_sorted[c[HS_SORT_BUCKET(P[i])]++] = P[i];
+#undef HS_SORT_BUCKET
+    return w->probes_sorted;
+}
+
 typedef struct {
     hs_probes_fn probes;            /* the kernel for the segment's code width */
     const hs_segment *s;
@@ -1265,7 +1301,12 @@ static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, con
     if (n == SIZE_MAX)
         return 1;
     const hs_probes_fn probes = s->words == 1 ? K->mih_probes : K->mih_probes4;
-    split_job J = {probes, s, qs, t, w->probes, segno, nq, r, n, 0, 0, max_candidates(s, nq), 0, w, st};
+    const hs_probe *P = w->probes;
+    if (nq > HS_GROUP) {   /* a big group (HS_GROUP4) runs on this thread, in table order */
+        P = sort_probes(s, P, n, w);
+        helpers = 0;
+    }
+    split_job J = {probes, s, qs, t, P, segno, nq, r, n, 0, 0, max_candidates(s, nq), 0, w, st};
     const int64_t min_ns = __atomic_load_n(&split_min_ns, __ATOMIC_RELAXED);
     const int chunks = (int)((n + HS_SPLIT_CHUNK - 1) / HS_SPLIT_CHUNK);
     if (helpers > chunks - 1)
@@ -1274,7 +1315,7 @@ static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, con
     helpers = cost * nq >= (double)min_ns ? pool_acquire(helpers, GATE_QUERY, min_ns == 0, &timed) : 0;
     if (!helpers) {
         uint64_t cand = 0, t0 = timed ? now_ns() : 0;
-        int ok = probes(s, segno, qs, nq, r, t, w->probes, n, w, st, J.max_candidates, &cand);
+        int ok = probes(s, segno, qs, nq, r, t, P, n, w, st, J.max_candidates, &cand);
         if (timed && ok)
             gate_alone(GATE_QUERY, now_ns() - t0, n);
         return ok;
@@ -1305,7 +1346,7 @@ static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, con
     return !J.abort;
 }
 
-/* Range search of g <= HS_GROUP queries; query i's results are appended to
+/* Range search of g <= HS_GROUP4 queries; query i's results are appended to
  * w's result buffer at res_start[i], res_count[i] of them. */
 static int query_range_group(const hs_kernels *K, const hs_segment *const *segs, int nseg, int words,
                              const uint64_t *qs, int g, int r, hs_scratch *w, hs_stats *st, int inner,
@@ -1332,7 +1373,7 @@ static int query_range_group(const hs_kernels *K, const hs_segment *const *segs,
     if (w->oom)
         return -1;
     /* Split the hits by query, keeping their order. */
-    size_t nh = w->nhits - begin, start[HS_GROUP + 1] = {0}, cursor[HS_GROUP];
+    size_t nh = w->nhits - begin, start[HS_GROUP4 + 1] = {0}, cursor[HS_GROUP4];
     if (grow((void **)&w->byslot, &w->cap_byslot, nh + 1, sizeof(hs_hit)))
         return -1;
     for (size_t i = begin; i < w->nhits; i++)
@@ -1382,8 +1423,7 @@ typedef struct {
     const hs_segment *const *segs;
     int nseg, words, radius, inner;
     const uint64_t *queries;
-    uint64_t nq, k, chunk;
-    hs_scratch *scratch;
+    uint64_t nq, k, chunk, group;
     uint32_t *qthread;
     uint64_t *qstart;
     int64_t *lims;
@@ -1392,7 +1432,16 @@ typedef struct {
     hs_stats *stats;
     uint64_t next;
     int failed, nworkers;
+    /* Per worker, in the job (on the caller's stack), not malloc'ed: the
+     * first malloc after another library freed many blocks pays for sorting
+     * them into glibc's bins, and calloc never takes the thread's cached
+     * blocks (measured: 2-3 ms a 10M-code query after each FAISS
+     * IndexBinaryMultiHash query, 0.2 ms without this). Last, so that only
+     * the workers' entries are zeroed (batch_init, run_batch). */
+    hs_scratch scratch[HS_MAX_HELPERS + 1];
 } batch_job;
+
+static void batch_init(batch_job *J) { memset(J, 0, offsetof(batch_job, scratch)); }
 
 static void batch_run(void *arg, int worker)
 {
@@ -1407,10 +1456,10 @@ static void batch_run(void *arg, int worker)
             helper_stall();
         uint64_t i1 = i0 + J->chunk < J->nq ? i0 + J->chunk : J->nq;
         done += i1 - i0;
-        for (uint64_t i = i0; i < i1; i += HS_GROUP) {
-            int g = i1 - i < HS_GROUP ? (int)(i1 - i) : HS_GROUP, rc = 0;
-            hs_stats st[HS_GROUP];
-            memset(st, 0, sizeof st);
+        for (uint64_t i = i0; i < i1; i += J->group) {
+            int g = i1 - i < J->group ? (int)(i1 - i) : (int)J->group, rc = 0;
+            hs_stats st[HS_GROUP4];
+            memset(st, 0, (size_t)g * sizeof st[0]);
             if (J->k) {
                 for (int c = 0; c < g && !rc; c++) {
                     w->nres = 0;
@@ -1424,7 +1473,7 @@ static void batch_run(void *arg, int worker)
                     }
                 }
             } else {
-                uint64_t start[HS_GROUP], count[HS_GROUP];
+                uint64_t start[HS_GROUP4], count[HS_GROUP4];
                 rc = query_range_group(J->K, J->segs, J->nseg, J->words, J->queries + i * J->words, g, J->radius, w,
                                        st, J->inner, start, count);
                 for (int c = 0; c < g && !rc; c++) {
@@ -1446,6 +1495,7 @@ static void batch_run(void *arg, int worker)
 static void free_buffers(hs_scratch *w)
 {
     free(w->hits); free(w->sorted); free(w->byslot); free(w->probes);
+    free(w->probes_sorted); free(w->sort_counts);
     free(w->ids); free(w->dist); free(w->tmp);
     memset(w, 0, sizeof *w);
 }
@@ -1506,6 +1556,8 @@ static void keep_buffers(hs_scratch *w)
     HS_KEEP(sorted, cap_sorted, sizeof(hs_hit));
     HS_KEEP(byslot, cap_byslot, sizeof(hs_hit));
     HS_KEEP(probes, cap_probes, sizeof(hs_probe));
+    HS_KEEP(probes_sorted, cap_probes_sorted, sizeof(hs_probe));
+    HS_KEEP(sort_counts, cap_sort_counts, sizeof(uint32_t));
     HS_KEEP(tmp, cap_tmp, sizeof(int64_t));
     if (w->cap_res * sizeof(int64_t) > HS_KEEP_BYTES) {   /* ids and dist share cap_res */
         free(w->ids);
@@ -1522,13 +1574,12 @@ static void keep_buffers(hs_scratch *w)
  * helpers' freed. */
 static void free_scratch(hs_scratch *w, int n)
 {
-    for (int i = 0; w && i < n; i++) {
+    for (int i = 0; i < n; i++) {
         if (i == 0)
             keep_buffers(&w[0]);
         else
             free_buffers(&w[i]);
     }
-    free(w);
 }
 
 /* Runs the batch on this thread and up to min(nthreads, nq) - 1 helpers;
@@ -1545,11 +1596,10 @@ static int run_batch(batch_job *J, int nthreads)
         nw = HS_MAX_HELPERS + 1;
     J->nworkers = nw;
     J->inner = nthreads / nw;
-    J->chunk = J->nq < (uint64_t)nw * HS_GROUP ? 1 : HS_GROUP;
+    J->group = J->words == 4 && !J->k && J->nq >= (uint64_t)nw * HS_GROUP4 ? HS_GROUP4 : HS_GROUP;
+    J->chunk = J->nq < (uint64_t)nw * HS_GROUP ? 1 : J->group;
     J->K = all_kernels[hs_get_isa()];
-    J->scratch = calloc((size_t)nw, sizeof(hs_scratch));
-    if (!J->scratch)
-        return -1;
+    memset(J->scratch, 0, (size_t)nw * sizeof(hs_scratch));
     take_kept(&J->scratch[0]);
     const int64_t min_ns = __atomic_load_n(&split_min_ns, __ATOMIC_RELAXED);
     /* A big batch hands out its queries a group at a time, so a helper that loses its core
@@ -1578,7 +1628,7 @@ int hs_range_search(const hs_segment *const *segs, int nseg, int words, const ui
                     int radius, int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist, hs_stats *stats)
 {
     batch_job J;
-    memset(&J, 0, sizeof J);
+    batch_init(&J);
     J.segs = segs; J.nseg = nseg; J.words = words; J.queries = queries; J.nq = nq; J.radius = radius;
     J.lims = lims; J.stats = stats;
     J.qthread = malloc((nq + 1) * sizeof(uint32_t));
@@ -1618,7 +1668,7 @@ int hs_knn_search(const hs_segment *const *segs, int nseg, int words, const uint
                   int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats)
 {
     batch_job J;
-    memset(&J, 0, sizeof J);
+    batch_init(&J);
     J.segs = segs; J.nseg = nseg; J.words = words; J.queries = queries; J.nq = nq; J.k = (uint64_t)k;
     J.knn_ids = out_ids; J.knn_dist = out_dist; J.stats = stats;
     int rc = run_batch(&J, nthreads);

@@ -409,98 +409,88 @@ static void HS_FN(brute_knn4)(const hs_segment *s, int segno, const uint64_t *q,
     st->scanned += hi - lo;
 }
 
-/* Verifies candidates cg[0, nc) (group numbers, each of probe cp[i]) of
- * mih_probes4: the codes' loads are independent, so the core overlaps them. */
+/* One candidate of mih_probes4: the code of group g against probe pr's query. */
 static inline void HS_FN(verify4)(const hs_segment *s, int segno, const uint64_t *qs, int r, const int *t,
-                                  const hs_probe *P, const uint32_t *cg, const uint32_t *cp, size_t nc,
-                                  hs_scratch *w)
+                                  const hs_probe *pr, uint64_t g, hs_scratch *w)
 {
-    for (size_t i = 0; i < nc; i++) {
-        const uint64_t g = cg[i];
-        if (g >= s->n_unique)       /* a damaged file opened without verify() */
-            continue;
-        const hs_probe *pr = &P[cp[i]];
-        const uint64_t *c = s->codes + 4 * g, *q = qs + 4 * pr->slot;
-        const uint64_t x[4] = {c[0] ^ q[0], c[1] ^ q[1], c[2] ^ q[2], c[3] ^ q[3]};
-        const int d = __builtin_popcountll(x[0]) + __builtin_popcountll(x[1]) + __builtin_popcountll(x[2]) +
-                      __builtin_popcountll(x[3]);
-        if (d > r)
-            continue;
-        /* Report each code from the first table that qualifies it. */
-        int dup = 0;
-        for (int kk = 0; kk < pr->table && !dup; kk++)
-            dup = t[kk] >= 0 && HS_FN(key_dist4)(s, kk, x) <= t[kk];
-        if (!dup)
-            push_hit(w, segno, g, d, pr->slot);
-    }
+    if (g >= s->n_unique)       /* a damaged file opened without verify() */
+        return;
+    const uint64_t *c = s->codes + 4 * g, *q = qs + 4 * pr->slot;
+    const uint64_t x[4] = {c[0] ^ q[0], c[1] ^ q[1], c[2] ^ q[2], c[3] ^ q[3]};
+    const int d = __builtin_popcountll(x[0]) + __builtin_popcountll(x[1]) + __builtin_popcountll(x[2]) +
+                  __builtin_popcountll(x[3]);
+    if (d > r)
+        return;
+    /* Report each code from the first table that qualifies it. */
+    for (int kk = 0; kk < pr->table; kk++)
+        if (t[kk] >= 0 && HS_FN(key_dist4)(s, kk, x) <= t[kk])
+            return;
+    push_hit(w, segno, g, d, pr->slot);
 }
 
 /* mih_probes for 256-bit codes. Their tables have no fingerprints, so each
- * candidate reads its 32-byte code through table_groups. The probes go in
- * blocks through a three-stage pipeline: a block's bucket bounds, the
- * previous block's group numbers, the block before's codes. Within a stage
- * the loads are independent, so the core keeps many in flight, page walks
- * included (at these sizes most loads miss the TLB too, and software
- * prefetches alone did not ride that out: 10x slower after other work had
- * flushed the caches); each stage also prefetches what the next one reads. */
+ * candidate reads its 32-byte code through table_groups: per probe a chain of
+ * three dependent random reads (bucket bounds, group numbers, codes), which at
+ * these sizes miss the caches and mostly the TLB too. The chain is kept
+ * streaming, so the core always has many independent loads in flight: probe
+ * i's bounds are prefetched HS_PF4_AHEAD probes before they are read, its
+ * group numbers HS_PF4_AHEAD probes before those are read, and every
+ * candidate's code HS_PF4_CANDS candidates before it is verified. (The
+ * earlier version verified blocks of candidates in bursts and left the loads
+ * idle between them: at 100M codes it waited on 64% of its code loads.) */
 static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
                               const hs_probe *P, size_t n, hs_scratch *w, hs_stats *st, uint64_t max_candidates,
                               uint64_t *candidates)
 {
     (void)nq;
     const uint64_t *codes = s->codes;
-    const size_t nblocks = (n + HS_PF4 - 1) / HS_PF4;
     uint64_t cand = 0;
-    uint32_t lo[2][HS_PF4], hi[2][HS_PF4], cg[2][HS_PF4_CANDS], cp[2][HS_PF4_CANDS];
-    size_t nc[2] = {0, 0};
-    for (size_t it = 0; it < nblocks + 2; it++) {
-        if (it >= 2) {                      /* stage 3: block it - 2's codes */
-            const int c = it & 1;
-            HS_FN(verify4)(s, segno, qs, r, t, P, cg[c], cp[c], nc[c], w);
-            nc[c] = 0;
+    uint32_t lo[HS_PF4_RING], hi[HS_PF4_RING];          /* bucket bounds, by probe */
+    uint32_t cg[HS_PF4_CANDS], cp[HS_PF4_CANDS];        /* candidates in flight: group, probe */
+    size_t pushed = 0, verified = 0;
+    for (size_t i = 0; i < n + 2 * HS_PF4_AHEAD; i++) {
+        if (i < n)
+            __builtin_prefetch(s->offsets[P[i].table] + P[i].key);
+        if (i >= HS_PF4_AHEAD && i - HS_PF4_AHEAD < n) {    /* bounds of probe b */
+            const size_t b = i - HS_PF4_AHEAD;
+            const uint32_t *off = s->offsets[P[b].table];
+            const uint32_t a = off[P[b].key], e = off[P[b].key + 1];
+            lo[b % HS_PF4_RING] = a;
+            hi[b % HS_PF4_RING] = e;
+            const uint32_t *tg = s->table_groups[P[b].table];
+            __builtin_prefetch(tg + a);
+            if (e > a)
+                __builtin_prefetch(tg + e - 1);
         }
-        if (it >= 1 && it - 1 < nblocks) {  /* stage 2: block it - 1's group numbers */
-            const size_t b = it - 1, p0 = b * HS_PF4, p1 = p0 + HS_PF4 < n ? p0 + HS_PF4 : n;
-            const int c = b & 1;
-            for (size_t p = p0; p < p1; p++) {
-                const uint32_t a = lo[b & 1][p - p0], e = hi[b & 1][p - p0];
-                const uint32_t *tg = s->table_groups[P[p].table];
-                st[P[p].slot].candidates += e - a;
-                /* Skewed data (a dense cluster near the query in some table):
-                 * past the budget a scan is cheaper, so give up on the tables. */
-                cand += e - a;
-                if (cand > max_candidates) {
-                    *candidates += cand;
-                    return 0;
+        if (i >= 2 * HS_PF4_AHEAD) {                         /* group numbers of probe p */
+            const size_t p = i - 2 * HS_PF4_AHEAD;
+            const uint32_t a = lo[p % HS_PF4_RING], e = hi[p % HS_PF4_RING];
+            const uint32_t *tg = s->table_groups[P[p].table];
+            st[P[p].slot].candidates += e > a ? e - a : 0;
+            /* Skewed data (a dense cluster near the query in some table):
+             * past the budget a scan is cheaper, so give up on the tables. */
+            cand += e > a ? e - a : 0;
+            if (cand > max_candidates) {
+                *candidates += cand;
+                return 0;
+            }
+            for (uint32_t j = a; j < e; j++) {
+                const uint32_t g = tg[j];
+                if (g < s->n_unique)
+                    __builtin_prefetch(codes + 4 * (uint64_t)g);
+                if (pushed - verified == HS_PF4_CANDS) {
+                    const size_t v = verified++ % HS_PF4_CANDS;
+                    HS_FN(verify4)(s, segno, qs, r, t, &P[cp[v]], cg[v], w);
                 }
-                for (uint32_t j = a; j < e; j++) {
-                    if (nc[c] == HS_PF4_CANDS) {
-                        HS_FN(verify4)(s, segno, qs, r, t, P, cg[c], cp[c], nc[c], w);
-                        nc[c] = 0;
-                    }
-                    const uint32_t g = tg[j];
-                    if (g < s->n_unique)
-                        __builtin_prefetch(codes + 4 * (uint64_t)g);
-                    cg[c][nc[c]] = g;
-                    cp[c][nc[c]++] = (uint32_t)p;
-                }
+                cg[pushed % HS_PF4_CANDS] = g;
+                cp[pushed % HS_PF4_CANDS] = (uint32_t)p;
+                pushed++;
             }
         }
-        if (it < nblocks) {                 /* stage 1: block it's bucket bounds */
-            const size_t p0 = it * HS_PF4, p1 = p0 + HS_PF4 < n ? p0 + HS_PF4 : n;
-            for (size_t p = p1; p < p1 + HS_PF4 && p < n; p++)   /* the next block's */
-                __builtin_prefetch(s->offsets[P[p].table] + P[p].key);
-            for (size_t p = p0; p < p1; p++) {
-                const uint32_t *off = s->offsets[P[p].table];
-                const uint32_t a = off[P[p].key], e = off[P[p].key + 1];
-                lo[it & 1][p - p0] = a;
-                hi[it & 1][p - p0] = e;
-                const uint32_t *tg = s->table_groups[P[p].table];
-                __builtin_prefetch(tg + a);
-                if (e - a > 16)
-                    __builtin_prefetch(tg + e - 1);
-            }
-        }
+    }
+    for (; verified < pushed; verified++) {
+        const size_t v = verified % HS_PF4_CANDS;
+        HS_FN(verify4)(s, segno, qs, r, t, &P[cp[v]], cg[v], w);
     }
     *candidates += cand;
     return 1;

@@ -433,3 +433,26 @@ def test_first_batch_of_a_process_gets_its_helper_thread():
     out = subprocess.run([sys.executable, "-c", FIRST_BATCH], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1"]
+
+
+@pytest.fixture(scope="module")
+def big_batch256(tables256):
+    """A batch of 2 x 256 + 37 queries for tables256's index and its answers up to radius 48."""
+    kind, index, _, _ = tables256
+    codes, ids = index_content(index)
+    queries = queries256(np.random.default_rng(21), codes, 2 * 256 + 37)
+    return index, queries, range_oracle(codes, ids, queries, 48)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_256_big_batches_probe_in_table_order_exactly(isa, big_batch256, threads):
+    """Batches of at least 256 queries a thread search groups of 256 with their probes sorted by table
+    and key (skewed groups go over the candidate budget and scan): the answers are the oracle's."""
+    index, queries, (lims, dist, ids) = big_batch256
+    for radius in (31, 48):
+        got_lims, got_dist, got_ids = index.range_search(queries, radius, threads=threads)
+        for i in range(len(queries)):
+            d, e = dist[lims[i]:lims[i + 1]], ids[lims[i]:lims[i + 1]]
+            row = slice(got_lims[i], got_lims[i + 1])
+            np.testing.assert_array_equal(got_dist[row], d[d <= radius])
+            np.testing.assert_array_equal(got_ids[row], e[d <= radius])
