@@ -409,45 +409,55 @@ static void HS_FN(brute_knn4)(const hs_segment *s, int segno, const uint64_t *q,
     st->scanned += hi - lo;
 }
 
-/* One candidate of mih_probes4: the code of group g against probe pr's query. */
+/* One candidate of mih_probes4: its code against its query. */
 static inline void HS_FN(verify4)(const hs_segment *s, int segno, const uint64_t *qs, int r, const int *t,
-                                  const hs_probe *pr, uint64_t g, hs_scratch *w)
+                                  const hs_cand *cand, hs_scratch *w)
 {
+    const uint64_t g = cand->group;
     if (g >= s->n_unique)       /* a damaged file opened without verify() */
         return;
-    const uint64_t *c = s->codes + 4 * g, *q = qs + 4 * pr->slot;
+    const uint64_t *c = s->codes + 4 * g, *q = qs + 4 * cand->slot;
     const uint64_t x[4] = {c[0] ^ q[0], c[1] ^ q[1], c[2] ^ q[2], c[3] ^ q[3]};
     const int d = __builtin_popcountll(x[0]) + __builtin_popcountll(x[1]) + __builtin_popcountll(x[2]) +
                   __builtin_popcountll(x[3]);
     if (d > r)
         return;
     /* Report each code from the first table that qualifies it. */
-    for (int kk = 0; kk < pr->table; kk++)
+    for (int kk = 0; kk < cand->table; kk++)
         if (t[kk] >= 0 && HS_FN(key_dist4)(s, kk, x) <= t[kk])
             return;
-    push_hit(w, segno, g, d, pr->slot);
+    push_hit(w, segno, g, d, cand->slot);
+}
+
+/* Verifies candidates C[0, n) in the order of their codes' pages (sort_cands),
+ * each code prefetched HS_PF4_CANDS candidates ahead. */
+static void HS_FN(verify_cands4)(const hs_segment *s, int segno, const uint64_t *qs, int r, const int *t,
+                                 const hs_cand *C, size_t n, hs_scratch *w)
+{
+    C = sort_cands(s, C, n, w);
+    for (size_t i = 0; i < n; i++) {
+        if (i + HS_PF4_CANDS < n && C[i + HS_PF4_CANDS].group < s->n_unique)
+            __builtin_prefetch(s->codes + 4 * (uint64_t)C[i + HS_PF4_CANDS].group);
+        HS_FN(verify4)(s, segno, qs, r, t, &C[i], w);
+    }
 }
 
 /* mih_probes for 256-bit codes. Their tables have no fingerprints, so each
- * candidate reads its 32-byte code through table_groups: per probe a chain of
- * three dependent random reads (bucket bounds, group numbers, codes), which at
- * these sizes miss the caches and mostly the TLB too. The chain is kept
- * streaming, so the core always has many independent loads in flight: probe
- * i's bounds are prefetched HS_PF4_AHEAD probes before they are read, its
- * group numbers HS_PF4_AHEAD probes before those are read, and every
- * candidate's code HS_PF4_CANDS candidates before it is verified. (The
- * earlier version verified blocks of candidates in bursts and left the loads
- * idle between them: at 100M codes it waited on 64% of its code loads.) */
+ * candidate reads its 32-byte code through table_groups: per probe two
+ * dependent random reads (bucket bounds, group numbers), kept streaming
+ * (probe i's bounds are prefetched HS_PF4_AHEAD probes before they are read,
+ * its group numbers HS_PF4_AHEAD probes before those are read), and then
+ * the candidates' codes, verified HS_PF4_BLOCK at a time in the order of the
+ * pages they are on. At these sizes the reads miss the caches and mostly the
+ * TLB: in bucket order the core waited on most of its code loads. */
 static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
                               const hs_probe *P, size_t n, hs_scratch *w, hs_stats *st, uint64_t max_candidates,
                               uint64_t *candidates)
 {
     (void)nq;
-    const uint64_t *codes = s->codes;
     uint64_t cand = 0;
     uint32_t lo[HS_PF4_RING], hi[HS_PF4_RING];          /* bucket bounds, by probe */
-    uint32_t cg[HS_PF4_CANDS], cp[HS_PF4_CANDS];        /* candidates in flight: group, probe */
-    size_t pushed = 0, verified = 0;
+    size_t nc = 0;
     for (size_t i = 0; i < n + 2 * HS_PF4_AHEAD; i++) {
         if (i < n)
             __builtin_prefetch(s->offsets[P[i].table] + P[i].key);
@@ -466,32 +476,31 @@ static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs
             const size_t p = i - 2 * HS_PF4_AHEAD;
             const uint32_t a = lo[p % HS_PF4_RING], e = hi[p % HS_PF4_RING];
             const uint32_t *tg = s->table_groups[P[p].table];
-            st[P[p].slot].candidates += e > a ? e - a : 0;
+            const uint32_t len = e > a ? e - a : 0;
+            st[P[p].slot].candidates += len;
             /* Skewed data (a dense cluster near the query in some table):
              * past the budget a scan is cheaper, so give up on the tables. */
-            cand += e > a ? e - a : 0;
+            cand += len;
             if (cand > max_candidates) {
                 *candidates += cand;
                 return 0;
             }
+            if (nc + len > HS_PF4_BLOCK) {
+                HS_FN(verify_cands4)(s, segno, qs, r, t, w->cands, nc, w);
+                nc = 0;
+            }
+            if (grow((void **)&w->cands, &w->cap_cands, nc + len, sizeof(hs_cand))) {
+                w->oom = 1;
+                *candidates += cand;
+                return 1;
+            }
             for (uint32_t j = a; j < e; j++) {
-                const uint32_t g = tg[j];
-                if (g < s->n_unique)
-                    __builtin_prefetch(codes + 4 * (uint64_t)g);
-                if (pushed - verified == HS_PF4_CANDS) {
-                    const size_t v = verified++ % HS_PF4_CANDS;
-                    HS_FN(verify4)(s, segno, qs, r, t, &P[cp[v]], cg[v], w);
-                }
-                cg[pushed % HS_PF4_CANDS] = g;
-                cp[pushed % HS_PF4_CANDS] = (uint32_t)p;
-                pushed++;
+                hs_cand c = {tg[j], P[p].slot, P[p].table};
+                w->cands[nc++] = c;
             }
         }
     }
-    for (; verified < pushed; verified++) {
-        const size_t v = verified % HS_PF4_CANDS;
-        HS_FN(verify4)(s, segno, qs, r, t, &P[cp[v]], cg[v], w);
-    }
+    HS_FN(verify_cands4)(s, segno, qs, r, t, w->cands, nc, w);
     *candidates += cand;
     return 1;
 }
