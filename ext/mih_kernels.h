@@ -448,8 +448,8 @@ static void HS_FN(verify_cands4)(const hs_segment *s, int segno, const uint64_t 
  * (probe i's bounds are prefetched HS_PF4_AHEAD probes before they are read,
  * its group numbers HS_PF4_AHEAD probes before those are read), and then
  * the candidates' codes, verified HS_PF4_BLOCK at a time in the order of the
- * pages they are on. At these sizes the reads miss the caches and mostly the
- * TLB: in bucket order the core waited on most of its code loads. */
+ * pages they are on. At these sizes the reads miss the caches: in bucket order
+ * the core waited on most of its code loads (perf at 100M codes). */
 static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
                               const hs_probe *P, size_t n, hs_scratch *w, hs_stats *st, uint64_t max_candidates,
                               uint64_t *candidates)

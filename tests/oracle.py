@@ -4,7 +4,7 @@ import numpy as np
 
 def distances(queries, codes):
     """Hamming distances (nq, n), one query row at a time (memory: n per row). Codes and queries are
-    uint64 (n,) hashes, or uint8 (n, 32) 256-bit codes: np.bitwise_count over the bytes, summed."""
+    uint64 (n,) hashes, or uint8 (n, 32) 256-bit codes: np.bitwise_count over their four 8-byte words, summed."""
     if np.asarray(codes).dtype == np.uint8:
         # the same popcount over the 32 bytes, 8 bytes at a time
         codes = np.ascontiguousarray(codes).view("<u8")

@@ -438,7 +438,7 @@ def test_first_batch_of_a_process_gets_its_helper_thread():
 @pytest.fixture(scope="module")
 def big_batch256(tables256):
     """A batch of 2 x 256 + 37 queries for tables256's index and its answers up to radius 48."""
-    kind, index, _, _ = tables256
+    _, index, _, _ = tables256
     codes, ids = index_content(index)
     queries = queries256(np.random.default_rng(21), codes, 2 * 256 + 37)
     return index, queries, range_oracle(codes, ids, queries, 48)
@@ -447,7 +447,7 @@ def big_batch256(tables256):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_256_big_batches_probe_in_table_order_exactly(isa, big_batch256, threads):
     """Batches of at least 256 queries a thread search groups of 256 with their probes sorted by table
-    and key (skewed groups go over the candidate budget and scan): the answers are the oracle's."""
+    and key, and their candidates by page: the answers are the oracle's."""
     index, queries, (lims, dist, ids) = big_batch256
     for radius in (31, 48):
         got_lims, got_dist, got_ids = index.range_search(queries, radius, threads=threads)
