@@ -48,14 +48,23 @@ def tables():
     return index, {"sources": ["golden-tables-a.csv", "golden-tables-b.csv"]}
 
 
-def update():
-    """Format 2: an incremental save (a daily update) referencing its full predecessor as base file."""
-    index, _ = tables()
-    path = HERE / f"v{storage.FORMAT_VERSION}_update.hsi"
+def save(index, path, metadata):
+    """save_parts for a dict of parts, save_index for one index, at the fixed creation time."""
+    (storage.save_parts if isinstance(index, dict) else storage.save_index)(index, path, metadata=metadata,
+                                                                            created=CREATED)
+
+
+def saved_day0(index, path):
+    """Day 0 of an incremental save: written to path (base files of earlier runs dropped) and loaded back."""
     for old in HERE.glob(path.name + ".base-*"):
         old.unlink()
-    storage.save_index(index, path, metadata={"day": 0}, created=CREATED)
-    index = hs.HashIndex.load(path, mmap=False)
+    save(index, path, {"day": 0})
+    return storage.load_parts(path, mmap=False) if isinstance(index, dict) else hs.HashIndex.load(path, mmap=False)
+
+
+def update():
+    """Format 2: an incremental save (a daily update) referencing its full predecessor as base file."""
+    index = saved_day0(tables()[0], HERE / f"v{storage.FORMAT_VERSION}_update.hsi")
     index.remove(np.arange(1, 4200, 97))
     index.add(np.random.default_rng(4).integers(0, 2**64, 25, dtype=np.uint64), ids=np.arange(10**6, 10**6 + 25))
     return index, {"day": 1}
@@ -81,12 +90,7 @@ def parts():
 
 def parts_update():
     """Version 3: an incremental save of parts; the base is the saved predecessor, the changes are in both parts."""
-    indexes, _ = parts()
-    path = HERE / f"v{storage.FORMAT_VERSION}_parts_update.hsi"
-    for old in HERE.glob(path.name + ".base-*"):
-        old.unlink()
-    storage.save_parts(indexes, path, metadata={"day": 0}, created=CREATED)
-    indexes = storage.load_parts(path, mmap=False)
+    indexes = saved_day0(parts()[0], HERE / f"v{storage.FORMAT_VERSION}_parts_update.hsi")
     indexes["phash"].remove(np.arange(1, 4200, 97))
     indexes["pdq"].remove([8, 11])
     indexes["pdq"].add(np.random.default_rng(6).integers(0, 256, (5, 32), dtype=np.uint8), ids=np.arange(2000, 2005))
@@ -126,10 +130,7 @@ def main(names):
             continue
         index, meta = make()
         path = HERE / f"v{version}_{name}.hsi"
-        if isinstance(index, dict):
-            storage.save_parts(index, path, metadata=meta, created=CREATED)
-        else:
-            storage.save_index(index, path, metadata=meta, created=CREATED)
+        save(index, path, meta)
         info = storage.read_metadata(path)
         assert (info["base"] is not None) == name.endswith("update"), name
         expected = {"header": {k: info[k] for k in ("format_version", "code_bits", "count", "entries", "next_id",
