@@ -409,13 +409,11 @@ static void HS_FN(brute_knn4)(const hs_segment *s, int segno, const uint64_t *q,
     st->scanned += hi - lo;
 }
 
-/* One candidate of mih_probes4: its code against its query. */
+/* One candidate of mih_probes4 (group < n_unique): its code against its query. */
 static inline void HS_FN(verify4)(const hs_segment *s, int segno, const uint64_t *qs, int r, const int *t,
                                   const hs_cand *cand, hs_scratch *w)
 {
     const uint64_t g = cand->group;
-    if (g >= s->n_unique)       /* a damaged file opened without verify() */
-        return;
     const uint64_t *c = s->codes + 4 * g, *q = qs + 4 * cand->slot;
     const uint64_t x[4] = {c[0] ^ q[0], c[1] ^ q[1], c[2] ^ q[2], c[3] ^ q[3]};
     const int d = __builtin_popcountll(x[0]) + __builtin_popcountll(x[1]) + __builtin_popcountll(x[2]) +
@@ -436,7 +434,7 @@ static void HS_FN(verify_cands4)(const hs_segment *s, int segno, const uint64_t 
 {
     C = sort_cands(s, C, n, w);
     for (size_t i = 0; i < n; i++) {
-        if (i + HS_PF4_CANDS < n && C[i + HS_PF4_CANDS].group < s->n_unique)
+        if (i + HS_PF4_CANDS < n)
             __builtin_prefetch(s->codes + 4 * (uint64_t)C[i + HS_PF4_CANDS].group);
         HS_FN(verify4)(s, segno, qs, r, t, &C[i], w);
     }
@@ -496,7 +494,10 @@ static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs
             }
             for (uint32_t j = a; j < e; j++) {
                 hs_cand c = {tg[j], P[p].slot, P[p].table};
-                w->cands[nc++] = c;
+                /* A damaged file opened without verify(): a group past the
+                 * codes is dropped here, before sort_cands buckets it. */
+                if (c.group < s->n_unique)
+                    w->cands[nc++] = c;
             }
         }
     }

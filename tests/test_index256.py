@@ -456,3 +456,37 @@ def test_256_big_batches_probe_in_table_order_exactly(isa, big_batch256, threads
             row = slice(got_lims[i], got_lims[i + 1])
             np.testing.assert_array_equal(got_dist[row], d[d <= radius])
             np.testing.assert_array_equal(got_ids[row], e[d <= radius])
+
+
+CRAFTED_TABLE = """
+import numpy as np, hashsieve as hs
+from hashsieve import storage
+storage.DEEP_CHECK_ENTRIES = 1000          # open the segment as a big one: its tables unchecked
+rng = np.random.default_rng(3)
+codes = rng.integers(0, 256, (70_000, 32), dtype=np.uint8)     # over one 2 MiB page of codes
+index = hs.HashIndex(bits=256)
+index.add(codes)
+path = {path!r}
+index.save(path)
+sec = next(s for s in hs.read_metadata(path)["sections"] if s["name"] == "segment0.table_groups[3]")
+data = bytearray(open(path, "rb").read())
+data[sec["offset"]:sec["offset"] + sec["nbytes"]] = b"\\xff" * sec["nbytes"]   # every slot a group past the codes
+open(path, "wb").write(bytes(data))
+index = hs.HashIndex.load(path, verify=False)
+for threads in (1, 2):
+    for _ in range(20):
+        lims, dist, ids = index.range_search(codes[:600], 31, threads=threads)
+        assert (dist <= 31).all() and lims[-1] <= 600
+print("ok")
+"""
+
+
+def test_256_crafted_table_groups_past_the_codes_never_crash_a_query(tmp_path):
+    # Candidates are bucketed by their code's page before they are verified; a forged group number
+    # once indexed past the bucket counts (a segfault in 2 of 3 runs).
+    import subprocess
+    import sys
+    script = CRAFTED_TABLE.format(path=str(tmp_path / "crafted.hsi"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.split() == ["ok"]
