@@ -539,6 +539,25 @@ def set_split_min_ns(ns):
     return hs_set_split_min_ns(int(ns))
 
 
+def set_join(min_codes, pages):
+    """Big 256-bit batches join their candidates with segments of at least min_codes distinct
+    codes, through arenas of `pages` pages of 1024 records a worker (0: sized by the batch, the
+    default); returns the previous (min_codes, pages). For tests, which join small indexes and
+    fill small arenas."""
+    cdef uint64_t old[2]
+    hs_set_join(int(min_codes), int(pages), old)
+    return int(old[0]), int(old[1])
+
+
+def join_counters(reset=False):
+    """Chunks of big 256-bit batches joined with a segment, arenas verified, and groups of 256
+    queries that went over their candidate budget and were scanned instead, since the last
+    reset (then reset if asked)."""
+    cdef uint64_t out[3]
+    hs_join_counters(out, 1 if reset else 0)
+    return {"joined": int(out[0]), "verified": int(out[1]), "scanned": int(out[2])}
+
+
 def set_helper_stall_ns(ns):
     """Make each helper thread stop ns after claiming its first work in a shared
     query or batch, as one that lost its core would (0: off); returns the

@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #define HS_PF 16          /* probes in flight */
@@ -48,15 +49,15 @@
 #define HS_GROUP 8       /* queries of a batch searched together */
 /* 256-bit batches search this many queries together with their probes in
  * table order (sort_probes): at 100M codes the tables are 4.4 GB, read at
- * random in query order. At most 256: hs_hit.slot. */
+ * random in query order. A power of two, at most 256 (join_segment). */
 #define HS_GROUP4 256
 #define HS_SORT_BITS 12  /* sort_probes orders probes by table and this many top key bits */
 
 typedef struct {
     uint32_t group;
     uint16_t d;          /* up to 256 */
+    uint16_t slot;       /* query within its group: fewer than HS_JOIN_QUERIES */
     uint8_t seg;         /* hs_range_search takes at most HS_MAX_SEGMENTS */
-    uint8_t slot;        /* query within its group */
 } hs_hit;
 
 typedef struct {
@@ -65,6 +66,37 @@ typedef struct {
     uint8_t ring;        /* popcount of the probe's mask: the substring distance */
     uint16_t slot;
 } hs_probe;
+
+/* Big 256-bit batches over segments too big for the caches (join_segment):
+ * a worker collects the candidates of up to HS_JOIN_QUERIES queries, as 4-byte
+ * records (code within its partition << 17 | table << 13 | query), into
+ * partitions of 2^HS_JOIN_PART_BITS codes, and then verifies them partition
+ * by partition, so that each code is read from memory once for all of the
+ * batch's candidates on it, not once per candidate (at 100M codes a code is a
+ * candidate of ~29 of 100,000 queries). The records are kept in pages of
+ * HS_JOIN_PAGE from an arena of at most HS_JOIN_MAX_PAGES pages a worker and
+ * HS_JOIN_MEMORY bytes a batch; a full arena is verified and reused. */
+#define HS_JOIN_PART_BITS 15                    /* 32768 codes (1 MiB) a partition */
+#define HS_JOIN_QUERY_BITS 13
+#define HS_JOIN_QUERIES (1u << HS_JOIN_QUERY_BITS)
+#define HS_JOIN_PAGE 1024                       /* records a page (4 KiB) */
+#define HS_JOIN_MAX_PAGES (1u << 17)            /* 512 MiB */
+#define HS_JOIN_MEMORY (1ull << 30)
+#define HS_JOIN_MIN_CODES (1u << 22)            /* below this the codes fit the caches */
+#define HS_JOIN_NONE UINT32_MAX
+#define HS_JOIN_REC(code, table, query) \
+    ((uint32_t)(code) << (4 + HS_JOIN_QUERY_BITS) | (uint32_t)(table) << HS_JOIN_QUERY_BITS | (uint32_t)(query))
+
+typedef struct {
+    uint32_t *rec;              /* the arena: npages pages of HS_JOIN_PAGE records */
+    uint32_t *next;             /* page -> the partition's next page */
+    uint32_t *head, *tail;      /* per partition: first and last page, or HS_JOIN_NONE */
+    uint32_t *pos;              /* per partition: where its next record goes in rec */
+    uint32_t npages, used, nparts, cap_parts;
+    int forced;                 /* npages set by a test (hs_set_join) */
+    uint32_t base;              /* the query (in the chunk) of the group being collected */
+    uint8_t skip[HS_JOIN_QUERIES / HS_GROUP4];   /* groups over budget: records not verified */
+} hs_join;
 
 /* A candidate of a 256-bit probe waiting for its code: its group, and its
  * probe's query and table. */
@@ -94,6 +126,11 @@ typedef struct {
     size_t nres, cap_res;
     int64_t *tmp;
     size_t cap_tmp;
+    size_t *slot_start;         /* splitting a group's hits by query */
+    size_t cap_slot_start;
+    hs_stats *stats;            /* a batch group's */
+    size_t cap_stats;
+    hs_join join;
     int oom;
 } hs_scratch;
 
@@ -185,7 +222,7 @@ static inline void push_hit(hs_scratch *w, int seg, uint64_t group, int d, int s
         w->oom = 1;
         return;
     }
-    hs_hit h = {(uint32_t)group, (uint16_t)d, (uint8_t)seg, (uint8_t)slot};
+    hs_hit h = {(uint32_t)group, (uint16_t)d, (uint16_t)slot, (uint8_t)seg};
     w->hits[w->nhits++] = h;
 }
 
@@ -282,12 +319,71 @@ static const hs_cand *sort_cands(const hs_segment *s, const hs_cand *C, size_t n
     return w->cands_sorted;
 }
 
+static uint64_t join_min_codes = HS_JOIN_MIN_CODES, join_forced_pages;
+static uint64_t join_counters[3];   /* chunks joined, arenas verified, groups scanned */
+
+void hs_set_join(uint64_t min_codes, uint64_t pages, uint64_t old[2])
+{
+    old[0] = __atomic_exchange_n(&join_min_codes, min_codes, __ATOMIC_RELAXED);
+    old[1] = __atomic_exchange_n(&join_forced_pages, pages > HS_JOIN_MAX_PAGES ? HS_JOIN_MAX_PAGES : pages,
+                                 __ATOMIC_RELAXED);
+}
+
+void hs_join_counters(uint64_t out[3], int reset)
+{
+    for (int i = 0; i < 3; i++)
+        out[i] = reset ? __atomic_exchange_n(&join_counters[i], 0, __ATOMIC_RELAXED)
+                       : __atomic_load_n(&join_counters[i], __ATOMIC_RELAXED);
+}
+
+/* Empties the join's partitions (the arena's pages are all free again). */
+static void join_reset(hs_join *J)
+{
+    for (uint32_t p = 0; p < J->nparts; p++) {
+        J->head[p] = J->tail[p] = HS_JOIN_NONE;
+        J->pos[p] = 0;
+    }
+    if (J->used)
+        __atomic_add_fetch(&join_counters[1], 1, __ATOMIC_RELAXED);
+    J->used = 0;
+}
+
+/* Records in partition p. */
+static inline uint64_t join_records(const hs_join *J, uint32_t p)
+{
+    uint64_t n = 0;
+    for (uint32_t pg = J->head[p]; pg != HS_JOIN_NONE; pg = J->next[pg])
+        n += pg == J->tail[p] ? J->pos[p] - pg * HS_JOIN_PAGE : HS_JOIN_PAGE;
+    return n;
+}
+
+/* Appends a free page (the caller checked there is one) to partition p and
+ * returns where its first record goes. */
+static inline uint32_t join_new_page(hs_join *J, uint32_t p)
+{
+    const uint32_t pg = J->used++;
+    J->next[pg] = HS_JOIN_NONE;
+    if (J->head[p] == HS_JOIN_NONE)
+        J->head[p] = pg;
+    else
+        J->next[J->tail[p]] = pg;
+    J->tail[p] = pg;
+    return pg * HS_JOIN_PAGE;
+}
+
+/* A probe's bucket, handed by the 256-bit probe pipeline to what collects its
+ * candidates: its group numbers (not yet checked against the codes).
+ * Returns nonzero to stop (out of memory, w->oom set). */
+typedef int (*hs_bucket_sink)(void *ctx, const hs_probe *p, const uint32_t *groups, uint32_t len);
+
 typedef int (*hs_probes_fn)(const hs_segment *, int, const uint64_t *, int, int, const int *, const hs_probe *,
                             size_t, hs_scratch *, hs_stats *, uint64_t, uint64_t *);
 
 typedef struct {
     hs_probes_fn mih_probes;
     hs_probes_fn mih_probes4;   /* 256-bit codes */
+    hs_probes_fn join_collect4; /* 256-bit codes of a big batch: into w->join (join_segment) */
+    void (*join_verify4)(const hs_segment *, int, const uint64_t *, int, const int *, hs_scratch *);
     int (*mih_knn)(const hs_segment *, int, const uint64_t *, uint64_t, hs_scratch *, hs_stats *, double);
     void (*brute_range)(const hs_segment *, int, const uint64_t *, int, int, uint64_t, uint64_t, hs_scratch *,
                         hs_stats *);
@@ -1382,11 +1478,111 @@ static int probe_tables(const hs_kernels *K, const hs_segment *s, int segno, con
     return !J.abort;
 }
 
-/* Range search of g <= HS_GROUP4 queries; query i's results are appended to
- * w's result buffer at res_start[i], res_count[i] of them. */
+/* Readies w->join for segment s; nonzero when it has no arena (out of
+ * memory, or run_batch gave it none): the caller takes groups of HS_GROUP4. */
+static int join_reserve(hs_join *J, const hs_segment *s)
+{
+    /* Fewer records between verifications than the codes have cache lines
+     * would read most lines for one candidate each: no better than groups. */
+    if (!J->npages || (!J->forced && (uint64_t)J->npages * HS_JOIN_PAGE < s->n_unique / 2))
+        return -1;
+    if (!J->rec) {
+        const size_t bytes = (size_t)J->npages * HS_JOIN_PAGE * sizeof(uint32_t);
+        void *p = NULL;
+        if (posix_memalign(&p, (size_t)1 << 21, bytes))
+            return -1;
+#ifdef MADV_HUGEPAGE
+        madvise(p, bytes, MADV_HUGEPAGE);   /* its pages are written at random: few TLB entries */
+#endif
+        J->rec = p;
+        J->next = malloc((size_t)J->npages * sizeof(uint32_t));
+        if (!J->next)
+            return -1;
+    }
+    const size_t np = (size_t)((s->n_unique - 1) >> HS_JOIN_PART_BITS) + 1;
+    if (np > J->cap_parts) {
+        uint32_t *arr[3] = {J->head, J->tail, J->pos};
+        for (int i = 0; i < 3; i++) {
+            uint32_t *q = realloc(arr[i], np * sizeof(uint32_t));
+            if (!q)
+                return -1;
+            arr[i] = q;
+            J->head = arr[0]; J->tail = arr[1]; J->pos = arr[2];
+        }
+        J->cap_parts = (uint32_t)np;
+    }
+    J->nparts = (uint32_t)np;
+    join_reset(J);
+    return 0;
+}
+
+static void join_free(hs_join *J)
+{
+    free(J->rec); free(J->next); free(J->head); free(J->tail); free(J->pos);
+    const uint32_t npages = J->npages;
+    const int forced = J->forced;
+    memset(J, 0, sizeof *J);
+    J->npages = npages;
+    J->forced = forced;
+}
+
+/* Range search of a chunk of g <= HS_JOIN_QUERIES queries qs over 256-bit
+ * segment s with tables (per-table radii t) through w->join: the probes of
+ * HS_GROUP4 queries at a time collected, then all verified partition by
+ * partition (and whenever the arena is full). A group over its candidate
+ * budget has its records skipped, its hits from verifications before it gave
+ * up dropped, and is scanned. Returns nonzero when the join could not start
+ * (no arena): the caller searches the chunk in groups of HS_GROUP4. */
+static int join_segment(const hs_kernels *K, const hs_segment *s, int segno, const uint64_t *qs, int g, int r,
+                        const int *t, hs_scratch *w, hs_stats *st)
+{
+    hs_join *J = &w->join;
+    if (join_reserve(J, s))
+        return -1;
+    const size_t seg_begin = w->nhits;
+    const uint64_t budget = max_candidates(s, HS_GROUP4);
+    int skipped = 0;
+    memset(J->skip, 0, sizeof J->skip);
+    __atomic_add_fetch(&join_counters[0], 1, __ATOMIC_RELAXED);
+    for (int a = 0; a < g && !w->oom; a += HS_GROUP4) {
+        const int n_q = g - a < HS_GROUP4 ? g - a : HS_GROUP4;
+        size_t n = build_probes(s, qs + 4 * a, n_q, t, w, st + a);
+        if (n == SIZE_MAX)
+            break;
+        const hs_probe *P = sort_probes(s, w->probes, n, w);
+        uint64_t cand = 0;
+        J->base = (uint32_t)a;
+        if (!K->join_collect4(s, segno, qs, n_q, r, t, P, n, w, st + a, budget, &cand))
+            J->skip[a / HS_GROUP4] = skipped = 1;
+    }
+    K->join_verify4(s, segno, qs, r, t, w);
+    if (skipped && !w->oom) {
+        size_t kept = seg_begin;
+        for (size_t i = seg_begin; i < w->nhits; i++)
+            if (!J->skip[w->hits[i].slot / HS_GROUP4])
+                w->hits[kept++] = w->hits[i];
+        w->nhits = kept;
+        for (int a = 0; a < g; a += HS_GROUP4) {
+            if (!J->skip[a / HS_GROUP4])
+                continue;
+            const int n_q = g - a < HS_GROUP4 ? g - a : HS_GROUP4;
+            const size_t from = w->nhits;
+            __atomic_add_fetch(&join_counters[2], 1, __ATOMIC_RELAXED);
+            K->brute_range4(s, segno, qs + 4 * a, n_q, r, 0, s->n_unique, w, st + a);
+            for (size_t i = from; i < w->nhits; i++)
+                w->hits[i].slot += a;
+        }
+    }
+    return 0;
+}
+
+/* Range search of g queries (at most HS_JOIN_QUERIES); query i's results are
+ * appended to w's result buffer at res_start[i], res_count[i] of them. More
+ * than HS_GROUP4 queries: a 256-bit batch, joined (join_segment) with each
+ * big segment, else searched HS_GROUP4 at a time. */
 static int query_range_group(const hs_kernels *K, const hs_segment *const *segs, int nseg, int words,
                              const uint64_t *qs, int g, int r, hs_scratch *w, hs_stats *st, int inner,
-                             uint64_t *res_start, uint64_t *res_count)
+                             uint64_t *res_start, int64_t *res_count)
 {
     size_t begin = w->nhits;
     for (int si = 0; si < nseg; si++) {
@@ -1394,29 +1590,42 @@ static int query_range_group(const hs_kernels *K, const hs_segment *const *segs,
         int t[HS_MAX_TABLES];
         if (s->n_unique == 0)
             continue;
-        size_t seg_begin = w->nhits;
         double cost = plan_tables(s, r, t);
-        if (cost >= 0 && probe_tables(K, s, si, qs, g, r, t, cost, w, st, inner - 1))
+        if (cost >= 0 && g > HS_GROUP4 && s->n_unique >= __atomic_load_n(&join_min_codes, __ATOMIC_RELAXED) &&
+            !join_segment(K, s, si, qs, g, r, t, w, st))
             continue;
-        w->nhits = seg_begin;   /* the tables gave up (or were never worth it): scan */
-        if (g == 1)
-            scan_segment(K, s, si, qs, r, 0, w, st, inner);
-        else if (s->words == 1)
-            K->brute_range(s, si, qs, g, r, 0, s->n_unique, w, st);
-        else
-            K->brute_range4(s, si, qs, g, r, 0, s->n_unique, w, st);
+        for (int a = 0; a < g; a += HS_GROUP4) {
+            const int n_q = g - a < HS_GROUP4 ? g - a : HS_GROUP4;
+            const uint64_t *q = qs + (size_t)words * a;
+            const size_t from = w->nhits;
+            if (cost < 0 || !probe_tables(K, s, si, q, n_q, r, t, cost, w, st + a, inner - 1)) {
+                w->nhits = from;   /* the tables gave up (or were never worth it): scan */
+                if (n_q == 1)
+                    scan_segment(K, s, si, q, r, 0, w, st + a, inner);
+                else if (s->words == 1)
+                    K->brute_range(s, si, q, n_q, r, 0, s->n_unique, w, st + a);
+                else
+                    K->brute_range4(s, si, q, n_q, r, 0, s->n_unique, w, st + a);
+            }
+            if (a)
+                for (size_t i = from; i < w->nhits; i++)
+                    w->hits[i].slot += a;
+        }
     }
     if (w->oom)
         return -1;
     /* Split the hits by query, keeping their order. */
-    size_t nh = w->nhits - begin, start[HS_GROUP4 + 1] = {0}, cursor[HS_GROUP4];
-    if (grow((void **)&w->byslot, &w->cap_byslot, nh + 1, sizeof(hs_hit)))
+    size_t nh = w->nhits - begin;
+    if (grow((void **)&w->byslot, &w->cap_byslot, nh + 1, sizeof(hs_hit)) ||
+        grow((void **)&w->slot_start, &w->cap_slot_start, 2 * (size_t)g + 1, sizeof(size_t)))
         return -1;
+    size_t *start = w->slot_start, *cursor = start + g + 1;
+    memset(start, 0, ((size_t)g + 1) * sizeof start[0]);
     for (size_t i = begin; i < w->nhits; i++)
         start[w->hits[i].slot + 1]++;
     for (int i = 0; i < g; i++)
         start[i + 1] += start[i];
-    memcpy(cursor, start, sizeof cursor);
+    memcpy(cursor, start, (size_t)g * sizeof start[0]);
     for (size_t i = begin; i < w->nhits; i++)
         w->byslot[cursor[w->hits[i].slot]++] = w->hits[i];
     w->nhits = begin;
@@ -1425,7 +1634,7 @@ static int query_range_group(const hs_kernels *K, const hs_segment *const *segs,
         res_start[i] = w->nres;
         if (emit(w, segs, w->byslot + start[i], start[i + 1] - start[i], HS_UNLIMITED, 64 * words))
             return -1;
-        res_count[i] = w->nres - res_start[i];
+        res_count[i] = (int64_t)(w->nres - res_start[i]);
     }
     return 0;
 }
@@ -1459,7 +1668,7 @@ typedef struct {
     const hs_segment *const *segs;
     int nseg, words, radius, inner;
     const uint64_t *queries;
-    uint64_t nq, k, chunk, group;
+    uint64_t nq, k, chunk, group;   /* queries claimed at a time (at most), searched together */
     uint32_t *qthread;
     uint64_t *qstart;
     int64_t *lims;
@@ -1479,22 +1688,46 @@ typedef struct {
 
 static void batch_init(batch_job *J) { memset(J, 0, offsetof(batch_job, scratch)); }
 
+/* Claims the next queries [*i0, return value) of the batch, or none (the
+ * same). Joined batches (groups over HS_GROUP4) claim less towards the end,
+ * down to HS_GROUP4, so that their workers finish together. */
+static uint64_t batch_claim(batch_job *J, uint64_t *i0)
+{
+    uint64_t a = __atomic_load_n(&J->next, __ATOMIC_RELAXED), step;
+    do {
+        if (a >= J->nq) {
+            *i0 = a;
+            return a;
+        }
+        step = J->chunk;
+        if (J->group > HS_GROUP4) {
+            const uint64_t share = (J->nq - a) / (2 * (uint64_t)J->nworkers) / HS_GROUP4 * HS_GROUP4;
+            step = share < HS_GROUP4 ? HS_GROUP4 : share < step ? share : step;
+        }
+    } while (!__atomic_compare_exchange_n(&J->next, &a, a + step, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    *i0 = a;
+    return a + step < J->nq ? a + step : J->nq;
+}
+
 static void batch_run(void *arg, int worker)
 {
     batch_job *J = arg;
     hs_scratch *w = &J->scratch[worker];
     size_t done = 0;
+    if (grow((void **)&w->stats, &w->cap_stats, J->group, sizeof(hs_stats))) {
+        __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    hs_stats *st = w->stats;
     for (;;) {
-        uint64_t i0 = __atomic_fetch_add(&J->next, J->chunk, __ATOMIC_RELAXED);
+        uint64_t i0, i1 = batch_claim(J, &i0);
         if (i0 >= J->nq || __atomic_load_n(&J->failed, __ATOMIC_RELAXED))
             return;
         if (worker && !done)
             helper_stall();
-        uint64_t i1 = i0 + J->chunk < J->nq ? i0 + J->chunk : J->nq;
         done += i1 - i0;
         for (uint64_t i = i0; i < i1; i += J->group) {
             int g = i1 - i < J->group ? (int)(i1 - i) : (int)J->group, rc = 0;
-            hs_stats st[HS_GROUP4];
             memset(st, 0, (size_t)g * sizeof st[0]);
             if (J->k) {
                 for (int c = 0; c < g && !rc; c++) {
@@ -1509,14 +1742,10 @@ static void batch_run(void *arg, int worker)
                     }
                 }
             } else {
-                uint64_t start[HS_GROUP4], count[HS_GROUP4];
                 rc = query_range_group(J->K, J->segs, J->nseg, J->words, J->queries + i * J->words, g, J->radius, w,
-                                       st, J->inner, start, count);
-                for (int c = 0; c < g && !rc; c++) {
+                                       st, J->inner, J->qstart + i, J->lims + i + 1);
+                for (int c = 0; c < g && !rc; c++)
                     J->qthread[i + c] = (uint32_t)worker;
-                    J->qstart[i + c] = start[c];
-                    J->lims[i + c + 1] = (int64_t)count[c];
-                }
             }
             if (J->stats)
                 memcpy(J->stats + i, st, (size_t)g * sizeof(hs_stats));
@@ -1532,7 +1761,8 @@ static void free_buffers(hs_scratch *w)
 {
     free(w->hits); free(w->sorted); free(w->byslot); free(w->probes);
     free(w->probes_sorted); free(w->sort_counts); free(w->cands); free(w->cands_sorted);
-    free(w->ids); free(w->dist); free(w->tmp);
+    free(w->ids); free(w->dist); free(w->tmp); free(w->slot_start); free(w->stats);
+    join_free(&w->join);
     memset(w, 0, sizeof *w);
 }
 
@@ -1597,6 +1827,10 @@ static void keep_buffers(hs_scratch *w)
     HS_KEEP(cands, cap_cands, sizeof(hs_cand));
     HS_KEEP(cands_sorted, cap_cands_sorted, sizeof(hs_cand));
     HS_KEEP(tmp, cap_tmp, sizeof(int64_t));
+    HS_KEEP(slot_start, cap_slot_start, sizeof(size_t));
+    HS_KEEP(stats, cap_stats, sizeof(hs_stats));
+    join_free(&w->join);   /* big batches only: their arena is worth its allocation */
+    w->join.npages = 0;
     if (w->cap_res * sizeof(int64_t) > HS_KEEP_BYTES) {   /* ids and dist share cap_res */
         free(w->ids);
         free(w->dist);
@@ -1634,11 +1868,29 @@ static int run_batch(batch_job *J, int nthreads)
         nw = HS_MAX_HELPERS + 1;
     J->nworkers = nw;
     J->inner = nthreads / nw;
-    J->group = J->words == 4 && !J->k && J->nq >= (uint64_t)nw * HS_GROUP4 ? HS_GROUP4 : HS_GROUP;
+    J->group = HS_GROUP;
+    uint32_t join_pages = 0;
+    if (J->words == 4 && !J->k && J->nq >= (uint64_t)nw * HS_GROUP4) {
+        /* Big 256-bit batches: chunks of up to HS_JOIN_QUERIES, two a worker
+         * at least, joined with big segments (join_segment) while each worker's
+         * arena holds a record for each of the segment's cache lines
+         * (join_reserve). */
+        const uint64_t per = J->nq / (2 * (uint64_t)nw) / HS_GROUP4 * HS_GROUP4;
+        J->group = per > HS_JOIN_QUERIES ? HS_JOIN_QUERIES : per > HS_GROUP4 ? per : HS_GROUP4;
+        const uint64_t pages = HS_JOIN_MEMORY / sizeof(uint32_t) / HS_JOIN_PAGE / (uint64_t)nw;
+        join_pages = pages > HS_JOIN_MAX_PAGES ? HS_JOIN_MAX_PAGES : (uint32_t)pages;
+    }
+    const uint64_t forced = __atomic_load_n(&join_forced_pages, __ATOMIC_RELAXED);
+    if (join_pages && forced)
+        join_pages = (uint32_t)forced;
     J->chunk = J->nq < (uint64_t)nw * HS_GROUP ? 1 : J->group;
     J->K = all_kernels[hs_get_isa()];
     memset(J->scratch, 0, (size_t)nw * sizeof(hs_scratch));
     take_kept(&J->scratch[0]);
+    for (int i = 0; i < nw; i++) {
+        J->scratch[i].join.npages = join_pages;
+        J->scratch[i].join.forced = forced != 0;
+    }
     const int64_t min_ns = __atomic_load_n(&split_min_ns, __ATOMIC_RELAXED);
     /* A big batch hands out its queries a group at a time, so a helper that loses its core
      * holds back one group of many: it always shares, and neither runs alone as the gate's

@@ -116,6 +116,14 @@ int hs_set_strategy(int strategy);
  * between threads (default 20000); returns the previous value. 0 shares every
  * query and batch, bypassing the gate that backs off when sharing loses. */
 int64_t hs_set_split_min_ns(int64_t ns);
+/* Tests: big 256-bit batches join segments of at least min_codes distinct
+ * codes (default 2^22) with arenas of `pages` pages of 1024 records a worker
+ * (0, the default: sized by the batch, and only for segments it suits);
+ * the previous values go to old[2]. */
+void hs_set_join(uint64_t min_codes, uint64_t pages, uint64_t old[2]);
+/* Tests: chunks joined with a segment, arenas verified, groups over budget
+ * scanned instead, since the last reset. */
+void hs_join_counters(uint64_t out[3], int reset);
 /* Tests: a helper thread stops this long after claiming its first work in
  * a job, as one that lost its core would (0, the default, turns it off).
  * Returns the previous value. */

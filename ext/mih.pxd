@@ -62,6 +62,8 @@ cdef extern from "mih.h" nogil:
     int hs_set_strategy(int strategy)
     int64_t hs_set_split_min_ns(int64_t ns)
     int64_t hs_set_helper_stall_ns(int64_t ns)
+    void hs_set_join(uint64_t min_codes, uint64_t pages, uint64_t *old)
+    void hs_join_counters(uint64_t *out, int reset)
     enum: HS_SHARE_COUNTERS
     void hs_share_counters(uint64_t *out, int reset)
 

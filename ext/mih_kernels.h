@@ -440,22 +440,20 @@ static void HS_FN(verify_cands4)(const hs_segment *s, int segno, const uint64_t 
     }
 }
 
-/* mih_probes for 256-bit codes. Their tables have no fingerprints, so each
- * candidate reads its 32-byte code through table_groups: per probe two
+/* The probe pipeline of 256-bit tables. Their tables have no fingerprints, so
+ * each candidate's 32-byte code is read through table_groups: per probe two
  * dependent random reads (bucket bounds, group numbers), kept streaming
  * (probe i's bounds are prefetched HS_PF4_AHEAD probes before they are read,
- * its group numbers HS_PF4_AHEAD probes before those are read), and then
- * the candidates' codes, verified HS_PF4_BLOCK at a time in the order of the
- * pages they are on. At these sizes the reads miss the caches: in bucket order
- * the core waited on most of its code loads (perf at 100M codes). */
-static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
-                              const hs_probe *P, size_t n, hs_scratch *w, hs_stats *st, uint64_t max_candidates,
-                              uint64_t *candidates)
+ * its group numbers HS_PF4_AHEAD probes before those are read), each bucket
+ * then handed to sink. Adds the bucket entries to *candidates; returns 0 once
+ * they exceed max_candidates (the caller then scans), else 1. */
+static inline __attribute__((always_inline)) int HS_FN(probe_buckets4)(const hs_segment *s, const hs_probe *P,
+                                                                     size_t n, hs_stats *st,
+                                                                     uint64_t max_candidates, uint64_t *candidates,
+                                                                     hs_bucket_sink sink, void *ctx)
 {
-    (void)nq;
     uint64_t cand = 0;
     uint32_t lo[HS_PF4_RING], hi[HS_PF4_RING];          /* bucket bounds, by probe */
-    size_t nc = 0;
     for (size_t i = 0; i < n + 2 * HS_PF4_AHEAD; i++) {
         if (i < n)
             __builtin_prefetch(s->offsets[P[i].table] + P[i].key);
@@ -473,7 +471,6 @@ static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs
         if (i >= 2 * HS_PF4_AHEAD) {                         /* group numbers of probe p */
             const size_t p = i - 2 * HS_PF4_AHEAD;
             const uint32_t a = lo[p % HS_PF4_RING], e = hi[p % HS_PF4_RING];
-            const uint32_t *tg = s->table_groups[P[p].table];
             const uint32_t len = e > a ? e - a : 0;
             st[P[p].slot].candidates += len;
             /* Skewed data (a dense cluster near the query in some table):
@@ -483,30 +480,153 @@ static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs
                 *candidates += cand;
                 return 0;
             }
-            if (nc + len > HS_PF4_BLOCK) {
-                HS_FN(verify_cands4)(s, segno, qs, r, t, w->cands, nc, w);
-                nc = 0;
-            }
-            if (grow((void **)&w->cands, &w->cap_cands, nc + len, sizeof(hs_cand))) {
-                w->oom = 1;
-                *candidates += cand;
-                return 1;
-            }
-            for (uint32_t j = a; j < e; j++) {
-                hs_cand c = {tg[j], P[p].slot, P[p].table};
-                /* A damaged file opened without verify(): a group past the
-                 * codes is dropped here, before sort_cands buckets it. */
-                if (c.group < s->n_unique)
-                    w->cands[nc++] = c;
-            }
+            if (len && sink(ctx, &P[p], s->table_groups[P[p].table] + a, len))
+                break;
         }
     }
-    HS_FN(verify_cands4)(s, segno, qs, r, t, w->cands, nc, w);
     *candidates += cand;
     return 1;
 }
 
+typedef struct {
+    const hs_segment *s;
+    int segno, r;
+    const uint64_t *qs;
+    const int *t;
+    hs_scratch *w;
+    size_t nc;                  /* candidates in w->cands */
+} HS_FN(block_ctx);
+
+/* mih_probes4's sink: candidates collected in w->cands, verified HS_PF4_BLOCK
+ * at a time in the order of the pages their codes are on (in bucket order
+ * the core waited on most of its code loads: perf at 100M codes). */
+static int HS_FN(block_take)(void *arg, const hs_probe *p, const uint32_t *groups, uint32_t len)
+{
+    HS_FN(block_ctx) *c = arg;
+    hs_scratch *w = c->w;
+    if (c->nc + len > HS_PF4_BLOCK) {
+        HS_FN(verify_cands4)(c->s, c->segno, c->qs, c->r, c->t, w->cands, c->nc, w);
+        c->nc = 0;
+    }
+    if (grow((void **)&w->cands, &w->cap_cands, c->nc + len, sizeof(hs_cand))) {
+        w->oom = 1;
+        return 1;
+    }
+    const uint64_t u = c->s->n_unique;
+    for (uint32_t j = 0; j < len; j++) {
+        hs_cand cand = {groups[j], p->slot, p->table};
+        /* A damaged file opened without verify(): a group past the codes is
+         * dropped here, before sort_cands buckets it. */
+        if (cand.group < u)
+            w->cands[c->nc++] = cand;
+    }
+    return 0;
+}
+
+/* mih_probes for 256-bit codes (see probe_buckets4, block_take). */
+static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
+                              const hs_probe *P, size_t n, hs_scratch *w, hs_stats *st, uint64_t max_candidates,
+                              uint64_t *candidates)
+{
+    (void)nq;
+    HS_FN(block_ctx) c = {s, segno, r, qs, t, w, 0};
+    const int ok = HS_FN(probe_buckets4)(s, P, n, st, max_candidates, candidates, HS_FN(block_take), &c);
+    if (ok && !w->oom)
+        HS_FN(verify_cands4)(s, segno, qs, r, t, w->cands, c.nc, w);
+    return ok;
+}
+
+/* Verifies every record of w->join (queries qs: the chunk's), partition by
+ * partition, and empties it. While a partition is verified, the next one's
+ * codes are streamed in when it has records for at least half of its cache
+ * lines, spread over this partition's records; a record's code is also
+ * prefetched HS_PF4_CANDS records ahead. */
+static void HS_FN(join_verify4)(const hs_segment *s, int segno, const uint64_t *qs, int r, const int *t,
+                                hs_scratch *w)
+{
+    hs_join *J = &w->join;
+    const uint64_t part_codes = 1ull << HS_JOIN_PART_BITS;
+    for (uint32_t p = 0; p < J->nparts; p++) {
+        const uint64_t first = (uint64_t)p << HS_JOIN_PART_BITS;
+        const uint64_t *base = s->codes + 4 * first;
+        /* the next partition's cache lines (two codes a line) */
+        const uint64_t nfirst = first + part_codes;
+        const uint64_t nlines = nfirst < s->n_unique ? ((s->n_unique - nfirst < part_codes ? s->n_unique - nfirst
+                                                                                            : part_codes) + 1) / 2
+                                                     : 0;
+        const uint64_t *nbase = s->codes + 4 * nfirst;
+        const uint64_t here = join_records(J, p);
+        const int stream = p + 1 < J->nparts && here && join_records(J, p + 1) >= nlines / 2;
+        const uint64_t step = stream ? (nlines << 16) / here + 1 : 0;   /* lines a record, 16.16 */
+        uint64_t due = 0, streamed = 0;
+        for (uint32_t pg = J->head[p]; pg != HS_JOIN_NONE; pg = J->next[pg]) {
+            const uint32_t *R = J->rec + (size_t)pg * HS_JOIN_PAGE;
+            const uint32_t nr = pg == J->tail[p] ? J->pos[p] - pg * HS_JOIN_PAGE : HS_JOIN_PAGE;
+            for (uint32_t i = 0; i < nr; i++) {
+                if (i + HS_PF4_CANDS < nr)
+                    __builtin_prefetch(base + 4 * (R[i + HS_PF4_CANDS] >> (4 + HS_JOIN_QUERY_BITS)));
+                if (stream) {
+                    due += step;
+                    for (; streamed < (due >> 16) && streamed < nlines; streamed++)
+                        __builtin_prefetch(nbase + 8 * streamed);
+                }
+                const uint32_t x = R[i], query = x & (HS_JOIN_QUERIES - 1);
+                if (J->skip[query / HS_GROUP4])
+                    continue;
+                const hs_cand c = {(uint32_t)(first | (x >> (4 + HS_JOIN_QUERY_BITS))), (uint16_t)query,
+                                   (uint8_t)((x >> HS_JOIN_QUERY_BITS) & 15)};
+                HS_FN(verify4)(s, segno, qs, r, t, &c, w);
+            }
+        }
+    }
+    join_reset(J);
+}
+
+typedef struct {
+    const hs_segment *s;
+    int segno, r;
+    const uint64_t *qs;
+    const int *t;
+    hs_scratch *w;
+} HS_FN(join_ctx);
+
+/* join_collect4's sink: each candidate's record into its partition; a full
+ * arena is verified first. */
+static int HS_FN(join_take)(void *arg, const hs_probe *p, const uint32_t *groups, uint32_t len)
+{
+    HS_FN(join_ctx) *c = arg;
+    hs_join *J = &c->w->join;
+    const uint32_t u = (uint32_t)c->s->n_unique;
+    const uint32_t table = p->table, query = J->base + p->slot;
+    for (uint32_t j = 0; j < len; j++) {
+        const uint32_t g = groups[j];
+        if (g >= u)   /* a damaged file opened without verify() */
+            continue;
+        const uint32_t part = g >> HS_JOIN_PART_BITS;
+        uint32_t at = J->pos[part];
+        if (!(at & (HS_JOIN_PAGE - 1))) {   /* no page yet, or a full one */
+            if (J->used == J->npages)
+                HS_FN(join_verify4)(c->s, c->segno, c->qs, c->r, c->t, c->w);
+            at = join_new_page(J, part);
+        }
+        J->rec[at] = HS_JOIN_REC(g & ((1u << HS_JOIN_PART_BITS) - 1), table, query);
+        J->pos[part] = at + 1;
+    }
+    return 0;
+}
+
+/* The probes P[0, n) of one group of queries (w->join.base is its first in
+ * the chunk qs) collected into w->join; returns 0 over the budget. */
+static int HS_FN(join_collect4)(const hs_segment *s, int segno, const uint64_t *qs, int nq, int r, const int *t,
+                                const hs_probe *P, size_t n, hs_scratch *w, hs_stats *st, uint64_t max_candidates,
+                                uint64_t *candidates)
+{
+    (void)nq;
+    HS_FN(join_ctx) c = {s, segno, r, qs, t, w};
+    return HS_FN(probe_buckets4)(s, P, n, st, max_candidates, candidates, HS_FN(join_take), &c);
+}
+
 static const hs_kernels HS_FN(kernels) = {
-    HS_FN(mih_probes), HS_FN(mih_probes4), HS_FN(mih_knn), HS_FN(brute_range), HS_FN(brute_knn),
-    HS_FN(brute_range4), HS_FN(brute_knn4),
+    HS_FN(mih_probes), HS_FN(mih_probes4), HS_FN(join_collect4), HS_FN(join_verify4), HS_FN(mih_knn),
+    HS_FN(brute_range), HS_FN(brute_knn), HS_FN(brute_range4), HS_FN(brute_knn4),
 };

@@ -460,7 +460,7 @@ def test_256_big_batches_probe_in_table_order_exactly(isa, big_batch256, threads
 
 CRAFTED_TABLE = """
 import numpy as np, hashsieve as hs
-from hashsieve import storage
+from hashsieve import _core, storage
 storage.DEEP_CHECK_ENTRIES = 1000          # open the segment as a big one: its tables unchecked
 rng = np.random.default_rng(3)
 codes = rng.integers(0, 256, (70_000, 32), dtype=np.uint8)     # over one 2 MiB page of codes
@@ -477,6 +477,11 @@ for threads in (1, 2):
     for _ in range(20):
         lims, dist, ids = index.range_search(codes[:600], 31, threads=threads)
         assert (dist <= 31).all() and lims[-1] <= 600
+_core.set_join(0, 8)                        # big batches joined: candidates filed by partition
+for threads in (1, 2):
+    lims, dist, ids = index.range_search(codes[:2100], 31, threads=threads)
+    assert (dist <= 31).all() and lims[-1] <= 2100
+assert _core.join_counters()["joined"] >= 2
 print("ok")
 """
 
@@ -490,3 +495,69 @@ def test_256_crafted_table_groups_past_the_codes_never_crash_a_query(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
     assert out.stdout.split() == ["ok"]
+
+
+@pytest.fixture
+def joined():
+    """Big 256-bit batches join every segment with tables, not only those of 4M codes or more;
+    yields set_join (pages: the arena a worker, 0 sized by the batch)."""
+    before = _core.set_join(0, 0)
+    _core.join_counters(reset=True)
+    yield lambda pages: _core.set_join(0, pages)
+    _core.set_join(*before)
+
+
+@pytest.fixture(scope="module")
+def join_batch256(tables256):
+    """A batch of 8 x 256 + 37 queries (chunks of over 256 a worker on 1 and 2 threads) for
+    tables256's index and its answers up to radius 48."""
+    _, index, _, _ = tables256
+    codes, ids = index_content(index)
+    queries = queries256(np.random.default_rng(22), codes, 8 * 256 + 35)
+    return index, queries, range_oracle(codes, ids, queries, 48)
+
+
+def assert_batch_equal(got, expected, radius):
+    lims, dist, ids = expected
+    got_lims, got_dist, got_ids = got
+    assert len(got_lims) == len(lims)
+    for i in range(len(lims) - 1):
+        d, e = dist[lims[i]:lims[i + 1]], ids[lims[i]:lims[i + 1]]
+        row = slice(got_lims[i], got_lims[i + 1])
+        np.testing.assert_array_equal(got_dist[row], d[d <= radius])
+        np.testing.assert_array_equal(got_ids[row], e[d <= radius])
+
+
+@pytest.mark.parametrize("pages", [0, 8])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_256_big_batches_joined_with_the_codes_exactly(isa, join_batch256, joined, threads, pages):
+    """Chunks of a big batch collect their candidates into partitions of 32768 codes and verify
+    them partition by partition (with an arena of 8 pages, many times a chunk): the oracle's
+    answers."""
+    index, queries, expected = join_batch256
+    joined(pages)
+    for radius in (31, 48):
+        assert_batch_equal(index.range_search(queries, radius, threads=threads), expected, radius)
+    counts = _core.join_counters()
+    assert counts["joined"] >= 2               # a chunk at least, each radius
+    assert counts["verified"] >= (20 * counts["joined"] if pages else counts["joined"])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_256_joined_group_over_its_budget_is_scanned_exactly(joined, threads):
+    """A group of 256 queries next to a dense cluster goes over its candidate budget while its
+    chunk is joined: its records are skipped, the hits its earlier verifications found (a
+    small arena, verified while the group is collected) are dropped, and it is scanned."""
+    rng = np.random.default_rng(23)
+    centre = rng.integers(0, 256, (1, 32), dtype=np.uint8)
+    spread = rng.integers(0, 256, (20_000, 32), dtype=np.uint8)
+    codes = np.concatenate([flip_bits256(rng, np.repeat(centre, 20_000, axis=0), 1, 4), spread])
+    index = hs.HashIndex(bits=256)
+    ids = index.add(codes)
+    queries = np.concatenate([flip_bits256(rng, np.repeat(centre, 300, axis=0), 0, 6),
+                              queries256(rng, spread, 8 * 256 - 300)])
+    expected = range_oracle(codes, ids, queries, 31)
+    joined(8)
+    assert_batch_equal(index.range_search(queries, 31, threads=threads), expected, 31)
+    counts = _core.join_counters()
+    assert counts["joined"] >= 1 and counts["scanned"] >= 1 and counts["verified"] > 10
