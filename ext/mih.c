@@ -83,6 +83,7 @@ typedef struct {
 #define HS_JOIN_MAX_PAGES (1u << 17)            /* 512 MiB */
 #define HS_JOIN_MEMORY (1ull << 30)
 #define HS_JOIN_MIN_CODES (1u << 22)            /* below this the codes fit the caches */
+#define HS_JOIN_MIN_CHUNK 1024                  /* queries claimed at a time, at least */
 #define HS_JOIN_NONE UINT32_MAX
 #define HS_JOIN_REC(code, table, query) \
     ((uint32_t)(code) << (4 + HS_JOIN_QUERY_BITS) | (uint32_t)(table) << HS_JOIN_QUERY_BITS | (uint32_t)(query))
@@ -1690,7 +1691,7 @@ static void batch_init(batch_job *J) { memset(J, 0, offsetof(batch_job, scratch)
 
 /* Claims the next queries [*i0, return value) of the batch, or none (the
  * same). Joined batches (groups over HS_GROUP4) claim less towards the end,
- * down to HS_GROUP4, so that their workers finish together. */
+ * down to HS_JOIN_MIN_CHUNK, so that their workers finish together. */
 static uint64_t batch_claim(batch_job *J, uint64_t *i0)
 {
     uint64_t a = __atomic_load_n(&J->next, __ATOMIC_RELAXED), step;
@@ -1702,7 +1703,8 @@ static uint64_t batch_claim(batch_job *J, uint64_t *i0)
         step = J->chunk;
         if (J->group > HS_GROUP4) {
             const uint64_t share = (J->nq - a) / (2 * (uint64_t)J->nworkers) / HS_GROUP4 * HS_GROUP4;
-            step = share < HS_GROUP4 ? HS_GROUP4 : share < step ? share : step;
+            const uint64_t least = step < HS_JOIN_MIN_CHUNK ? step : HS_JOIN_MIN_CHUNK;
+            step = share < least ? least : share < step ? share : step;
         }
     } while (!__atomic_compare_exchange_n(&J->next, &a, a + step, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
     *i0 = a;
