@@ -1495,10 +1495,13 @@ static int join_reserve(hs_join *J, const hs_segment *s)
 #ifdef MADV_HUGEPAGE
         madvise(p, bytes, MADV_HUGEPAGE);   /* its pages are written at random: few TLB entries */
 #endif
-        J->rec = p;
-        J->next = malloc((size_t)J->npages * sizeof(uint32_t));
-        if (!J->next)
+        uint32_t *next = malloc((size_t)J->npages * sizeof(uint32_t));
+        if (!next) {
+            free(p);
             return -1;
+        }
+        J->rec = p;
+        J->next = next;
     }
     const size_t np = (size_t)((s->n_unique - 1) >> HS_JOIN_PART_BITS) + 1;
     if (np > J->cap_parts) {
