@@ -12,7 +12,8 @@ returns results unsorted). --no-faiss (for 100M codes, where FAISS's 3.2 GB copy
 ours): hashsieve alone, a 256 MiB stream in 4 KiB pages between two queries keeping them cold, and
 --check-queries of them checked against the oracle. Also: build times, bytes per code (arrays and RSS growth), the
 substring layout the cost model chose, probes / candidates / hits per query (medians, from
-explain()), and the throughput of a batch on every core (20 of its rows checked against the oracle). Results go to
+explain()), and the throughput of a batch on every core (20 of its rows checked against the oracle; with
+--busy-rounds, also idle against beside a process spinning on one core, alternating). Results go to
 bench/results/bench_256_<N>.json and a Markdown table on stdout.
 """
 import argparse
@@ -20,6 +21,7 @@ import json
 import mmap
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -93,7 +95,27 @@ def cache_flusher():
     return lambda q: int(buf[::64].sum())
 
 
-def run_kind(kind, n, nq, rounds, with_faiss, with_mih, check, batch_size, seed):
+def busy_batches(index, batch, rounds):
+    """The batch on every core, idle and beside a process spinning on one core, in alternating order for
+    `rounds` rounds: (idle, busy) queries/s medians."""
+    rates = {"idle": [], "busy": []}
+    for rnd in range(rounds):
+        for mode in ("idle", "busy") if rnd % 2 == 0 else ("busy", "idle"):
+            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if mode == "busy" else None
+            try:
+                if hog:
+                    time.sleep(0.3)
+                t = time.perf_counter()
+                index.range_search(batch, RADIUS)
+                rates[mode].append(len(batch) / (time.perf_counter() - t))
+            finally:
+                if hog:
+                    hog.kill()
+                    hog.wait()
+    return round(float(np.median(rates["idle"]))), round(float(np.median(rates["busy"])))
+
+
+def run_kind(kind, n, nq, rounds, with_faiss, with_mih, check, batch_size, busy_rounds, seed):
     rng = np.random.default_rng(seed)
     t = time.perf_counter()
     codes = KINDS[kind](rng, n)
@@ -162,6 +184,8 @@ def run_kind(kind, n, nq, rounds, with_faiss, with_mih, check, batch_size, seed)
                               np.array_equal(got[lims[i]:lims[i + 1]], ids))
                          for i, (d, ids) in zip(rows, oracle(codes, batch[rows], RADIUS)))
 
+    busy = busy_batches(index, batch, busy_rounds) if busy_rounds else (None, None)
+
     med = {name: float(np.median(v)) for name, v in best.items()}
     fastest_faiss = min((v for k, v in med.items() if not k.startswith("hashsieve")), default=None)
     return {
@@ -176,7 +200,8 @@ def run_kind(kind, n, nq, rounds, with_faiss, with_mih, check, batch_size, seed)
         "hits": float(np.median(stats["hits"])), "scanned": float(np.median(stats["scanned"])),
         "near_median_us": round(float(np.median(best["hashsieve"][:nq // 2])) * 1e6, 1),
         "random_median_us": round(float(np.median(best["hashsieve"][nq // 2:])) * 1e6, 1),
-        "batch_queries": batch_size, "batch_checked": len(rows), "batch_qps_all_cores": round(batch_qps), "cores": len(os.sched_getaffinity(0)),
+        "batch_queries": batch_size, "batch_checked": len(rows), "batch_qps_all_cores": round(batch_qps),
+        "batch_busy_rounds": busy_rounds, "batch_qps_idle_median": busy[0], "batch_qps_busy_median": busy[1], "cores": len(os.sched_getaffinity(0)),
         "load_avg": round(os.getloadavg()[0], 1),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
@@ -192,11 +217,13 @@ def main():
     ap.add_argument("--no-faiss", action="store_true", help="hashsieve alone (100M codes)")
     ap.add_argument("--check-queries", type=int, help="queries checked against the oracle (default: all)")
     ap.add_argument("--batch", type=int, default=10_000, help="queries in the batch timed on every core")
+    ap.add_argument("--busy-rounds", type=int, default=0,
+                    help="then time the batch this many rounds idle and beside a process spinning on one core")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     n = harness.parse_size(args.n)
     results = [run_kind(kind, n, args.queries, args.rounds, not args.no_faiss, not args.no_mih, args.check_queries,
-                        args.batch, args.seed)
+                        args.batch, args.busy_rounds, args.seed)
                for kind in args.kinds.split(",")]
     out = HERE / "results" / f"bench_256_{harness.size_name(n)}.json"
     out.write_text(json.dumps({"command": " ".join(["bench/bench_256.py"] + sys.argv[1:]), "results": results},

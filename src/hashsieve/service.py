@@ -51,6 +51,7 @@ MAX_BATCH = 10_000              # hashes in one /v1/lookup
 MAX_LOOKUP_BODY = 4 << 20       # bytes of a /v1/lookup body: 10,000 hashes take about 0.5 MB
 MAX_MATCHES = 100_000           # match records in one /v1/lookup answer (about 8 MB of JSON)
 MAX_PARTS = 100                 # parts of a multipart upload: a form sends a few
+MAX_DRAIN = 8 << 20             # bytes of a body over its limit still read before the 413 (see _read_body)
 INLINE_HASHES = 64              # lookups of more hashes run in a thread, off the event loop
 DIGEST_KINDS = ("md5", "sha1")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -681,8 +682,14 @@ class App:
 
     async def _read_body(self, receive, headers, limit, what):
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise HTTPError(413, f"the body is {int(length):,} bytes, above the {limit:,}-byte limit of {what}")
+        declared = int(length) if length is not None and length.isdigit() else None
+        too_big = HTTPError(413, f"the body is {declared:,} bytes, above the {limit:,}-byte limit of {what}"
+                            if declared is not None else f"the body is over the {limit:,}-byte limit of {what}")
+        # A body over the limit is still read (and dropped) up to MAX_DRAIN bytes past it before the 413:
+        # answered with it unread, the connection is closed on data the kernel then resets it for, and a
+        # client still sending sees the reset, not the answer. Further past, reading it costs too much.
+        if declared is not None and declared > limit + MAX_DRAIN:
+            raise too_big
         # A timer that cancels this task: cheaper than asyncio.wait_for, which starts a task per request.
         task, expired = asyncio.current_task(), []
         timer = self.loop.call_later(self.cfg.body_timeout, lambda: expired.append(task.cancel()))
@@ -694,10 +701,13 @@ class App:
                     raise ClientGone
                 part = msg.get("body", b"")
                 n += len(part)
-                if n > limit:
-                    raise HTTPError(413, f"the body is over the {limit:,}-byte limit of {what}")
-                chunks.append(part)
+                if n > limit + MAX_DRAIN:
+                    raise too_big
+                if n <= limit:
+                    chunks.append(part)
                 if not msg.get("more_body"):
+                    if n > limit:
+                        raise too_big
                     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         except asyncio.CancelledError:
             if not expired:
