@@ -968,9 +968,12 @@ static void scan_segment(const hs_kernels *K, const hs_segment *s, int segno, co
         scan_range(K, s, segno, q, r, k, 0, u, w, st);
         return;
     }
-    scan_part parts[HS_MAX_SCAN_THREADS];
-    pthread_t th[HS_MAX_SCAN_THREADS];
-    int started[HS_MAX_SCAN_THREADS] = {0};
+    /* Sized by the threads used, not HS_MAX_SCAN_THREADS: a caller's thread may
+     * have a small stack (Python's threading.stack_size(32768)). */
+    scan_part parts[nthreads];
+    pthread_t th[nthreads];
+    int started[nthreads];
+    memset(started, 0, sizeof started);
     uint64_t step = (u / (uint64_t)nthreads + 7) & ~7ull;
     for (int i = 0; i < nthreads; i++) {
         uint64_t lo = step * (uint64_t)i, hi = i == nthreads - 1 ? u : step * (uint64_t)(i + 1);
@@ -1681,16 +1684,28 @@ typedef struct {
     hs_stats *stats;
     uint64_t next;
     int failed, nworkers;
-    /* Per worker, in the job (on the caller's stack), not malloc'ed: the
-     * first malloc after another library freed many blocks pays for sorting
-     * them into glibc's bins, and calloc never takes the thread's cached
-     * blocks (measured: a 10M-code query right after a FAISS
-     * IndexBinaryMultiHash query 2.0 ms with calloc, 0.46 ms without). Last, so that only
-     * the workers' entries are zeroed (batch_init, run_batch). */
-    hs_scratch scratch[HS_MAX_HELPERS + 1];
+    /* Per worker, on the caller's stack (batch_workers() of them), not
+     * malloc'ed: the first malloc after another library freed many blocks
+     * pays for sorting them into glibc's bins, and calloc never takes the
+     * thread's cached blocks (measured: a 10M-code query right after a FAISS
+     * IndexBinaryMultiHash query 2.0 ms with calloc, 0.46 ms without). */
+    hs_scratch *scratch;
 } batch_job;
 
-static void batch_init(batch_job *J) { memset(J, 0, offsetof(batch_job, scratch)); }
+/* Workers of a batch of nq queries on nthreads: one a query at most. */
+static int batch_workers(uint64_t nq, int nthreads)
+{
+    if (nthreads < 1)
+        nthreads = 1;
+    int nw = nq < (uint64_t)nthreads ? (int)(nq ? nq : 1) : nthreads;
+    return nw > HS_MAX_HELPERS + 1 ? HS_MAX_HELPERS + 1 : nw;
+}
+
+static void batch_init(batch_job *J, hs_scratch *scratch)
+{
+    memset(J, 0, sizeof *J);
+    J->scratch = scratch;
+}
 
 /* Claims the next queries [*i0, return value) of the batch, or none (the
  * same). Joined batches (groups over HS_GROUP4) claim less towards the end,
@@ -1868,9 +1883,7 @@ static int run_batch(batch_job *J, int nthreads)
 {
     if (nthreads < 1)
         nthreads = 1;
-    int nw = J->nq < (uint64_t)nthreads ? (int)(J->nq ? J->nq : 1) : nthreads;
-    if (nw > HS_MAX_HELPERS + 1)
-        nw = HS_MAX_HELPERS + 1;
+    const int nw = batch_workers(J->nq, nthreads);
     J->nworkers = nw;
     J->inner = nthreads / nw;
     J->group = HS_GROUP;
@@ -1923,7 +1936,8 @@ int hs_range_search(const hs_segment *const *segs, int nseg, int words, const ui
                     int radius, int nthreads, int64_t *lims, int64_t **out_ids, int32_t **out_dist, hs_stats *stats)
 {
     batch_job J;
-    batch_init(&J);
+    hs_scratch scratch[batch_workers(nq, nthreads)];
+    batch_init(&J, scratch);
     J.segs = segs; J.nseg = nseg; J.words = words; J.queries = queries; J.nq = nq; J.radius = radius;
     J.lims = lims; J.stats = stats;
     J.qthread = malloc((nq + 1) * sizeof(uint32_t));
@@ -1963,7 +1977,8 @@ int hs_knn_search(const hs_segment *const *segs, int nseg, int words, const uint
                   int nthreads, int64_t *out_ids, int32_t *out_dist, hs_stats *stats)
 {
     batch_job J;
-    batch_init(&J);
+    hs_scratch scratch[batch_workers(nq, nthreads)];
+    batch_init(&J, scratch);
     J.segs = segs; J.nseg = nseg; J.words = words; J.queries = queries; J.nq = nq; J.k = (uint64_t)k;
     J.knn_ids = out_ids; J.knn_dist = out_dist; J.stats = stats;
     int rc = run_batch(&J, nthreads);

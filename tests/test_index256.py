@@ -561,3 +561,41 @@ def test_256_joined_group_over_its_budget_is_scanned_exactly(joined, threads):
     assert_batch_equal(index.range_search(queries, 31, threads=threads), expected, 31)
     counts = _core.join_counters()
     assert counts["joined"] >= 1 and counts["scanned"] >= 1 and counts["verified"] > 10
+
+
+SMALL_STACK = """
+import threading, numpy as np, hashsieve as hs
+from hashsieve import _core
+rng = np.random.default_rng(6)
+indexes = {64: hs.HashIndex(), 256: hs.HashIndex(bits=256)}
+indexes[64].add(rng.integers(0, 2**63, 300_000, dtype=np.uint64))
+indexes[256].add(rng.integers(0, 256, (300_000, 32), dtype=np.uint8))      # over 1M words: scans split
+queries = {64: rng.integers(0, 2**63, 600, dtype=np.uint64), 256: rng.integers(0, 256, (600, 32), dtype=np.uint8)}
+done = []
+def search():
+    for strategy in ("auto", "scan"):
+        _core.set_strategy(strategy)
+        for bits, index in indexes.items():
+            q, r = queries[bits], 8 if bits == 64 else 31
+            for threads in (1, 2):
+                index.range_search(q[:1], r, threads=threads)
+                index.range_search(q, r, threads=threads)
+                index.search(q[:1], 5, threads=threads)
+                index.search(q[:20], 5, threads=threads)
+    done.append(1)
+threading.stack_size(32768)                  # Python's smallest thread stack
+t = threading.Thread(target=search)
+t.start()
+t.join()
+print("ok" if done else "failed")
+"""
+
+
+def test_searches_run_on_a_thread_with_the_smallest_stack():
+    # A search kept 64 workers' scratch on the caller's stack and a scan 64 parts' (48 KB in all):
+    # a 256-bit k-NN from a thread given threading.stack_size(32768) died with SIGSEGV.
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", SMALL_STACK], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.split() == ["ok"]
