@@ -596,11 +596,11 @@ static int HS_FN(join_take)(void *arg, const hs_probe *p, const uint32_t *groups
 {
     HS_FN(join_ctx) *c = arg;
     hs_join *J = &c->w->join;
-    const uint32_t u = (uint32_t)c->s->n_unique;
+    const uint64_t u = c->s->n_unique;
     const uint32_t table = p->table, query = J->base + p->slot;
     for (uint32_t j = 0; j < len; j++) {
         const uint32_t g = groups[j];
-        if (g >= u)   /* a damaged file opened without verify() */
+        if ((uint64_t)g >= u)   /* a damaged file opened without verify() */
             continue;
         const uint32_t part = g >> HS_JOIN_PART_BITS;
         uint32_t at = J->pos[part];
