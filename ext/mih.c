@@ -94,7 +94,6 @@ typedef struct {
     uint32_t *head, *tail;      /* per partition: first and last page, or HS_JOIN_NONE */
     uint32_t *pos;              /* per partition: where its next record goes in rec */
     uint32_t npages, used, nparts, cap_parts;
-    int forced;                 /* npages set by a test (hs_set_join) */
     uint32_t base;              /* the query (in the chunk) of the group being collected */
     uint8_t skip[HS_JOIN_QUERIES / HS_GROUP4];   /* groups over budget: records not verified */
 } hs_join;
@@ -376,6 +375,18 @@ static inline uint32_t join_new_page(hs_join *J, uint32_t p)
  * candidates: its group numbers (not yet checked against the codes).
  * Returns nonzero to stop (out of memory, w->oom set). */
 typedef int (*hs_bucket_sink)(void *ctx, const hs_probe *p, const uint32_t *groups, uint32_t len);
+
+/* A sink's context: what verifying its candidates takes (the segment, the
+ * queries, the radius and per-table radii, the scratch), and for mih_probes4's
+ * sink the candidates waiting in w->cands. */
+typedef struct {
+    const hs_segment *s;
+    int segno, r;
+    const uint64_t *qs;
+    const int *t;
+    hs_scratch *w;
+    size_t nc;
+} hs_sink_ctx;
 
 typedef int (*hs_probes_fn)(const hs_segment *, int, const uint64_t *, int, int, const int *, const hs_probe *,
                             size_t, hs_scratch *, hs_stats *, uint64_t, uint64_t *);
@@ -1488,7 +1499,8 @@ static int join_reserve(hs_join *J, const hs_segment *s)
 {
     /* Fewer records between verifications than the codes have cache lines
      * would read most lines for one candidate each: no better than groups. */
-    if (!J->npages || (!J->forced && (uint64_t)J->npages * HS_JOIN_PAGE < s->n_unique / 2))
+    const int forced = __atomic_load_n(&join_forced_pages, __ATOMIC_RELAXED) != 0;   /* a test's arena */
+    if (!J->npages || (!forced && (uint64_t)J->npages * HS_JOIN_PAGE < s->n_unique / 2))
         return -1;
     if (!J->rec) {
         const size_t bytes = (size_t)J->npages * HS_JOIN_PAGE * sizeof(uint32_t);
@@ -1508,13 +1520,12 @@ static int join_reserve(hs_join *J, const hs_segment *s)
     }
     const size_t np = (size_t)((s->n_unique - 1) >> HS_JOIN_PART_BITS) + 1;
     if (np > J->cap_parts) {
-        uint32_t *arr[3] = {J->head, J->tail, J->pos};
+        uint32_t **arr[3] = {&J->head, &J->tail, &J->pos};
         for (int i = 0; i < 3; i++) {
-            uint32_t *q = realloc(arr[i], np * sizeof(uint32_t));
+            uint32_t *q = realloc(*arr[i], np * sizeof(uint32_t));
             if (!q)
                 return -1;
-            arr[i] = q;
-            J->head = arr[0]; J->tail = arr[1]; J->pos = arr[2];
+            *arr[i] = q;
         }
         J->cap_parts = (uint32_t)np;
     }
@@ -1526,20 +1537,17 @@ static int join_reserve(hs_join *J, const hs_segment *s)
 static void join_free(hs_join *J)
 {
     free(J->rec); free(J->next); free(J->head); free(J->tail); free(J->pos);
-    const uint32_t npages = J->npages;
-    const int forced = J->forced;
     memset(J, 0, sizeof *J);
-    J->npages = npages;
-    J->forced = forced;
 }
 
 /* Range search of a chunk of g <= HS_JOIN_QUERIES queries qs over 256-bit
  * segment s with tables (per-table radii t) through w->join: the probes of
  * HS_GROUP4 queries at a time collected, then all verified partition by
  * partition (and whenever the arena is full). A group over its candidate
- * budget has its records skipped, its hits from verifications before it gave
- * up dropped, and is scanned. Returns nonzero when the join could not start
- * (no arena): the caller searches the chunk in groups of HS_GROUP4. */
+ * budget has its records skipped and its hits from verifications before it
+ * gave up dropped: w->join.skip marks it for the caller to scan. Returns
+ * nonzero when the join could not start (no arena): the caller searches the
+ * chunk in groups of HS_GROUP4. */
 static int join_segment(const hs_kernels *K, const hs_segment *s, int segno, const uint64_t *qs, int g, int r,
                         const int *t, hs_scratch *w, hs_stats *st)
 {
@@ -1563,22 +1571,12 @@ static int join_segment(const hs_kernels *K, const hs_segment *s, int segno, con
             J->skip[a / HS_GROUP4] = skipped = 1;
     }
     K->join_verify4(s, segno, qs, r, t, w);
-    if (skipped && !w->oom) {
+    if (skipped) {
         size_t kept = seg_begin;
         for (size_t i = seg_begin; i < w->nhits; i++)
             if (!J->skip[w->hits[i].slot / HS_GROUP4])
                 w->hits[kept++] = w->hits[i];
         w->nhits = kept;
-        for (int a = 0; a < g; a += HS_GROUP4) {
-            if (!J->skip[a / HS_GROUP4])
-                continue;
-            const int n_q = g - a < HS_GROUP4 ? g - a : HS_GROUP4;
-            const size_t from = w->nhits;
-            __atomic_add_fetch(&join_counters[2], 1, __ATOMIC_RELAXED);
-            K->brute_range4(s, segno, qs + 4 * a, n_q, r, 0, s->n_unique, w, st + a);
-            for (size_t i = from; i < w->nhits; i++)
-                w->hits[i].slot += a;
-        }
     }
     return 0;
 }
@@ -1598,14 +1596,18 @@ static int query_range_group(const hs_kernels *K, const hs_segment *const *segs,
         if (s->n_unique == 0)
             continue;
         double cost = plan_tables(s, r, t);
-        if (cost >= 0 && g > HS_GROUP4 && s->n_unique >= __atomic_load_n(&join_min_codes, __ATOMIC_RELAXED) &&
-            !join_segment(K, s, si, qs, g, r, t, w, st))
-            continue;
+        const int joined = cost >= 0 && g > HS_GROUP4 &&
+                           s->n_unique >= __atomic_load_n(&join_min_codes, __ATOMIC_RELAXED) &&
+                           !join_segment(K, s, si, qs, g, r, t, w, st);
         for (int a = 0; a < g; a += HS_GROUP4) {
             const int n_q = g - a < HS_GROUP4 ? g - a : HS_GROUP4;
             const uint64_t *q = qs + (size_t)words * a;
             const size_t from = w->nhits;
-            if (cost < 0 || !probe_tables(K, s, si, q, n_q, r, t, cost, w, st + a, inner - 1)) {
+            if (joined && !w->join.skip[a / HS_GROUP4])
+                continue;   /* verified by the join */
+            if (joined)
+                __atomic_add_fetch(&join_counters[2], 1, __ATOMIC_RELAXED);
+            if (joined || cost < 0 || !probe_tables(K, s, si, q, n_q, r, t, cost, w, st + a, inner - 1)) {
                 w->nhits = from;   /* the tables gave up (or were never worth it): scan */
                 if (n_q == 1)
                     scan_segment(K, s, si, q, r, 0, w, st + a, inner);
@@ -1850,7 +1852,6 @@ static void keep_buffers(hs_scratch *w)
     HS_KEEP(slot_start, cap_slot_start, sizeof(size_t));
     HS_KEEP(stats, cap_stats, sizeof(hs_stats));
     join_free(&w->join);   /* big batches only: their arena is worth its allocation */
-    w->join.npages = 0;
     if (w->cap_res * sizeof(int64_t) > HS_KEEP_BYTES) {   /* ids and dist share cap_res */
         free(w->ids);
         free(w->dist);
@@ -1905,10 +1906,8 @@ static int run_batch(batch_job *J, int nthreads)
     J->K = all_kernels[hs_get_isa()];
     memset(J->scratch, 0, (size_t)nw * sizeof(hs_scratch));
     take_kept(&J->scratch[0]);
-    for (int i = 0; i < nw; i++) {
+    for (int i = 0; i < nw; i++)
         J->scratch[i].join.npages = join_pages;
-        J->scratch[i].join.forced = forced != 0;
-    }
     const int64_t min_ns = __atomic_load_n(&split_min_ns, __ATOMIC_RELAXED);
     /* A big batch hands out its queries a group at a time, so a helper that loses its core
      * holds back one group of many: it always shares, and neither runs alone as the gate's

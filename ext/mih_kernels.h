@@ -488,21 +488,12 @@ static inline __attribute__((always_inline)) int HS_FN(probe_buckets4)(const hs_
     return 1;
 }
 
-typedef struct {
-    const hs_segment *s;
-    int segno, r;
-    const uint64_t *qs;
-    const int *t;
-    hs_scratch *w;
-    size_t nc;                  /* candidates in w->cands */
-} HS_FN(block_ctx);
-
 /* mih_probes4's sink: candidates collected in w->cands, verified HS_PF4_BLOCK
  * at a time in the order of the pages their codes are on (in bucket order
  * the core waited on most of its code loads: perf at 100M codes). */
 static int HS_FN(block_take)(void *arg, const hs_probe *p, const uint32_t *groups, uint32_t len)
 {
-    HS_FN(block_ctx) *c = arg;
+    hs_sink_ctx *c = arg;
     hs_scratch *w = c->w;
     if (c->nc + len > HS_PF4_BLOCK) {
         HS_FN(verify_cands4)(c->s, c->segno, c->qs, c->r, c->t, w->cands, c->nc, w);
@@ -529,7 +520,7 @@ static int HS_FN(mih_probes4)(const hs_segment *s, int segno, const uint64_t *qs
                               uint64_t *candidates)
 {
     (void)nq;
-    HS_FN(block_ctx) c = {s, segno, r, qs, t, w, 0};
+    hs_sink_ctx c = {s, segno, r, qs, t, w, 0};
     const int ok = HS_FN(probe_buckets4)(s, P, n, st, max_candidates, candidates, HS_FN(block_take), &c);
     if (ok && !w->oom)
         HS_FN(verify_cands4)(s, segno, qs, r, t, w->cands, c.nc, w);
@@ -582,19 +573,11 @@ static void HS_FN(join_verify4)(const hs_segment *s, int segno, const uint64_t *
     join_reset(J);
 }
 
-typedef struct {
-    const hs_segment *s;
-    int segno, r;
-    const uint64_t *qs;
-    const int *t;
-    hs_scratch *w;
-} HS_FN(join_ctx);
-
 /* join_collect4's sink: each candidate's record into its partition; a full
  * arena is verified first. */
 static int HS_FN(join_take)(void *arg, const hs_probe *p, const uint32_t *groups, uint32_t len)
 {
-    HS_FN(join_ctx) *c = arg;
+    hs_sink_ctx *c = arg;
     hs_join *J = &c->w->join;
     const uint64_t u = c->s->n_unique;
     const uint32_t table = p->table, query = J->base + p->slot;
@@ -622,7 +605,7 @@ static int HS_FN(join_collect4)(const hs_segment *s, int segno, const uint64_t *
                                 uint64_t *candidates)
 {
     (void)nq;
-    HS_FN(join_ctx) c = {s, segno, r, qs, t, w};
+    hs_sink_ctx c = {s, segno, r, qs, t, w, 0};
     return HS_FN(probe_buckets4)(s, P, n, st, max_candidates, candidates, HS_FN(join_take), &c);
 }
 
